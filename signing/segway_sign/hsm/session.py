@@ -1,0 +1,133 @@
+"""A logged-in view of one token, shared by every key of a process.
+
+Rules (see the pkcs11-proxy behaviour in the project specs):
+- the token is chosen by label/serial/manufacturer/model, never by slot number;
+- one ``C_Login`` per session attempt: a wrong PIN is reported, never retried;
+- ``CKR_USER_ALREADY_LOGGED_IN`` is fine (pkcs11-proxy shares one login between all clients);
+- we never call ``C_Logout``: another job behind the same proxy may be using the login;
+- every call holds the process-wide module lock;
+- a call failing with ``DeviceError``/``SessionHandleInvalid`` (proxy or daemon restarted) is
+  retried once on a fresh session.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import pkcs11
+from pkcs11 import Attribute, ObjectClass
+from pkcs11.exceptions import (DeviceError, DeviceRemoved, MultipleTokensReturned, NoSuchToken,
+                               PinExpired, PinIncorrect, PinInvalid, PinLenRange, PinLocked,
+                               PKCS11Error, SessionHandleInvalid, TokenNotPresent,
+                               UserAlreadyLoggedIn)
+
+from ..errors import PinError, TokenError
+from . import module as modules
+from .pin import PinSource
+from .uri import Pkcs11Uri
+
+T = TypeVar("T")
+RETRYABLE = (DeviceError, DeviceRemoved, SessionHandleInvalid)
+
+# Sessions that hold a login are kept open until the process exits: python-pkcs11's
+# Session.close() would C_Logout, which ends the login for every client behind a proxy.
+_KEEP_ALIVE: list[pkcs11.Session] = []
+_SESSIONS: dict[tuple, "TokenSession"] = {}
+
+
+def describe(err: Exception) -> str:
+    return type(err).__name__ + (f" ({err})" if str(err) else "")
+
+
+class TokenSession:
+    """An open, logged-in session on the token a URI names."""
+
+    def __init__(self, module_path: str, uri: Pkcs11Uri, pin: PinSource, login: bool = True):
+        self.module_path = module_path
+        self.uri = uri.token_only
+        self.pin_source = pin
+        self.want_login = login
+        self.transport = modules.transport(module_path)
+        self.lib = modules.load(module_path)
+        self.token = self._select_token()
+        self._pin: str | None = None
+        self.session = self._open()
+
+    @classmethod
+    def get(cls, module_path: str, uri: Pkcs11Uri, pin: PinSource, login: bool = True) -> "TokenSession":
+        key = (module_path, uri.token, uri.serial, uri.manufacturer, uri.model, login)
+        with modules.MODULE_LOCK:
+            if key not in _SESSIONS:
+                _SESSIONS[key] = cls(module_path, uri, pin, login)
+            return _SESSIONS[key]
+
+    @property
+    def label(self) -> str:
+        return self.token.label
+
+    def _select_token(self) -> pkcs11.Token:
+        u = self.uri
+        criteria = {k: v for k, v in (("token_label", u.token), ("token_serial", u.serial.encode() if u.serial else None),
+                                      ("manufacturer_id", u.manufacturer)) if v is not None}
+        with modules.MODULE_LOCK:
+            try:
+                tokens = [t for t in self.lib.get_tokens(**criteria) if u.model is None or t.model == u.model]
+            except PKCS11Error as err:
+                raise TokenError(f"cannot list tokens of {self.module_path}: {describe(err)}"
+                                 f"{modules._transport_hint(self.module_path)}") from None
+        wanted = ", ".join(f"{k}={v}" for k, v in (("token", u.token), ("serial", u.serial),
+                                                    ("manufacturer", u.manufacturer), ("model", u.model)) if v)
+        if not tokens:
+            raise TokenError(f"no token matching {wanted or 'any'} in {self.module_path}")
+        if len(tokens) > 1:
+            found = ", ".join(f"'{t.label}' (serial {t.serial.decode(errors='replace')})" for t in tokens)
+            raise TokenError(f"several tokens match {wanted or 'the URI'}: {found}; name one by token= or serial=")
+        return tokens[0]
+
+    def _open(self) -> pkcs11.Session:
+        with modules.MODULE_LOCK:
+            try:
+                public = self.token.open(rw=True)
+            except (MultipleTokensReturned, NoSuchToken, TokenNotPresent) as err:
+                raise TokenError(f"token '{self.token.label}' is not available: {describe(err)}") from None
+            except PKCS11Error as err:
+                raise TokenError(f"cannot open a session on token '{self.token.label}': {describe(err)}") from None
+            if not self.want_login or self._logged_in(public):
+                return public
+            if self._pin is None:
+                self._pin = self.pin_source.read(self.token.label)
+            try:
+                session = self.token.open(rw=True, user_pin=self._pin)
+            except UserAlreadyLoggedIn:
+                return public  # another client of a shared-login proxy logged in first
+            except PinIncorrect:
+                raise PinError(f"token '{self.token.label}' refused the PIN from {self.pin_source.describe()} "
+                               "(not retried, so the token is not locked)") from None
+            except PinLocked:
+                raise PinError(f"the user PIN of token '{self.token.label}' is locked") from None
+            except (PinInvalid, PinLenRange, PinExpired) as err:
+                raise PinError(f"token '{self.token.label}' rejected the PIN: {describe(err)}") from None
+            except PKCS11Error as err:
+                raise TokenError(f"login to token '{self.token.label}' failed: {describe(err)}") from None
+            _KEEP_ALIVE.append(session)
+            return session
+
+    @staticmethod
+    def _logged_in(session: pkcs11.Session) -> bool:
+        """Private objects are visible only after a login; probe instead of logging in twice."""
+        found = list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.PRIVATE: True}))
+        return bool(found)
+
+    def call(self, operation: Callable[[pkcs11.Session], T], what: str) -> T:
+        """Run ``operation(session)`` under the module lock, retrying once on a lost session."""
+        with modules.MODULE_LOCK:
+            for attempt in (1, 2):
+                try:
+                    return operation(self.session)
+                except RETRYABLE as err:
+                    if attempt == 2:
+                        raise TokenError(f"{what} failed twice on token '{self.label}': {describe(err)}") from None
+                    self.session = self._open()
+                except PKCS11Error as err:
+                    raise TokenError(f"{what} failed on token '{self.label}': {describe(err)}") from None
+        raise AssertionError("unreachable")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Callable, TypeVar
 
 import pkcs11
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute, ObjectClass, TokenFlag
 from pkcs11.exceptions import (DeviceError, DeviceRemoved, MultipleTokensReturned, NoSuchToken,
                                PinExpired, PinIncorrect, PinInvalid, PinLenRange, PinLocked,
                                PKCS11Error, SessionHandleInvalid, TokenNotPresent,
@@ -33,6 +33,11 @@ RETRYABLE = (DeviceError, DeviceRemoved, SessionHandleInvalid)
 # Session.close() would C_Logout, which ends the login for every client behind a proxy.
 _KEEP_ALIVE: list[pkcs11.Session] = []
 _SESSIONS: dict[tuple, "TokenSession"] = {}
+
+
+def initialized(token: pkcs11.Token) -> bool:
+    """SoftHSM always offers one empty slot; an uninitialised token is never a signing target."""
+    return bool(token.flags & TokenFlag.TOKEN_INITIALIZED)
 
 
 def describe(err: Exception) -> str:
@@ -71,7 +76,8 @@ class TokenSession:
                                       ("manufacturer_id", u.manufacturer)) if v is not None}
         with modules.MODULE_LOCK:
             try:
-                tokens = [t for t in self.lib.get_tokens(**criteria) if u.model is None or t.model == u.model]
+                tokens = [t for t in self.lib.get_tokens(**criteria)
+                          if initialized(t) and (u.model is None or t.model.strip() == u.model)]
             except PKCS11Error as err:
                 raise TokenError(f"cannot list tokens of {self.module_path}: {describe(err)}"
                                  f"{modules._transport_hint(self.module_path)}") from None

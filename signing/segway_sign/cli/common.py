@@ -1,0 +1,58 @@
+"""Options and output helpers every subcommand shares."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from ..hsm import PinSource, open_private_key, open_session
+from ..hsm.session import TokenSession
+
+
+@dataclass(frozen=True)
+class TokenOptions:
+    """--module / --pin-file / --pin-env as given to one subcommand."""
+
+    module: str | None
+    pin: PinSource
+
+    def open_key(self, uri: str):
+        return open_private_key(uri, module_path=self.module, pin=self.pin)
+
+    def open_session(self, uri: str, login: bool = True) -> TokenSession:
+        return open_session(uri, module_path=self.module, pin=self.pin, login=login)
+
+
+def token_options(func):
+    """Add --module, --pin-file, --pin-env; pass ``token: TokenOptions``."""
+    @click.option("--module", "module_path", metavar="PATH", envvar="SEGWAY_PKCS11_MODULE",
+                  help="PKCS#11 module (default: $SEGWAY_PKCS11_MODULE, else the development SoftHSM).")
+    @click.option("--pin-file", type=click.Path(dir_okay=False, path_type=Path), envvar="SEGWAY_PIN_FILE",
+                  help="File holding the user PIN (default: $SEGWAY_PIN_FILE).")
+    @click.option("--pin-env", metavar="VAR", help="Name of an environment variable holding the user PIN.")
+    @functools.wraps(func)
+    def wrapper(*args, module_path, pin_file, pin_env, **kwargs):
+        return func(*args, token=TokenOptions(module_path, PinSource(file=pin_file, env=pin_env)), **kwargs)
+    return wrapper
+
+
+def output_options(func):
+    """Add --force and --json; pass ``force`` and ``as_json``."""
+    @click.option("--force", is_flag=True, help="Replace an existing output.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (for CI logs).")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+    return wrapper
+
+
+def emit(result: dict, as_json: bool, text: str | None = None) -> None:
+    """Print a command's result: JSON for machines, or a short text for people."""
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+    elif text is not None:
+        click.echo(text)

@@ -1,0 +1,103 @@
+"""``segway-sign fit``: sign FIT images, add public keys to U-Boot DTBs, verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..atomic import check_writable, write_file
+from ..errors import InputError
+from ..formats.fit import sign_fit
+from ..formats.fit_keys import add_pubkey as add_pubkey_node
+from ..formats.fit_keys import algo_for_key
+from ..formats.fit_verify import verify_fit
+from .common import emit, output_options, token_options
+from .progress import DelayedProgress
+
+_ALGOS = [f"{h},{c}" for h in ("sha1", "sha256", "sha384", "sha512")
+          for c in ("rsa2048", "rsa3072", "rsa4096", "ecdsa256", "ecdsa384")]
+
+
+def read_input(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"input {path} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"input {path} is a directory") from None
+
+
+@click.group()
+def group() -> None:
+    """U-Boot FIT images (verified boot)."""
+
+
+@group.command("sign")
+@click.option("--key", "key_uri", required=True, metavar="URI", help="PKCS#11 URI of the signing key.")
+@click.option("--in", "in_path", required=True, type=click.Path(path_type=Path), help="FIT to sign.")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Signed FIT to write.")
+@click.option("--config", "configs", multiple=True, metavar="NAME",
+              help="Configuration to sign (repeatable; default: those with signature nodes, or all).")
+@click.option("--key-name-hint", metavar="H", help="Key name for new signature nodes (U-Boot key-<H>).")
+@click.option("--algo", type=click.Choice(_ALGOS), help="Override/define the signature algo.")
+@click.option("--padding", "padding_name", type=click.Choice(["pkcs-1.5", "pss"]), help="RSA padding for new nodes.")
+@click.option("--image-signatures", is_flag=True, help="Also sign each image (adds signature nodes where missing).")
+@click.option("--comment", help="Comment stored in the signature nodes.")
+@token_options
+@output_options
+def sign(key_uri, in_path, out_path, configs, key_name_hint, algo, padding_name, image_signatures, comment,
+         token, force, as_json):
+    """Sign a FIT's configurations (and optionally images) with a key in the token."""
+    check_writable(out_path, force)
+    blob = read_input(in_path)
+    key = token.open_key(key_uri)
+    result = sign_fit(blob, key, configs=configs, key_name_hint=key_name_hint, algo=algo,
+                      padding_name=padding_name, image_signatures=image_signatures, comment=comment,
+                      progress=DelayedProgress("hashing"))
+    write_file(out_path, result.blob, force)
+    summary = {
+        "output": str(out_path), "key": str(key.uri), "passes": result.passes,
+        "bytes_sent_to_token": key.stats.bytes_sent if hasattr(key, "stats") else None,
+        "signatures": [{"node": s.path, "algo": s.algo, "key_name_hint": s.key_name_hint,
+                        "padding": s.padding, "digest": s.digest.hex(), "hashed_nodes": s.hashed_nodes}
+                       for s in result.signatures],
+    }
+    emit(summary, as_json, "\n".join(
+        [f"signed {len(result.signatures)} signature node(s) of {in_path} -> {out_path}"] +
+        [f"  {s.path}: {s.algo}:{s.key_name_hint}" for s in result.signatures]))
+
+
+@group.command("add-pubkey")
+@click.option("--key", "key_uri", required=True, metavar="URI", help="PKCS#11 URI of the key (public half is read).")
+@click.option("--dtb", "dtb_path", required=True, type=click.Path(path_type=Path), help="U-Boot control DTB.")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="DTB to write.")
+@click.option("--key-name-hint", required=True, metavar="H", help="Key name (node key-<H> for RSA).")
+@click.option("--required", type=click.Choice(["conf", "image"]), default="conf", show_default=True,
+              help="What U-Boot must find signed with this key.")
+@click.option("--algo", type=click.Choice(_ALGOS), help="Algo string (default from the key, sha256).")
+@token_options
+@output_options
+def add_pubkey(key_uri, dtb_path, out_path, key_name_hint, required, algo, token, force, as_json):
+    """Write the key node mkimage -K writes into a U-Boot control DTB."""
+    check_writable(out_path, force)
+    dtb = read_input(dtb_path)
+    public = token.open_key(key_uri).public_key()
+    algo = algo or algo_for_key(public)
+    out = add_pubkey_node(dtb, public, key_name_hint, algo, required)
+    write_file(out_path, out, force)
+    emit({"output": str(out_path), "key_name_hint": key_name_hint, "algo": algo, "required": required},
+         as_json, f"public key '{key_name_hint}' ({algo}, required={required}) written to {out_path}")
+
+
+@group.command("verify")
+@click.option("--dtb", "dtb_path", required=True, type=click.Path(path_type=Path),
+              help="U-Boot control DTB holding the public key(s).")
+@click.option("--in", "in_path", required=True, type=click.Path(path_type=Path), help="Signed FIT.")
+@click.option("--config", help="Configuration to check (default: the FIT's default).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def verify(dtb_path, in_path, config, as_json):
+    """Apply U-Boot's signature checks to a FIT (exit status 1 if it would be refused)."""
+    report = verify_fit(read_input(in_path), read_input(dtb_path), config)
+    emit({"config": report.config, "checks": report.checks, "ok": True}, as_json,
+         "\n".join([f"{in_path}: configuration {report.config} verifies"] + [f"  {c}" for c in report.checks]))

@@ -1,0 +1,186 @@
+"""The byte regions a FIT configuration signature covers.
+
+A read-only walk of the FDT struct block that reproduces U-Boot's ``fdt_find_regions()``
+(boot/fdt_region.c): the same state machine decides which tokens are hashed, so signer and
+verifier agree byte for byte. The spec (fit-signing §1.4) describes the algorithm.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+FDT_MAGIC = 0xD00DFEED
+FDT_BEGIN_NODE, FDT_END_NODE, FDT_PROP, FDT_NOP, FDT_END = 1, 2, 3, 4, 9
+FDT_MAX_DEPTH = 32
+# Data may live outside the tree (mkimage -E); these never enter a configuration hash.
+EXCLUDED_PROPS = frozenset({"data", "data-size", "data-position", "data-offset"})
+
+
+@dataclass(frozen=True)
+class Header:
+    magic: int
+    totalsize: int
+    off_dt_struct: int
+    off_dt_strings: int
+    off_mem_rsvmap: int
+    version: int
+    last_comp_version: int
+    boot_cpuid_phys: int
+    size_dt_strings: int
+    size_dt_struct: int
+
+    @classmethod
+    def parse(cls, blob: bytes | bytearray) -> "Header":
+        if len(blob) < 40:
+            raise InputError(f"not a device tree: {len(blob)} bytes is shorter than an FDT header")
+        hdr = cls(*struct.unpack_from(">10I", blob, 0))
+        if hdr.magic != FDT_MAGIC:
+            raise InputError(f"not a device tree/FIT (magic {hdr.magic:#010x}, expected {FDT_MAGIC:#010x})")
+        if hdr.version < 17:
+            raise InputError(f"FDT version {hdr.version} is not supported (need 17)")
+        if hdr.totalsize > len(blob):
+            raise InputError(f"truncated device tree: header says {hdr.totalsize} bytes, file has {len(blob)}")
+        for name, off, size in (("struct", hdr.off_dt_struct, hdr.size_dt_struct),
+                                ("strings", hdr.off_dt_strings, hdr.size_dt_strings)):
+            if off + size > hdr.totalsize or off < 40:
+                raise InputError(f"malformed device tree: {name} block [{off}, +{size}) outside totalsize {hdr.totalsize}")
+        return hdr
+
+
+class _Walker:
+    def __init__(self, blob: bytes | bytearray, hdr: Header):
+        self.blob, self.hdr = blob, hdr
+        self.base, self.end = hdr.off_dt_struct, hdr.off_dt_struct + hdr.size_dt_struct
+
+    def u32(self, rel: int) -> int:
+        pos = self.base + rel
+        if pos + 4 > self.end:
+            raise InputError("malformed device tree: struct block ends inside a token")
+        return struct.unpack_from(">I", self.blob, pos)[0]
+
+    def next_tag(self, rel: int) -> tuple[int, int, str | None]:
+        """(tag, offset of the next token, node or property name)."""
+        tag = self.u32(rel)
+        if tag == FDT_BEGIN_NODE:
+            start = self.base + rel + 4
+            nul = self.blob.find(b"\0", start, self.end)
+            if nul < 0:
+                raise InputError("malformed device tree: unterminated node name")
+            name = bytes(self.blob[start:nul]).decode("utf-8", errors="replace")
+            return tag, _align4(nul + 1 - self.base), name
+        if tag == FDT_PROP:
+            length, nameoff = self.u32(rel + 4), self.u32(rel + 8)
+            nxt = _align4(rel + 12 + length)
+            if self.base + nxt > self.end:
+                raise InputError("malformed device tree: property value runs past the struct block")
+            return tag, nxt, self.string(nameoff)
+        if tag in (FDT_END_NODE, FDT_NOP, FDT_END):
+            return tag, rel + 4, None
+        raise InputError(f"malformed device tree: unknown token {tag:#x} at struct offset {rel:#x}")
+
+    def string(self, nameoff: int) -> str:
+        if nameoff >= self.hdr.size_dt_strings:
+            raise InputError(f"malformed device tree: property name offset {nameoff} outside the strings block")
+        start = self.hdr.off_dt_strings + nameoff
+        nul = self.blob.find(b"\0", start, self.hdr.off_dt_strings + self.hdr.size_dt_strings)
+        if nul < 0:
+            raise InputError("malformed device tree: unterminated property name")
+        return bytes(self.blob[start:nul]).decode("utf-8", errors="replace")
+
+
+def _align4(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def find_regions(blob: bytes | bytearray, include: set[str] | frozenset[str], add_string_tab: bool,
+                 exclude_props: frozenset[str] = EXCLUDED_PROPS) -> list[tuple[int, int]]:
+    """(absolute offset, size) regions for the node paths in ``include``, as U-Boot computes them."""
+    hdr = Header.parse(blob)
+    walker = _Walker(blob, hdr)
+    regions: list[list[int]] = []  # [absolute offset, size]
+    start = -1
+    want = 0
+    stack: list[int] = []
+    path: list[str] = []
+    root_closed = False
+    offset, nextoffset = 0, 0
+    while True:
+        offset = nextoffset
+        tag, nextoffset, name = walker.next_tag(offset)
+        if root_closed and tag != FDT_END:
+            raise InputError("malformed FIT: content after the root node (two-root layout)")
+        stop_at = nextoffset
+        include_tok = False
+        if tag == FDT_PROP:
+            include_tok = want >= 2 and name not in exclude_props
+            stop_at = offset
+        elif tag == FDT_NOP:
+            include_tok = want >= 2
+            stop_at = offset
+        elif tag == FDT_BEGIN_NODE:
+            if len(stack) + 1 >= FDT_MAX_DEPTH:
+                raise InputError(f"malformed FIT: nodes nested deeper than {FDT_MAX_DEPTH}")
+            if not stack and name != "":
+                raise InputError("malformed FIT: the root node has a name")
+            path.append(name)
+            full = "/" + "/".join(path[1:])
+            stack.append(want)
+            if want == 1:
+                stop_at = offset
+            if full in include:
+                want = 2
+            elif want:
+                want -= 1
+            else:
+                stop_at = offset
+            include_tok = bool(want)
+        elif tag == FDT_END_NODE:
+            if not stack:
+                raise InputError("malformed FIT: unbalanced end of node")
+            include_tok = bool(want)
+            want = stack.pop()
+            path.pop()
+            root_closed = not stack
+        elif tag == FDT_END:
+            include_tok = True
+
+        if include_tok and start == -1:
+            if regions and offset == regions[-1][0] + regions[-1][1] - hdr.off_dt_struct:
+                start = regions.pop()[0] - hdr.off_dt_struct  # merge with the previous region
+            else:
+                start = offset
+        if not include_tok and start != -1:
+            regions.append([hdr.off_dt_struct + start, stop_at - start])
+            start = -1
+        if tag == FDT_END:
+            break
+    if nextoffset != hdr.size_dt_struct:
+        raise InputError("malformed FIT: FDT_END before the end of the struct block")
+    last = [hdr.off_dt_struct + start, nextoffset - start]
+    if add_string_tab:
+        last[1] += hdr.size_dt_strings
+    regions.append(last)
+    return [(o, s) for o, s in regions]
+
+
+def node_names(blob: bytes | bytearray) -> list[str]:
+    """Every node path, in struct order (for structural checks)."""
+    hdr = Header.parse(blob)
+    walker = _Walker(blob, hdr)
+    out, path, offset = [], [], 0
+    while True:
+        tag, offset, name = walker.next_tag(offset)
+        if tag == FDT_BEGIN_NODE:
+            path.append(name)
+            if len(path) > FDT_MAX_DEPTH:
+                raise InputError(f"malformed FIT: nodes nested deeper than {FDT_MAX_DEPTH}")
+            out.append("/" + "/".join(path[1:]))
+        elif tag == FDT_END_NODE:
+            if not path:
+                raise InputError("malformed FIT: unbalanced end of node")
+            path.pop()
+        elif tag == FDT_END:
+            return out

@@ -1,0 +1,433 @@
+"""U-Boot FIT signing ("verified boot") with mkimage's exact bytes.
+
+The sequence of libfdt operations is mkimage's (tools/fit_image.c, tools/image-host.c): external
+data is imported and the tree packed; then, pass after pass with 1 KiB more room each time, every
+image hash is set, image signatures written, and configuration signatures written, until nothing
+runs out of space. The hashed bytes therefore match mkimage byte for byte (the strings table is
+part of them). Unlike mkimage, the token is asked for each signature once: a first run with
+placeholder values of the right size collects the digests, then the real values are written.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import libfdt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
+from .. import __version__
+from ..errors import InputError, UsageError, VerificationError
+from . import fit_tree as t
+from .fdt_regions import Header, find_regions
+from .fit_keys import algo_for_key, check_algo_matches_key
+
+SIGNER_NAME = "segway-sign"
+_HASHES = {"sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+
+
+@dataclass
+class SignatureNode:
+    """One signature node to fill in."""
+    path: str
+    kind: str  # "config" or "image"
+    algo: str
+    padding: str
+    key_name_hint: str
+    hashed_nodes: list[str] = field(default_factory=list)  # config signatures only
+    digest: bytes = b""
+
+    @property
+    def hash_name(self) -> str:
+        return self.algo.split(",", 1)[0]
+
+
+@dataclass
+class SignedFit:
+    blob: bytes
+    signatures: list[SignatureNode]
+    passes: int
+
+
+def source_date(default: int | None = None) -> int:
+    """SOURCE_DATE_EPOCH when set (reproducible builds), else now."""
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value:
+        try:
+            return int(value)
+        except ValueError:
+            raise UsageError(f"SOURCE_DATE_EPOCH is not an integer: {value!r}") from None
+    return int(time.time()) if default is None else default
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparation: external data in, missing signature nodes added, tree packed.
+
+@dataclass
+class _External:
+    mode: str  # "offset" or "position"
+    base: int = 0  # mkimage -p value for "position"
+
+
+def import_external_data(blob: bytes) -> tuple[bytes, _External | None]:
+    """Move external image data into the tree (mkimage's fit_import_data) and pack it."""
+    fdt = t.open_fdt(blob)
+    names = t.subnodes(fdt, t.IMAGES)
+    external = [n for n in names if t.getprop(fdt, f"{t.IMAGES}/{n}", "data") is None
+                and t.getprop(fdt, f"{t.IMAGES}/{n}", "data-size") is not None]
+    if not external:
+        fdt.pack()  # mkimage packs here even with nothing to import; the passes start from that
+        return bytes(fdt.as_bytearray()), None
+    payloads = {n: t.image_data(fdt, blob, n) for n in external}
+    positions = [n for n in external if t.getprop(fdt, f"{t.IMAGES}/{n}", "data-position") is not None]
+    layout = _External("offset")
+    if positions:
+        first = positions[0]
+        layout = _External("position", int.from_bytes(t.getprop(fdt, f"{t.IMAGES}/{first}", "data-position"), "big"))
+    work = libfdt.Fdt(bytearray(blob[:fdt.totalsize()]))
+    work.resize(fdt.totalsize() + sum(len(p) + 64 for p in payloads.values()) + 16384)
+    for name in external:
+        work.setprop(work.path_offset(f"{t.IMAGES}/{name}"), "data", payloads[name])
+    work.pack()
+    return bytes(work.as_bytearray()), layout
+
+
+def extract_external_data(blob: bytes, layout: _External) -> bytes:
+    """Move image data back out of the tree (mkimage's fit_extract_data)."""
+    fdt = libfdt.Fdt(bytearray(blob))
+    chunks, buf_ptr = [], 0
+    for name in t.subnodes(fdt, t.IMAGES):
+        node = fdt.path_offset(f"{t.IMAGES}/{name}")
+        data = fdt.getprop(node, "data", [libfdt.NOTFOUND])
+        if isinstance(data, int):
+            continue
+        data = bytes(data)
+        fdt.delprop(node, "data")
+        node = fdt.path_offset(f"{t.IMAGES}/{name}")
+        if layout.mode == "position":
+            fdt.setprop_u32(node, "data-position", layout.base + buf_ptr)
+        else:
+            fdt.setprop_u32(node, "data-offset", buf_ptr)
+        fdt.setprop_u32(node, "data-size", len(data))
+        chunks.append(data + b"\0" * (-len(data) % 4))
+        buf_ptr += (len(data) + 3) & ~3
+    fdt.pack()
+    tree = bytes(fdt.as_bytearray())
+    tree += b"\0" * (-len(tree) % 4)
+    if layout.mode == "position":
+        if layout.base < len(tree):
+            raise InputError(f"external data position {layout.base:#x} overlaps the signed tree ({len(tree):#x} bytes)")
+        tree += b"\0" * (layout.base - len(tree))
+    return tree + b"".join(chunks)
+
+
+def _add_signature_nodes(blob: bytes, confs: Sequence[str], algo: str, pad: str,
+                         key_name_hint: str, image_signatures: bool) -> bytes:
+    """Give each named configuration (and, if asked, each image) a signature node to sign."""
+    fdt = libfdt.Fdt(bytearray(blob))
+    fdt.resize(fdt.totalsize() + 4096 * (len(confs) + 4) + 64 * len(t.subnodes(fdt, t.IMAGES)))
+
+    def add(path: str, props: list[tuple[str, bytes]]) -> None:
+        parent = fdt.path_offset(path)
+        node = fdt.add_subnode(parent, "signature-1")
+        # dtc keeps source order; libfdt inserts a new property first, so add them reversed.
+        for name, value in reversed(props):
+            fdt.setprop(node, name, value)
+
+    def strz(*values: str) -> bytes:
+        return b"".join(v.encode() + b"\0" for v in values)
+
+    common = [("algo", strz(algo)), ("key-name-hint", strz(key_name_hint))]
+    if pad != "pkcs-1.5":
+        common.append(("padding", strz(pad)))
+    if image_signatures:
+        for image in t.subnodes(fdt, t.IMAGES):
+            if not any(n.startswith("signature") for n in t.subnodes(fdt, f"{t.IMAGES}/{image}")):
+                add(f"{t.IMAGES}/{image}", common)
+    for conf in confs:
+        props = []
+        for prop, _ in t.conf_image_refs(fdt, conf):
+            if prop not in props:
+                props.append(prop)
+        if not props:
+            raise InputError(f"configuration {conf} references no images")
+        add(f"{t.CONFIGS}/{conf}", common + [("sign-images", strz(*props))])
+    fdt.pack()
+    return bytes(fdt.as_bytearray())
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning: which signature nodes, with which node lists.
+
+def _config_node_list(fdt: libfdt.Fdt, conf: str, sig: str) -> list[str]:
+    """mkimage's hashed-nodes for one configuration signature (fit_config_get_hash_list)."""
+    conf_path, sig_path = f"{t.CONFIGS}/{conf}", f"{t.CONFIGS}/{conf}/{sig}"
+    sign_images = t.getprop(fdt, sig_path, "sign-images")
+    allow_missing = sign_images is None
+    names = t.DEFAULT_SIGN_IMAGES if allow_missing else t.stringlist(sign_images)
+    if not names:
+        raise InputError(f"{sig_path}: empty sign-images")
+    images = set(t.subnodes(fdt, t.IMAGES))
+    nodes = ["/", conf_path]
+    count = 0
+    for prop in names:
+        for entry in t.stringlist(t.getprop(fdt, conf_path, prop)):
+            if entry not in images:
+                if allow_missing:
+                    continue
+                raise InputError(f"{sig_path}: configuration property {prop!r} names missing image {entry!r}")
+            nodes.append(f"{t.IMAGES}/{entry}")
+            hashes_ = t.hash_children(fdt, entry)
+            if not hashes_:
+                raise InputError(f"image {entry} has no hash node: {sig_path} cannot cover it")
+            nodes.extend(f"{t.IMAGES}/{entry}/{h}" for h in hashes_)
+            if "cipher" in t.subnodes(fdt, f"{t.IMAGES}/{entry}"):
+                nodes.append(f"{t.IMAGES}/{entry}/cipher")
+            count += 1
+    if not count:
+        raise InputError(f"{sig_path}: no images to sign in configuration {conf}")
+    # U-Boot >= 2026.04 (and Debian's patched 2023.01) rebuild the list from every image the
+    # configuration references and refuse anything less.
+    referenced = {img for _, img in t.conf_image_refs(fdt, conf)}
+    missing = sorted(referenced - {n.rsplit("/", 1)[1] for n in nodes if n.count("/") == 2})
+    if missing:
+        props = sorted({p for p, img in t.conf_image_refs(fdt, conf) if img in missing})
+        raise InputError(f"{sig_path} would not cover image(s) {', '.join(missing)} referenced by "
+                         f"{', '.join(props)}: current U-Boot refuses such a FIT; list every image "
+                         f"property in sign-images")
+    return nodes
+
+
+def _plan(blob: bytes, key, confs: Sequence[str] | None, key_name_hint: str | None,
+          algo: str | None, pad: str | None, image_signatures: bool) -> tuple[bytes, list[SignatureNode], bool]:
+    fdt = t.open_fdt(blob)
+    all_confs = t.subnodes(fdt, t.CONFIGS) if "configurations" in t.subnodes(fdt, "/") else []
+    if confs:
+        unknown = [c for c in confs if c not in all_confs]
+        if unknown:
+            raise UsageError(f"no configuration {', '.join(unknown)} in the FIT (has: {', '.join(all_confs) or 'none'})")
+    existing = [c for c in (confs or all_confs)
+                if any(n.startswith("signature") for n in t.subnodes(fdt, f"{t.CONFIGS}/{c}"))]
+    image_sig_exists = any(n.startswith("signature") for img in t.subnodes(fdt, t.IMAGES)
+                           for n in t.subnodes(fdt, f"{t.IMAGES}/{img}"))
+    public = key.public_key()
+    selected = list(confs or all_confs)
+    # Nodes to add: for configurations named with --config that have none; or, when the FIT carries
+    # no signature node at all, for every configuration. Existing nodes are signed as they are.
+    if confs:
+        to_add = [c for c in selected if c not in existing]
+    elif not (existing or image_sig_exists):
+        to_add = selected
+    else:
+        to_add = []
+    if to_add or image_signatures:
+        hint = key_name_hint or getattr(key, "label", None)
+        if not hint:
+            raise UsageError("give --key-name-hint: the FIT has no signature node naming the key")
+        blob = _add_signature_nodes(blob, to_add, algo or algo_for_key(public), pad or "pkcs-1.5",
+                                    hint, image_signatures)
+        fdt = t.open_fdt(blob)
+    if not selected and not image_signatures and not image_sig_exists:
+        raise InputError("the FIT has no configurations to sign (use --image-signatures for image signatures)")
+
+    plans: list[SignatureNode] = []
+    for image in t.subnodes(fdt, t.IMAGES):
+        for sig in (n for n in t.subnodes(fdt, f"{t.IMAGES}/{image}") if n.startswith("signature")):
+            plans.append(_node_plan(fdt, f"{t.IMAGES}/{image}/{sig}", "image", algo, key_name_hint, public))
+    for conf in selected:
+        for sig in (n for n in t.subnodes(fdt, f"{t.CONFIGS}/{conf}") if n.startswith("signature")):
+            plan = _node_plan(fdt, f"{t.CONFIGS}/{conf}/{sig}", "config", algo, key_name_hint, public)
+            plan.hashed_nodes = _config_node_list(fdt, conf, sig)
+            plans.append(plan)
+    if not plans:
+        raise InputError("nothing to sign: no signature nodes")
+    return blob, plans, algo is not None
+
+
+def _node_plan(fdt, path: str, kind: str, algo_opt: str | None, hint_opt: str | None, public) -> SignatureNode:
+    algo = algo_opt or t.getstr(fdt, path, "algo")
+    if not algo:
+        raise InputError(f"signature node {path} has no 'algo' (give --algo)")
+    hash_name = algo.split(",", 1)[0]
+    if hash_name not in _HASHES:
+        raise InputError(f"signature node {path}: unsupported hash in algo {algo!r}")
+    check_algo_matches_key(algo, public)
+    hint = t.getstr(fdt, path, "key-name-hint")
+    if hint_opt and hint and hint != hint_opt:
+        raise UsageError(f"signature node {path} names key {hint!r}, not {hint_opt!r}")
+    if not hint:
+        raise InputError(f"signature node {path} has no key-name-hint")
+    pad = t.getstr(fdt, path, "padding") or "pkcs-1.5"
+    if pad not in ("pkcs-1.5", "pss"):
+        raise InputError(f"signature node {path}: unknown padding {pad!r}")
+    if pad == "pss" and not isinstance(public, rsa.RSAPublicKey):
+        raise InputError(f"signature node {path}: PSS padding needs an RSA key")
+    return SignatureNode(path, kind, algo, pad, hint)
+
+
+# ---------------------------------------------------------------------------------------------
+# The passes.
+
+SignFn = Callable[[SignatureNode, bytes], bytes]
+
+
+def _write_signature(fdt: libfdt.Fdt, node: SignatureNode, value: bytes, timestamp: int,
+                     write_algo: bool, comment: str | None) -> None:
+    """fit_image_write_sig: every new property lands first, so the order is mkimage's."""
+    off = fdt.path_offset(node.path)
+    string_size = fdt.size_dt_strings()  # sampled before any property of this signature is added
+    fdt.setprop(off, "value", value)
+    fdt.setprop(off, "signer-name", SIGNER_NAME.encode() + b"\0")
+    fdt.setprop(off, "signer-version", __version__.encode() + b"\0")
+    if comment:
+        fdt.setprop(off, "comment", comment.encode() + b"\0")
+    fdt.setprop(off, "timestamp", timestamp.to_bytes(4, "big"))
+    if node.kind == "config":
+        fdt.setprop(off, "hashed-nodes", b"".join(n.encode() + b"\0" for n in node.hashed_nodes))
+        fdt.setprop(off, "hashed-strings", (0).to_bytes(4, "big") + string_size.to_bytes(4, "big"))
+    if write_algo:
+        fdt.setprop(off, "algo", node.algo.encode() + b"\0")
+
+
+def _config_digest(fdt: libfdt.Fdt, node: SignatureNode) -> bytes:
+    blob = fdt.as_bytearray()
+    regions = find_regions(blob, frozenset(node.hashed_nodes), add_string_tab=True)
+    h = hashes.Hash(_HASHES[node.hash_name]())
+    for start, size in regions:
+        h.update(bytes(blob[start:start + size]))
+    return h.finalize()
+
+
+def _run_pass(blob: bytes, size_inc: int, plans: list[SignatureNode], image_digests: dict,
+              sign: SignFn, timestamp: int, write_algo: bool, comment: str | None) -> bytes:
+    fdt = libfdt.Fdt(bytearray(blob))
+    if size_inc:
+        fdt.resize(fdt.totalsize() + size_inc)
+    by_path = {p.path: p for p in plans}
+    for image in t.subnodes(fdt, t.IMAGES):
+        for child in t.subnodes(fdt, f"{t.IMAGES}/{image}"):
+            path = f"{t.IMAGES}/{image}/{child}"
+            if child.startswith("hash"):
+                algo = t.getstr(fdt, path, "algo")
+                fdt.setprop(fdt.path_offset(path), "value", image_digests[(image, algo)])
+            elif path in by_path:
+                node = by_path[path]
+                value = sign(node, image_digests[(image, node.hash_name)])
+                _write_signature(fdt, node, value, timestamp, write_algo, comment)
+    for node in plans:
+        if node.kind == "config":
+            value = sign(node, _config_digest(fdt, node))
+            _write_signature(fdt, node, value, timestamp, write_algo, comment)
+    return bytes(fdt.as_bytearray())
+
+
+def _signature_value(key, node: SignatureNode, digest: bytes) -> bytes:
+    algo = _HASHES[node.hash_name]()
+    if isinstance(key, rsa.RSAPrivateKey):
+        pad = (padding.PSS(padding.MGF1(algo), padding.PSS.DIGEST_LENGTH) if node.padding == "pss"
+               else padding.PKCS1v15())
+        return key.sign(digest, pad, utils.Prehashed(algo))
+    r, s = utils.decode_dss_signature(key.sign(digest, ec.ECDSA(utils.Prehashed(algo))))
+    size = (key.curve.key_size + 7) // 8
+    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+
+
+def _placeholder_len(public) -> int:
+    if isinstance(public, rsa.RSAPublicKey):
+        return public.key_size // 8
+    return 2 * ((public.curve.key_size + 7) // 8)
+
+
+def _self_check(blob: bytes, plans: list[SignatureNode], public) -> None:
+    """Verify each configuration signature as U-Boot will: node list rebuilt from the config."""
+    from .fit_verify import _verify_value, config_digest
+    fdt = t.open_fdt(blob)
+    for node in plans:
+        value = t.getprop(fdt, node.path, "value")
+        if node.kind == "config":
+            conf = node.path.split("/")[2]
+            digest = config_digest(fdt, blob, conf, node.path, node.hash_name)
+        else:
+            digest = node.digest
+        try:
+            _verify_value(public, node.algo, node.padding, digest, value)
+        except InvalidSignature:
+            raise VerificationError(f"{node.path}: the written signature does not verify; nothing written") from None
+
+
+def sign_fit(blob: bytes, key, *, configs: Sequence[str] | None = None, key_name_hint: str | None = None,
+             algo: str | None = None, padding_name: str | None = None, image_signatures: bool = False,
+             timestamp: int | None = None, comment: str | None = None,
+             progress: Callable[[int, int], None] | None = None) -> SignedFit:
+    """Sign a FIT with ``key`` (any ``cryptography`` private key, e.g. a token key)."""
+    Header.parse(blob)
+    t.check_fit_structure(blob)
+    if padding_name not in (None, "pkcs-1.5", "pss"):
+        raise UsageError(f"unknown padding {padding_name!r} (pkcs-1.5 or pss)")
+    timestamp = source_date() if timestamp is None else timestamp
+    packed, external = import_external_data(blob)
+    prepared, plans, write_algo = _plan(packed, key, configs, key_name_hint, algo, padding_name, image_signatures)
+
+    # Every image digest the passes need, computed once (hash nodes and image signatures).
+    fdt = t.open_fdt(prepared)
+    wanted: dict[tuple[str, str], None] = {}
+    for image in t.subnodes(fdt, t.IMAGES):
+        for child in t.subnodes(fdt, f"{t.IMAGES}/{image}"):
+            path = f"{t.IMAGES}/{image}/{child}"
+            if child.startswith("hash"):
+                algo_name = t.getstr(fdt, path, "algo")
+                if not algo_name:
+                    raise InputError(f"hash node {path} has no 'algo'")
+                wanted[(image, algo_name)] = None
+    for node in plans:
+        if node.kind == "image":
+            wanted[(node.path.split("/")[2], node.hash_name)] = None
+    datas = {image: t.image_data(fdt, prepared, image) for image in {i for i, _ in wanted}}
+    total = sum(len(datas[i]) for i, _ in wanted)
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    image_digests = {(i, a): t.digest(a, datas[i], step) for i, a in wanted}
+    del datas
+
+    placeholder = b"\0" * _placeholder_len(key.public_key())
+    digests: dict[str, bytes] = {}
+
+    def record(node: SignatureNode, digest: bytes) -> bytes:
+        digests[node.path] = digest
+        return placeholder
+
+    for passes, size_inc in enumerate(range(0, 64 * 1024, 1024), start=1):
+        try:
+            _run_pass(prepared, size_inc, plans, image_digests, record, timestamp, write_algo, comment)
+            break
+        except libfdt.FdtException as err:
+            if err.err != -libfdt.NOSPACE:
+                raise InputError(f"cannot write signatures: {err}") from None
+    else:
+        raise InputError("cannot write signatures: the FIT would grow by more than 64 KiB")
+
+    values = {}
+    for node in plans:
+        node.digest = digests[node.path]
+        values[node.path] = _signature_value(key, node, node.digest)
+
+    def real(node: SignatureNode, digest: bytes) -> bytes:
+        if digest != digests[node.path]:
+            raise AssertionError(f"digest of {node.path} changed between passes")
+        return values[node.path]
+
+    out = _run_pass(prepared, size_inc, plans, image_digests, real, timestamp, write_algo, comment)
+    _self_check(out, plans, key.public_key())
+    if external:
+        out = extract_external_data(out, external)
+    return SignedFit(out, plans, passes)

@@ -1,0 +1,145 @@
+"""Reading a FIT with pylibfdt: nodes, properties, image data, configuration references."""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from typing import Callable, Iterator
+
+import libfdt
+
+from ..errors import InputError
+from .fdt_regions import Header, node_names
+
+IMAGES = "/images"
+CONFIGS = "/configurations"
+# Configuration properties that never name images (U-Boot's fit_config_get_signed_nodes skips them).
+NON_IMAGE_CONF_PROPS = frozenset({"description", "compatible", "default"})
+# What mkimage signs when a signature node has no sign-images (image-host.c default_list).
+DEFAULT_SIGN_IMAGES = ("kernel", "fdt", "script")
+
+Progress = Callable[[int], None]
+
+
+def open_fdt(blob: bytes | bytearray) -> libfdt.Fdt:
+    Header.parse(blob)
+    try:
+        return libfdt.Fdt(bytearray(blob))
+    except libfdt.FdtException as err:
+        raise InputError(f"malformed device tree: {err}") from None
+
+
+def check_fit_structure(blob: bytes | bytearray) -> list[str]:
+    """Structural checks U-Boot applies with FIT signatures enabled; return all node paths."""
+    paths = node_names(blob)
+    for path in paths:
+        if "@" in path.rsplit("/", 1)[-1]:
+            raise InputError(f"FIT node {path} has a unit address ('@'), which signature checking forbids")
+    if IMAGES not in paths:
+        raise InputError("not a FIT: no /images node")
+    return paths
+
+
+def offset(fdt: libfdt.Fdt, path: str) -> int:
+    try:
+        return fdt.path_offset(path)
+    except libfdt.FdtException:
+        raise InputError(f"FIT has no node {path}") from None
+
+
+def subnodes(fdt: libfdt.Fdt, path: str) -> list[str]:
+    """Names of the children of ``path``, in tree order."""
+    names = []
+    node = fdt.first_subnode(offset(fdt, path), [libfdt.NOTFOUND])
+    while node >= 0:
+        names.append(fdt.get_name(node))
+        node = fdt.next_subnode(node, [libfdt.NOTFOUND])
+    return names
+
+
+def properties(fdt: libfdt.Fdt, path: str) -> list[tuple[str, bytes]]:
+    out = []
+    prop = fdt.first_property_offset(offset(fdt, path), [libfdt.NOTFOUND])
+    while prop >= 0:
+        p = fdt.get_property_by_offset(prop)
+        out.append((p.name, bytes(p)))
+        prop = fdt.next_property_offset(prop, [libfdt.NOTFOUND])
+    return out
+
+
+def getprop(fdt: libfdt.Fdt, path: str, name: str) -> bytes | None:
+    value = fdt.getprop(offset(fdt, path), name, [libfdt.NOTFOUND])
+    return None if isinstance(value, int) else bytes(value)
+
+
+def getstr(fdt: libfdt.Fdt, path: str, name: str) -> str | None:
+    value = getprop(fdt, path, name)
+    if value is None:
+        return None
+    return value.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+
+
+def stringlist(value: bytes | None) -> list[str]:
+    if not value:
+        return []
+    return [s.decode("utf-8", errors="replace") for s in value.rstrip(b"\0").split(b"\0")]
+
+
+def image_data(fdt: libfdt.Fdt, blob: bytes | bytearray, name: str) -> bytes:
+    """An image's payload: the ``data`` property, or external data (mkimage -E / -p)."""
+    path = f"{IMAGES}/{name}"
+    data = getprop(fdt, path, "data")
+    if data is not None:
+        return data
+    size = getprop(fdt, path, "data-size")
+    off, pos = getprop(fdt, path, "data-offset"), getprop(fdt, path, "data-position")
+    if size is None or (off is None and pos is None):
+        raise InputError(f"image {name} has no data")
+    length = int.from_bytes(size, "big")
+    if pos is not None:
+        start = int.from_bytes(pos, "big")
+    else:
+        start = ((fdt.totalsize() + 3) & ~3) + int.from_bytes(off, "big")
+    if start + length > len(blob):
+        raise InputError(f"image {name}: external data [{start:#x}, +{length:#x}) lies beyond the end of the file")
+    return bytes(blob[start:start + length])
+
+
+def digest(algo: str, data: bytes, progress: Progress | None = None) -> bytes:
+    """A FIT hash-node value (U-Boot's calculate_hash)."""
+    if algo == "crc32":
+        return zlib.crc32(data).to_bytes(4, "big")
+    if algo not in ("md5", "sha1", "sha256", "sha384", "sha512"):
+        raise InputError(f"unsupported FIT hash algorithm {algo!r}")
+    h = hashlib.new(algo)
+    view = memoryview(data)
+    step = 8 << 20
+    for start in range(0, len(view), step):
+        h.update(view[start:start + step])
+        if progress:
+            progress(min(step, len(view) - start))
+    return h.digest()
+
+
+def conf_image_refs(fdt: libfdt.Fdt, conf: str, prop_names: Iterator[str] | None = None) -> list[tuple[str, str]]:
+    """(property, image name) pairs of a configuration, in property then list order.
+
+    With ``prop_names`` only those properties are followed (mkimage's sign-images); otherwise every
+    property except description/compatible/default whose entries name an image (U-Boot's verifier).
+    """
+    path = f"{CONFIGS}/{conf}"
+    images = set(subnodes(fdt, IMAGES))
+    out = []
+    if prop_names is None:
+        for name, value in properties(fdt, path):
+            if name in NON_IMAGE_CONF_PROPS:
+                continue
+            out.extend((name, entry) for entry in stringlist(value) if entry in images)
+    else:
+        for name in prop_names:
+            out.extend((name, entry) for entry in stringlist(getprop(fdt, path, name)))
+    return out
+
+
+def hash_children(fdt: libfdt.Fdt, image: str) -> list[str]:
+    return [n for n in subnodes(fdt, f"{IMAGES}/{image}") if n.startswith("hash")]

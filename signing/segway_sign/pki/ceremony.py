@@ -1,0 +1,161 @@
+"""``pki init``: create a plan's keys inside the token, certify them, export the public material.
+
+Outputs (one directory, written atomically): ``certs/<label>.pem`` (certificates),
+``keys/<label>.pub.pem`` (public keys), ``u-boot/<hint>.dtb`` + ``.dtsi`` (U-Boot public-key nodes for
+fit keys), fuse values where a format module provides them (``fuses/``), ``chain.pem`` and
+``ceremony.json`` (what was created, fingerprints, time). Nothing secret is ever written.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pkcs11 import Attribute, CertificateType, ObjectClass
+
+from .. import __version__
+from ..atomic import output_dir
+from ..errors import TokenError
+from ..formats.fit import source_date
+from ..formats.fit_keys import add_pubkey, algo_for_key
+from ..hsm import keygen
+from ..hsm.session import TokenSession
+from .certs import key_type_name, root_certificate, signing_certificate
+from .plan import KeySpec, Plan
+
+EMPTY_DTB_SOURCE = None  # built with pylibfdt below; no dtc needed
+
+
+def fingerprint(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+def _empty_dtb() -> bytes:
+    import libfdt
+    fdt = libfdt.Fdt.create_empty_tree(4096)
+    return bytes(fdt.as_bytearray())
+
+
+def uboot_dtsi(dtb: bytes, node_path: str) -> str:
+    """The key node as device-tree source, for U-Boot's CONFIG_DEVICE_TREE_INCLUDES."""
+    import libfdt
+    from ..formats.fit_tree import properties
+    fdt = libfdt.Fdt(bytearray(dtb))
+    lines = ["/ {", "\tsignature {", f"\t\t{node_path.rsplit('/', 1)[1]} {{"]
+    for prop, value in reversed(properties(fdt, node_path)):
+        if prop in ("key-name-hint", "algo", "required", "ecdsa,curve"):
+            lines.append(f'\t\t\t{prop} = "{value.rstrip(bytes(1)).decode()}";')
+        else:
+            words = " ".join(f"0x{int.from_bytes(value[i:i + 4], 'big'):08x}" for i in range(0, len(value), 4))
+            lines.append(f"\t\t\t{prop} = <{words}>;")
+    lines += ["\t\t};", "\t};", "};", ""]
+    return "\n".join(lines)
+
+
+def _store_certificate(session: TokenSession, key, cert: x509.Certificate) -> None:
+    """Keep the certificate next to its key in the token (found by the same CKA_ID)."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+
+    def op(s):
+        for old in s.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: key.key_id}):
+            old.destroy()
+        s.create_object({Attribute.CLASS: ObjectClass.CERTIFICATE,
+                         Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
+                         Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.LABEL: key.label,
+                         Attribute.ID: key.key_id, Attribute.VALUE: der,
+                         Attribute.SUBJECT: cert.subject.public_bytes(),
+                         Attribute.ISSUER: cert.issuer.public_bytes(),
+                         Attribute.SERIAL_NUMBER: cert.serial_number.to_bytes(20, "big").lstrip(b"\0") or b"\0"})
+    session.call(op, f"storing the certificate of {key.label}")
+
+
+def _optional_exporters() -> dict[str, Callable]:
+    """Fuse exporters live with their formats; a format that is not installed exports nothing."""
+    found = {}
+    for purpose, mod_name, func in (("stm32", "segway_sign.pki.stm32_fuses", "export_for_ceremony"),
+                                    ("hab", "segway_sign.formats.hab_srk", "export_for_ceremony")):
+        try:
+            found[purpose] = getattr(importlib.import_module(mod_name), func)
+        except (ImportError, AttributeError):
+            continue
+    return found
+
+
+def run_ceremony(plan: Plan, out: Path, open_session: Callable[[object], TokenSession],
+                 replace_keys: bool = False, force: bool = False, log: Callable[[str], None] = print) -> dict:
+    now = datetime.datetime.fromtimestamp(source_date(), tz=datetime.timezone.utc).replace(microsecond=0)
+    sessions: dict[str, TokenSession] = {}
+
+    def session_for(spec: KeySpec) -> TokenSession:
+        uri = plan.token_for(spec)
+        if str(uri) not in sessions:
+            sessions[str(uri)] = open_session(uri)
+        return sessions[str(uri)]
+
+    # Refuse before creating anything, so a half-done ceremony never happens by accident.
+    if not replace_keys:
+        for spec in [plan.root] + plan.keys:
+            if keygen.objects_labelled(session_for(spec), spec.label):
+                raise TokenError(f"token already holds objects labelled '{spec.label}': refusing to overwrite "
+                                 "keys (use --replace-keys to destroy and recreate them)")
+
+    record = {"plan": plan.name, "plan_sha256": plan.sha256, "time": now.isoformat(),
+              "tool": f"segway-sign {__version__}", "keys": []}
+    with output_dir(out, force) as tmp:
+        for sub in ("certs", "keys", "u-boot", "fuses"):
+            (tmp / sub).mkdir()
+        root_session = session_for(plan.root)
+        log(f"creating root key '{plan.root.label}' ({plan.root.kind}) in token '{root_session.label}'")
+        root_key = keygen.generate(root_session, plan.root.kind, plan.root.label, replace=replace_keys)
+        root_cert = root_certificate(plan.root, root_key, now)
+        _store_certificate(root_session, root_key, root_cert)
+        entries = [(plan.root, root_session, root_key, root_cert)]
+        exporters = _optional_exporters()
+        for spec in plan.keys:
+            session = session_for(spec)
+            log(f"creating {spec.purpose} key '{spec.label}' ({spec.kind}) in token '{session.label}'")
+            key = keygen.generate(session, spec.kind, spec.label, replace=replace_keys)
+            cert = signing_certificate(spec, key.public_key(), root_cert, root_key, now)
+            cert.verify_directly_issued_by(root_cert)
+            _store_certificate(session, key, cert)
+            entries.append((spec, session, key, cert))
+
+        chain = []
+        for spec, session, key, cert in entries:
+            cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+            pub_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+            (tmp / "certs" / f"{spec.label}.pem").write_bytes(cert_pem)
+            (tmp / "keys" / f"{spec.label}.pub.pem").write_bytes(pub_pem)
+            chain.append(cert_pem)
+            entry = {
+                "label": spec.label, "purpose": spec.purpose or "root-ca", "type": key_type_name(key.public_key()),
+                "uri": str(key.uri), "token": session.label, "key_id": key.key_id.hex(),
+                "public_key_sha256": fingerprint(key.public_der),
+                "certificate_sha256": fingerprint(cert.public_bytes(serialization.Encoding.DER)),
+                "certificate_serial": f"{cert.serial_number:x}",
+                "not_before": cert.not_valid_before_utc.isoformat(),
+                "not_after": cert.not_valid_after_utc.isoformat(),
+                "attributes": keygen.key_attributes(session, key), "exports": [],
+            }
+            if spec.purpose == "fit":
+                algo = algo_for_key(key.public_key())
+                dtb = add_pubkey(_empty_dtb(), key.public_key(), spec.key_name_hint, algo, "conf")
+                node = f"/signature/key-{spec.key_name_hint}" if algo.split(",")[1].startswith("rsa") \
+                    else f"/signature/{spec.key_name_hint}"
+                (tmp / "u-boot" / f"{spec.key_name_hint}.dtb").write_bytes(dtb)
+                (tmp / "u-boot" / f"{spec.key_name_hint}.dtsi").write_text(uboot_dtsi(dtb, node))
+                entry["exports"] += [f"u-boot/{spec.key_name_hint}.dtb", f"u-boot/{spec.key_name_hint}.dtsi"]
+                entry["key_name_hint"] = spec.key_name_hint
+            if spec.purpose in exporters:
+                entry["exports"] += exporters[spec.purpose](key.public_key(), spec.label, tmp / "fuses")
+            record["keys"].append(entry)
+        (tmp / "chain.pem").write_bytes(b"".join(chain))
+        (tmp / "ceremony.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record

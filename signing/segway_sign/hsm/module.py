@@ -81,9 +81,12 @@ def reset() -> None:
     with MODULE_LOCK:
         session._SESSIONS.clear()
         session._KEEP_ALIVE.clear()
-        for lib in _loaded.values():
+        for path, lib in _loaded.items():
             try:
                 lib.finalize()
             except pkcs11.exceptions.PKCS11Error:
                 pass  # a remote module whose server is gone: nothing left to finalize
+            # Unload too: some modules (p11-kit-client, pkcs11-spy) read their environment only
+            # when first loaded.
+            pkcs11.unload(path)
         _loaded.clear()

@@ -16,10 +16,12 @@ from typing import Callable, TypeVar
 
 import pkcs11
 from pkcs11 import Attribute, ObjectClass, TokenFlag
-from pkcs11.exceptions import (DeviceError, DeviceRemoved, MultipleTokensReturned, NoSuchToken,
+import time
+
+from pkcs11.exceptions import (DeviceError, DeviceRemoved, GeneralError, MultipleTokensReturned, NoSuchToken,
                                PinExpired, PinIncorrect, PinInvalid, PinLenRange, PinLocked,
                                PKCS11Error, SessionHandleInvalid, TokenNotPresent,
-                               UserAlreadyLoggedIn)
+                               TokenNotRecognised, UserAlreadyLoggedIn)
 
 from ..errors import PinError, TokenError
 from . import module as modules
@@ -28,6 +30,10 @@ from .uri import Pkcs11Uri
 
 T = TypeVar("T")
 RETRYABLE = (DeviceError, DeviceRemoved, SessionHandleInvalid)
+# SoftHSM rewrites its token file on every login; a process reading it meanwhile sees no token or a
+# general error. Opening (never a rejected PIN) is retried a few times for that.
+TRANSIENT_AT_OPEN = (NoSuchToken, TokenNotPresent, TokenNotRecognised, GeneralError, DeviceError)
+OPEN_ATTEMPTS = 4
 
 # Sessions that hold a login are kept open until the process exits: python-pkcs11's
 # Session.close() would C_Logout, which ends the login for every client behind a proxy.
@@ -44,6 +50,12 @@ def describe(err: Exception) -> str:
     return type(err).__name__ + (f" ({err})" if str(err) else "")
 
 
+class _Transient(Exception):
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
 class TokenSession:
     """An open, logged-in session on the token a URI names."""
 
@@ -54,9 +66,20 @@ class TokenSession:
         self.want_login = login
         self.transport = modules.transport(module_path)
         self.lib = modules.load(module_path)
-        self.token = self._select_token()
         self._pin: str | None = None
-        self.session = self._open()
+        self.token = self._retrying(self._select_token)
+        self.session = self._retrying(self._open)
+
+    @staticmethod
+    def _retrying(step: Callable[[], T]) -> T:
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
+            try:
+                return step()
+            except _Transient as err:
+                if attempt == OPEN_ATTEMPTS:
+                    raise TokenError(err.message) from None
+                time.sleep(0.1 * attempt)
+        raise AssertionError("unreachable")
 
     @classmethod
     def get(cls, module_path: str, uri: Pkcs11Uri, pin: PinSource, login: bool = True) -> "TokenSession":
@@ -78,6 +101,8 @@ class TokenSession:
             try:
                 tokens = [t for t in self.lib.get_tokens(**criteria)
                           if initialized(t) and (u.model is None or t.model.strip() == u.model)]
+            except TRANSIENT_AT_OPEN as err:
+                raise _Transient(f"cannot list tokens of {self.module_path}: {describe(err)}") from None
             except PKCS11Error as err:
                 raise TokenError(f"cannot list tokens of {self.module_path}: {describe(err)}"
                                  f"{modules._transport_hint(self.module_path)}") from None
@@ -94,8 +119,8 @@ class TokenSession:
         with modules.MODULE_LOCK:
             try:
                 public = self.token.open(rw=True)
-            except (MultipleTokensReturned, NoSuchToken, TokenNotPresent) as err:
-                raise TokenError(f"token '{self.token.label}' is not available: {describe(err)}") from None
+            except TRANSIENT_AT_OPEN as err:
+                raise _Transient(f"token '{self.token.label}' is not available: {describe(err)}") from None
             except PKCS11Error as err:
                 raise TokenError(f"cannot open a session on token '{self.token.label}': {describe(err)}") from None
             if not self.want_login or self._logged_in(public):
@@ -113,6 +138,8 @@ class TokenSession:
                 raise PinError(f"the user PIN of token '{self.token.label}' is locked") from None
             except (PinInvalid, PinLenRange, PinExpired) as err:
                 raise PinError(f"token '{self.token.label}' rejected the PIN: {describe(err)}") from None
+            except TRANSIENT_AT_OPEN as err:
+                raise _Transient(f"login to token '{self.token.label}' failed: {describe(err)}") from None
             except PKCS11Error as err:
                 raise TokenError(f"login to token '{self.token.label}' failed: {describe(err)}") from None
             _KEEP_ALIVE.append(session)
@@ -133,7 +160,7 @@ class TokenSession:
                 except RETRYABLE as err:
                     if attempt == 2:
                         raise TokenError(f"{what} failed twice on token '{self.label}': {describe(err)}") from None
-                    self.session = self._open()
+                    self.session = self._retrying(self._open)
                 except PKCS11Error as err:
                     raise TokenError(f"{what} failed on token '{self.label}': {describe(err)}") from None
         raise AssertionError("unreachable")

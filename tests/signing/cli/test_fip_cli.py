@@ -1,0 +1,100 @@
+"""``segway-sign fip``: run as a user would, ROT key in the token, FIP read back with fiptool."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import run_cli
+
+CFG_CERT_UUID = "501D8DD2-8BCE-49A5-84EB-559A9F2EAEAF"
+
+
+
+
+def images(tmp_path: Path) -> dict[str, Path]:
+    out = {}
+    for name in ("tos-fw", "tos-fw-extra1", "tos-fw-extra2", "nt-fw", "hw-config", "fw-config"):
+        out[name] = tmp_path / f"{name}.bin"
+        out[name].write_bytes(os.urandom(2500))
+    return out
+
+
+def ok(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == 0, res.stderr.decode()
+    return res.stdout.decode()
+
+
+def one_line_error(res: subprocess.CompletedProcess, code: int = 1, match: str = "") -> None:
+    err = res.stderr.decode()
+    assert res.returncode == code, (res.returncode, err)
+    assert "Traceback" not in err and match in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def fiptool_info(path: Path) -> str:
+    res = subprocess.run(["fiptool", "info", str(path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_sign_fip_and_verify(token, tmp_path):
+    uri = token.generate("p256", "rot")
+    pin = ["--pin-file", str(token.pin_file)]
+    imgs = images(tmp_path)
+    unsigned = tmp_path / "fip.bin"
+    subprocess.run(["fiptool", "create", *[a for n, p in imgs.items() for a in (f"--{n}", str(p))], str(unsigned)],
+                   check=True, capture_output=True, timeout=60)
+    before = unsigned.read_bytes()
+    out = tmp_path / "fip-signed.bin"
+    report = json.loads(ok(run_cli(["fip", "sign", "--rot-key", uri, *pin, "--fip", str(unsigned), "--out", str(out),
+                                    "--tfw-nvctr", "2", "--ntfw-nvctr", "3", "--json"], token)))
+    assert unsigned.read_bytes() == before
+    assert report["nv_counters"] == {"trusted_nvctr": 2, "non_trusted_nvctr": 3}
+    info = fiptool_info(out)
+    assert len(info.strip().splitlines()) == 12 and CFG_CERT_UUID in info
+
+    # The ROT key's PKH is the STM32MP15 PKH of the BL2 signing key.
+    fuses = json.loads(ok(run_cli(["stm32", "pkh", "--key", uri, *pin, "--json"], token)))
+    assert fuses["hash"] == report["rot_pkh"]
+    ok(run_cli(["fip", "verify", "--fip", str(out), "--pkh", fuses["hash"]]))
+    one_line_error(run_cli(["fip", "verify", "--fip", str(out), "--pkh", "11" * 32]), match="PKH")
+
+
+def test_sign_separate_images_with_certs_dir(softhsm, tmp_path):
+    uri = softhsm.generate("p256", "rot")
+    imgs = images(tmp_path)
+    out, certs = tmp_path / "fip.bin", tmp_path / "certs"
+    ok(run_cli(["fip", "sign", "--rot-key", uri, "--pin-file", str(softhsm.pin_file),
+                *[a for n, p in imgs.items() for a in (f"--{n}", str(p))], "--out", str(out),
+                "--certs-dir", str(certs)], softhsm))
+    assert sorted(p.name for p in certs.iterdir()) == sorted(
+        f"{n}.crt" for n in ("stm32mp_cfg_cert", "trusted_key_cert", "tos_fw_key_cert", "tos_fw_content_cert",
+                             "nt_fw_key_cert", "nt_fw_content_cert"))
+    res = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject", "-in",
+                          str(certs / "stm32mp_cfg_cert.crt")], capture_output=True, text=True, timeout=60)
+    assert "STM32MP config FW Certificate" in res.stdout
+    assert "cmdline=\"--nt-fw-cert\"" in fiptool_info(out)
+
+
+def test_errors(softhsm, tmp_path):
+    uri = softhsm.generate("p256", "rot")
+    pin = ["--pin-file", str(softhsm.pin_file)]
+    imgs = images(tmp_path)
+    out = tmp_path / "out.bin"
+    one_line_error(run_cli(["fip", "sign", "--rot-key", uri, *pin, "--out", str(out)], softhsm),
+                   code=2, match="either --fip")
+    one_line_error(run_cli(["fip", "sign", "--rot-key", uri, *pin, "--fip", str(imgs["nt-fw"]),
+                            "--out", str(out)], softhsm), match="not a FIP")
+    one_line_error(run_cli(["fip", "sign", "--rot-key", uri, *pin, "--nt-fw", str(imgs["nt-fw"]),
+                            "--out", str(out)], softhsm), match="tos_fw")
+    assert not out.exists()
+    out.write_bytes(b"keep")
+    one_line_error(run_cli(["fip", "sign", "--rot-key", uri, *pin, "--tos-fw", str(imgs["tos-fw"]),
+                            "--nt-fw", str(imgs["nt-fw"]), "--out", str(out)], softhsm), match="exists")
+    assert out.read_bytes() == b"keep"
+    one_line_error(run_cli(["fip", "verify", "--fip", str(imgs["tos-fw"])]), match="not a FIP")

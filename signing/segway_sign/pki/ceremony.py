@@ -29,9 +29,6 @@ from ..hsm.session import TokenSession
 from .certs import key_type_name, root_certificate, signing_certificate
 from .plan import KeySpec, Plan
 
-EMPTY_DTB_SOURCE = None  # built with pylibfdt below; no dtc needed
-
-
 def fingerprint(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
@@ -75,15 +72,22 @@ def _store_certificate(session: TokenSession, key, cert: x509.Certificate) -> No
     session.call(op, f"storing the certificate of {key.label}")
 
 
-def _optional_exporters() -> dict[str, Callable]:
-    """Fuse exporters live with their formats; a format that is not installed exports nothing."""
-    found = {}
-    for purpose, mod_name, func in (("stm32", "segway_sign.pki.stm32_fuses", "export_for_ceremony"),
-                                    ("hab", "segway_sign.formats.hab_srk", "export_for_ceremony")):
-        try:
-            found[purpose] = getattr(importlib.import_module(mod_name), func)
-        except (ImportError, AttributeError):
-            continue
+def _export_stm32(public_key, label: str, dest: Path) -> list[str]:
+    """STM32MP15 PKH: the file U-Boot's ``stm32key`` reads and the OTP words to check it against."""
+    from .stm32_fuses import pkh_fuse_words
+    words = pkh_fuse_words([public_key], 1)
+    (dest / f"{label}.pkh.bin").write_bytes(bytes.fromhex(words["hash"]))
+    (dest / f"{label}.otp.json").write_text(json.dumps(words, indent=2) + "\n")
+    return [f"fuses/{label}.pkh.bin", f"fuses/{label}.otp.json"]
+
+
+def _exporters() -> dict[str, Callable]:
+    """Fuse exporters by purpose; HAB's lives with its format and is used when present."""
+    found: dict[str, Callable] = {"stm32": _export_stm32}
+    try:
+        found["hab"] = importlib.import_module("segway_sign.formats.hab_srk").export_for_ceremony
+    except (ImportError, AttributeError):
+        pass
     return found
 
 
@@ -116,7 +120,7 @@ def run_ceremony(plan: Plan, out: Path, open_session: Callable[[object], TokenSe
         root_cert = root_certificate(plan.root, root_key, now)
         _store_certificate(root_session, root_key, root_cert)
         entries = [(plan.root, root_session, root_key, root_cert)]
-        exporters = _optional_exporters()
+        exporters = _exporters()
         for spec in plan.keys:
             session = session_for(spec)
             log(f"creating {spec.purpose} key '{spec.label}' ({spec.kind}) in token '{session.label}'")

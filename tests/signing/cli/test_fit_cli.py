@@ -1,0 +1,164 @@
+"""The fit commands as CI scripts use them: PIN sources, errors, atomic outputs, --json."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from fit_fixtures import EPOCH, empty_dtb, make_unsigned_fit
+from helpers import P11KIT_CLIENT, run_cli
+
+
+@pytest.fixture
+def signing(softhsm, tmp_path):
+    uri = softhsm.generate("rsa2048", "segway-fit")
+    unsigned = make_unsigned_fit(tmp_path / "fit")
+    return softhsm, uri, unsigned
+
+
+def _sign(tok, uri, src, out, *extra, env=None):
+    return run_cli(["fit", "sign", "--key", uri, "--in", str(src), "--out", str(out), *extra], tok,
+                   env={"SOURCE_DATE_EPOCH": EPOCH, **(env or {})})
+
+
+def one_line_error(res, *words):
+    err = res.stderr.decode()
+    assert res.returncode != 0
+    assert err.startswith("segway-sign: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def test_sign_with_pin_file_then_verify(signing, tmp_path):
+    tok, uri, unsigned = signing
+    out = tmp_path / "signed.itb"
+    res = _sign(tok, uri, unsigned, out, "--pin-file", str(tok.pin_file), "--json")
+    assert res.returncode == 0, res.stderr.decode()
+    result = json.loads(res.stdout)
+    assert result["signatures"][0]["node"] == "/configurations/conf-1/signature-1"
+    assert result["bytes_sent_to_token"] == 51
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    ctl = tmp_path / "ctl.dtb"
+    res = run_cli(["fit", "add-pubkey", "--key", uri, "--dtb", str(empty_dtb(tmp_path / "e.dtb")), "--out", str(ctl),
+                   "--key-name-hint", "dev", "--pin-file", str(tok.pin_file)], tok)
+    assert res.returncode == 0, res.stderr.decode()
+    ok = run_cli(["fit", "verify", "--dtb", str(ctl), "--in", str(out)])
+    assert ok.returncode == 0 and b"sha256,rsa2048:dev+ verified" in ok.stdout
+    bad = run_cli(["fit", "verify", "--dtb", str(ctl), "--in", str(unsigned)])
+    one_line_error(bad, "unsigned")
+
+
+def test_pin_from_env_var_and_from_segway_pin_file(signing, tmp_path):
+    tok, uri, unsigned = signing
+    res = _sign(tok, uri, unsigned, tmp_path / "a.itb", "--pin-env", "CI_TOKEN_PIN", env={"CI_TOKEN_PIN": tok.pin})
+    assert res.returncode == 0, res.stderr.decode()
+    res = _sign(tok, uri, unsigned, tmp_path / "b.itb", env={"SEGWAY_PIN_FILE": str(tok.pin_file)})
+    assert res.returncode == 0, res.stderr.decode()
+
+
+def test_wrong_pin(signing, tmp_path):
+    tok, uri, unsigned = signing
+    bad = tmp_path / "bad.pin"
+    bad.write_text("99999999\n")
+    bad.chmod(0o600)
+    out = tmp_path / "x.itb"
+    res = _sign(tok, uri, unsigned, out, "--pin-file", str(bad))
+    err = one_line_error(res, "refused the PIN")
+    assert "99999999" not in err and not out.exists()
+    # The right PIN still works: one wrong attempt did not lock the token.
+    assert _sign(tok, uri, unsigned, out, "--pin-file", str(tok.pin_file)).returncode == 0
+
+
+def test_no_pin_source_without_terminal(signing, tmp_path):
+    tok, uri, unsigned = signing
+    one_line_error(_sign(tok, uri, unsigned, tmp_path / "x.itb"), "needs a PIN")
+
+
+def test_existing_output_needs_force(signing, tmp_path):
+    tok, uri, unsigned = signing
+    out = tmp_path / "o.itb"
+    out.write_bytes(b"keep")
+    one_line_error(_sign(tok, uri, unsigned, out, "--pin-file", str(tok.pin_file)), "exists", "--force")
+    assert out.read_bytes() == b"keep"
+    assert _sign(tok, uri, unsigned, out, "--pin-file", str(tok.pin_file), "--force").returncode == 0
+    assert out.read_bytes() != b"keep"
+
+
+@pytest.mark.parametrize("case", ["module", "token", "key", "pin-file", "input", "malformed", "truncated",
+                                  "pin-in-uri", "slot", "p11kit-down"])
+def test_errors_are_one_line(signing, tmp_path, case):
+    tok, uri, unsigned = signing
+    out = tmp_path / "out.itb"
+    args, env = ["--pin-file", str(tok.pin_file)], {}
+    src, key = unsigned, uri
+    if case == "module":
+        args += ["--module", "/nonexistent/libpkcs11.so"]
+        words = ["does not exist"]
+    elif case == "token":
+        key, words = "pkcs11:token=absent;object=segway-fit", ["no token matching token=absent"]
+    elif case == "key":
+        key, words = f"{tok.token_uri};object=absent", ["no private key"]
+    elif case == "pin-file":
+        args, words = ["--pin-file", str(tmp_path / "none")], ["PIN file", "does not exist"]
+    elif case == "input":
+        src, words = tmp_path / "missing.itb", ["does not exist"]
+    elif case == "malformed":
+        src = tmp_path / "junk.itb"
+        src.write_bytes(os.urandom(4096))
+        words = ["magic"]
+    elif case == "truncated":
+        src = tmp_path / "short.itb"
+        src.write_bytes(unsigned.read_bytes()[:5000])
+        words = ["truncated"]
+    elif case == "pin-in-uri":
+        key, words = uri + "?pin-value=1234", ["pin-value"]
+    elif case == "slot":
+        key, words = "pkcs11:slot-id=0;object=segway-fit", ["slot"]
+    else:
+        args += ["--module", P11KIT_CLIENT]
+        env = {"P11_KIT_SERVER_ADDRESS": f"unix:path={tmp_path}/nothing.sock"}
+        words = []
+    res = _sign(tok, key, src, out, *args, env=env)
+    one_line_error(res, *words)
+    assert not out.exists() and not list(tmp_path.glob(".out.itb.*"))
+
+
+def test_module_from_environment(signing, tmp_path):
+    tok, uri, unsigned = signing
+    res = _sign(tok, uri, unsigned, tmp_path / "x.itb", "--pin-file", str(tok.pin_file),
+                env={"SEGWAY_PKCS11_MODULE": "/nonexistent/from-env.so"})
+    one_line_error(res, "/nonexistent/from-env.so")
+
+
+def test_through_p11kit(p11kit, tmp_path):
+    uri = p11kit.generate("rsa2048", "segway-fit")
+    res = _sign(p11kit, uri, make_unsigned_fit(tmp_path / "fit"), tmp_path / "s.itb", "--pin-file",
+                str(p11kit.pin_file))
+    assert res.returncode == 0, res.stderr.decode()
+
+
+def test_token_info_lists_keys(signing):
+    tok, uri, _ = signing
+    res = run_cli(["token", "info", "--json", "--pin-file", str(tok.pin_file)], tok)
+    assert res.returncode == 0, res.stderr.decode()
+    info = json.loads(res.stdout)
+    token = next(t for t in info["tokens"] if t["label"] == tok.token_label)
+    assert "RSA_PKCS" in token["mechanisms"] and "ECDSA" in token["mechanisms"]
+    assert {o["class"] for o in token["objects"] if o["label"] == "segway-fit"} == {"private", "public"}
+    no_pin = json.loads(run_cli(["token", "info", "--json"], tok).stdout)
+    assert all(o["class"] != "private" for t in no_pin["tokens"] for o in t["objects"])
+
+
+def test_init_dev_is_idempotent(tmp_path):
+    d = tmp_path / "hsm"
+    first = run_cli(["token", "init-dev", "--dir", str(d), "--json"])
+    assert first.returncode == 0, first.stderr.decode()
+    pin = (d / "user.pin").read_text()
+    assert stat.S_IMODE((d / "user.pin").stat().st_mode) == 0o600
+    assert run_cli(["token", "init-dev", "--dir", str(d)]).returncode == 0
+    assert (d / "user.pin").read_text() == pin

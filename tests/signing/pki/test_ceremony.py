@@ -1,0 +1,129 @@
+"""pki init against real tokens; certificates checked with openssl."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+
+from helpers import run_cli
+from segway_sign.errors import InputError, TokenError
+from segway_sign.formats.fit_keys import add_pubkey
+from segway_sign.formats.fit_tree import open_fdt
+from segway_sign.pki.ceremony import _empty_dtb, run_ceremony
+from segway_sign.pki.plan import load_plan
+
+REPO = Path(__file__).resolve().parents[3]
+DEV_PLAN = REPO / "conf" / "pki-dev.yaml"
+
+
+def plan_for(tok, tmp_path: Path) -> Path:
+    """The development plan pointed at the test's token."""
+    raw = yaml.safe_load(DEV_PLAN.read_text())
+    raw["token"] = tok.token_uri
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_dev_plan_ceremony(token, tmp_path):
+    plan = plan_for(token, tmp_path)
+    out = tmp_path / "pki"
+    res = run_cli(["pki", "init", str(plan), "--out", str(out), "--pin-file", str(token.pin_file), "--json"], token)
+    assert res.returncode == 0, res.stderr.decode()
+    record = json.loads(res.stdout)
+    assert record == json.loads((out / "ceremony.json").read_text())
+    purposes = {k["purpose"] for k in record["keys"]}
+    assert purposes == {"root-ca", "fit", "stm32", "hab", "verity", "release"}
+    root = out / "certs" / "segway-dev-root-ca.pem"
+    for entry in record["keys"]:
+        assert entry["attributes"]["never_extractable"] and entry["attributes"]["always_sensitive"]
+        cert_path = out / "certs" / f"{entry['label']}.pem"
+        # openssl, not our code, checks the chain and the purpose.
+        verify = subprocess.run(["openssl", "verify", "-CAfile", str(root), "-purpose", "any", str(cert_path)],
+                                capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        assert ski.hex() == entry["key_id"]  # CKA_ID is the subjectKeyIdentifier
+        if entry["purpose"] != "root-ca":
+            assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    # U-Boot key node for the fit key: exactly what add-pubkey writes for the same key.
+    fit = next(k for k in record["keys"] if k["purpose"] == "fit")
+    dtb = (out / "u-boot" / "dev.dtb").read_bytes()
+    pub = x509.load_pem_x509_certificate((out / "certs" / "segway-dev-fit.pem").read_bytes()).public_key()
+    assert dtb == add_pubkey(_empty_dtb(), pub, "dev", required="conf")
+    assert "key-dev" in (out / "u-boot" / "dev.dtsi").read_text()
+    # dtc (not us) accepts the exported tree and finds the key node.
+    dts = subprocess.run(["dtc", "-I", "dtb", "-O", "dts", str(out / "u-boot" / "dev.dtb")],
+                         capture_output=True, text=True, check=True).stdout
+    assert 'required = "conf"' in dts and fit["uri"].startswith(token.token_uri)
+    # STM32 PKH: the SHA-256 of the 64-byte public point, as the ROM checks it.
+    stm32_pub = x509.load_pem_x509_certificate((out / "certs" / "segway-dev-stm32.pem").read_bytes()).public_key()
+    nums = stm32_pub.public_numbers()
+    import hashlib
+    pkh = hashlib.sha256(nums.x.to_bytes(32, "big") + nums.y.to_bytes(32, "big")).digest()
+    assert (out / "fuses" / "segway-dev-stm32.pkh.bin").read_bytes() == pkh
+    # Nothing secret in the output.
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert b"PRIVATE KEY" not in f.read_bytes()
+            assert token.pin.encode() not in f.read_bytes()
+
+
+def test_refuses_existing_keys_and_output(softhsm, tmp_path):
+    plan = plan_for(softhsm, tmp_path)
+    args = ["pki", "init", str(plan), "--pin-file", str(softhsm.pin_file)]
+    assert run_cli(args + ["--out", str(tmp_path / "a")], softhsm).returncode == 0
+    again = run_cli(args + ["--out", str(tmp_path / "b")], softhsm)
+    assert again.returncode == 1 and b"refusing to overwrite" in again.stderr
+    assert not (tmp_path / "b").exists()
+    exists = run_cli(args + ["--out", str(tmp_path / "a"), "--replace-keys"], softhsm)
+    assert exists.returncode == 1 and b"exists" in exists.stderr
+    replaced = run_cli(args + ["--out", str(tmp_path / "a"), "--replace-keys", "--force"], softhsm)
+    assert replaced.returncode == 0, replaced.stderr.decode()
+
+
+def test_failure_leaves_no_output(softhsm, tmp_path, monkeypatch):
+    plan = load_plan(plan_for(softhsm, tmp_path))
+    from segway_sign.hsm import PinSource, open_session
+
+    def opener(uri):
+        if "other" in str(uri):
+            raise TokenError("token 'other' is not available")
+        return open_session(str(uri), module_path=softhsm.module, pin=PinSource(file=softhsm.pin_file))
+    from segway_sign.hsm.uri import Pkcs11Uri
+    plan.keys[-1] = plan.keys[-1].__class__(**{**plan.keys[-1].__dict__, "token": Pkcs11Uri(token="other")})
+    with pytest.raises(TokenError):
+        run_ceremony(plan, tmp_path / "out", opener, log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.*"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.pop("root"), "missing 'root'"),
+    (lambda r: r["keys"][0].update(key="rsa1024"), "key type"),
+    (lambda r: r["keys"][0].update(purpose="firmware"), "purpose"),
+    (lambda r: r["keys"][0].pop("key_name_hint"), "key_name_hint"),
+    (lambda r: r["keys"].append(dict(r["keys"][1])), "duplicate"),
+    (lambda r: r.update(token="pkcs11:token=x?pin-value=1"), "pin-value"),
+    (lambda r: r["root"].update(subject={"O": "no cn"}), "CN"),
+])
+def test_plan_errors(tmp_path, edit, message):
+    raw = yaml.safe_load(DEV_PLAN.read_text())
+    edit(raw)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(Exception, match=message):
+        load_plan(path)
+
+
+def test_plan_not_yaml(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("token: [unclosed")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_plan(path)

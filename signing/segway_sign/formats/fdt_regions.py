@@ -184,3 +184,21 @@ def node_names(blob: bytes | bytearray) -> list[str]:
             path.pop()
         elif tag == FDT_END:
             return out
+
+
+def property_spans(blob: bytes | bytearray | memoryview, name: str) -> dict[str, tuple[int, int]]:
+    """Absolute (offset, length) of every value of property ``name``, by node path, without copying."""
+    hdr = Header.parse(blob)
+    walker = _Walker(blob, hdr)
+    spans, path, offset = {}, [], 0
+    while True:
+        tag, nxt, pname = walker.next_tag(offset)
+        if tag == FDT_BEGIN_NODE:
+            path.append(pname)
+        elif tag == FDT_END_NODE:
+            path.pop()
+        elif tag == FDT_PROP and pname == name:
+            spans["/" + "/".join(path[1:])] = (hdr.off_dt_struct + offset + 12, walker.u32(offset + 4))
+        elif tag == FDT_END:
+            return spans
+        offset = nxt

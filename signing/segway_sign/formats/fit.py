@@ -48,7 +48,7 @@ class SignatureNode:
 
 @dataclass
 class SignedFit:
-    blob: bytes
+    blob: bytes | bytearray
     signatures: list[SignatureNode]
     passes: int
 
@@ -73,56 +73,97 @@ class _External:
     base: int = 0  # mkimage -p value for "position"
 
 
-def import_external_data(blob: bytes) -> tuple[bytes, _External | None]:
-    """Move external image data into the tree (mkimage's fit_import_data) and pack it."""
+@dataclass
+class _Payloads:
+    """Image data kept outside the tree while signing: data is never hashed as part of a
+    configuration and does not change how much room signatures need, so the passes run on a tree
+    whose ``data`` values are empty and the payloads go back in once at the end."""
+    views: dict[str, memoryview]
+    external: _External | None
+
+    def total(self) -> int:
+        return sum(len(v) for v in self.views.values())
+
+
+def split_payloads(blob: bytes) -> tuple[bytes, _Payloads]:
+    """mkimage's fit_import_data (external data becomes ``data``; the tree is packed), with every
+    ``data`` value emptied and returned as zero-copy views of ``blob``."""
+    from .fdt_regions import property_spans
     fdt = t.open_fdt(blob)
-    names = t.subnodes(fdt, t.IMAGES)
-    external = [n for n in names if t.getprop(fdt, f"{t.IMAGES}/{n}", "data") is None
-                and t.getprop(fdt, f"{t.IMAGES}/{n}", "data-size") is not None]
-    if not external:
-        fdt.pack()  # mkimage packs here even with nothing to import; the passes start from that
-        return bytes(fdt.as_bytearray()), None
-    payloads = {n: t.image_data(fdt, blob, n) for n in external}
-    positions = [n for n in external if t.getprop(fdt, f"{t.IMAGES}/{n}", "data-position") is not None]
-    layout = _External("offset")
-    if positions:
-        first = positions[0]
-        layout = _External("position", int.from_bytes(t.getprop(fdt, f"{t.IMAGES}/{first}", "data-position"), "big"))
-    work = libfdt.Fdt(bytearray(blob[:fdt.totalsize()]))
-    work.resize(fdt.totalsize() + sum(len(p) + 64 for p in payloads.values()) + 16384)
-    for name in external:
-        work.setprop(work.path_offset(f"{t.IMAGES}/{name}"), "data", payloads[name])
-    work.pack()
-    return bytes(work.as_bytearray()), layout
-
-
-def extract_external_data(blob: bytes, layout: _External) -> bytes:
-    """Move image data back out of the tree (mkimage's fit_extract_data)."""
-    fdt = libfdt.Fdt(bytearray(blob))
-    chunks, buf_ptr = [], 0
+    source = memoryview(blob)
+    spans = property_spans(blob, "data")
+    views: dict[str, memoryview] = {}
+    layout = None
     for name in t.subnodes(fdt, t.IMAGES):
-        node = fdt.path_offset(f"{t.IMAGES}/{name}")
-        data = fdt.getprop(node, "data", [libfdt.NOTFOUND])
-        if isinstance(data, int):
+        path = f"{t.IMAGES}/{name}"
+        if path in spans:
+            start, length = spans[path]
+            views[name] = source[start:start + length]
+        elif t.getprop(fdt, path, "data-size") is not None:
+            size = int.from_bytes(t.getprop(fdt, path, "data-size"), "big")
+            pos, off = t.getprop(fdt, path, "data-position"), t.getprop(fdt, path, "data-offset")
+            if pos is not None:
+                start = int.from_bytes(pos, "big")
+                if layout is None:
+                    layout = _External("position", start)
+            elif off is not None:
+                start = ((fdt.totalsize() + 3) & ~3) + int.from_bytes(off, "big")
+                layout = layout or _External("offset")
+            else:
+                raise InputError(f"image {name} has data-size but no data-offset or data-position")
+            if start + size > len(blob):
+                raise InputError(f"image {name}: external data [{start:#x}, +{size:#x}) lies beyond the end of the file")
+            views[name] = source[start:start + size]
+    fdt.resize(fdt.totalsize() + 16 * len(views) + 16)  # room for new, empty data properties
+    for name in views:
+        fdt.setprop(fdt.path_offset(f"{t.IMAGES}/{name}"), "data", b"")
+    fdt.pack()
+    return bytes(fdt.as_bytearray()), _Payloads(views, layout)
+
+
+def join_payloads(tree: bytes, payloads: _Payloads) -> bytearray:
+    """Put the data back: in place (same layout as if it had been there throughout), or after the
+    tree as mkimage -E / -p writes it."""
+    fdt = libfdt.Fdt(bytearray(tree))
+    if payloads.external is None:
+        from .fdt_regions import property_spans
+        fdt.resize(fdt.totalsize() + sum((len(v) + 3) & ~3 for v in payloads.views.values()))
+        # libfdt lays the tree out around zero-filled values; the payloads are then copied into
+        # those values (pylibfdt only takes bytes, and a bytes copy of a large image is costly).
+        for name, view in payloads.views.items():
+            fdt.setprop(fdt.path_offset(f"{t.IMAGES}/{name}"), "data", bytes(len(view)))
+        out = fdt.as_bytearray()
+        spans = property_spans(out, "data")
+        for name, view in payloads.views.items():
+            start, length = spans[f"{t.IMAGES}/{name}"]
+            out[start:start + length] = view
+        return out
+    # mkimage's fit_extract_data: data-offset (or data-position) and data-size replace data.
+    layout, buf_ptr, chunks = payloads.external, 0, []
+    for name in t.subnodes(fdt, t.IMAGES):
+        if name not in payloads.views:
             continue
-        data = bytes(data)
-        fdt.delprop(node, "data")
+        view = payloads.views[name]
         node = fdt.path_offset(f"{t.IMAGES}/{name}")
+        fdt.delprop(node, "data")
         if layout.mode == "position":
             fdt.setprop_u32(node, "data-position", layout.base + buf_ptr)
         else:
             fdt.setprop_u32(node, "data-offset", buf_ptr)
-        fdt.setprop_u32(node, "data-size", len(data))
-        chunks.append(data + b"\0" * (-len(data) % 4))
-        buf_ptr += (len(data) + 3) & ~3
+        fdt.setprop_u32(node, "data-size", len(view))
+        chunks.append((view, -len(view) % 4))
+        buf_ptr += (len(view) + 3) & ~3
     fdt.pack()
-    tree = bytes(fdt.as_bytearray())
-    tree += b"\0" * (-len(tree) % 4)
+    out = bytearray(fdt.as_bytearray())
+    out += b"\0" * (-len(out) % 4)
     if layout.mode == "position":
-        if layout.base < len(tree):
-            raise InputError(f"external data position {layout.base:#x} overlaps the signed tree ({len(tree):#x} bytes)")
-        tree += b"\0" * (layout.base - len(tree))
-    return tree + b"".join(chunks)
+        if layout.base < len(out):
+            raise InputError(f"external data position {layout.base:#x} overlaps the signed tree ({len(out):#x} bytes)")
+        out += b"\0" * (layout.base - len(out))
+    for view, pad in chunks:
+        out += view
+        out += b"\0" * pad
+    return out
 
 
 def _add_signature_nodes(blob: bytes, confs: Sequence[str], algo: str, pad: str,
@@ -369,7 +410,7 @@ def sign_fit(blob: bytes, key, *, configs: Sequence[str] | None = None, key_name
     if padding_name not in (None, "pkcs-1.5", "pss"):
         raise UsageError(f"unknown padding {padding_name!r} (pkcs-1.5 or pss)")
     timestamp = source_date() if timestamp is None else timestamp
-    packed, external = import_external_data(blob)
+    packed, payloads = split_payloads(blob)
     prepared, plans, write_algo = _plan(packed, key, configs, key_name_hint, algo, padding_name, image_signatures)
 
     # Every image digest the passes need, computed once (hash nodes and image signatures).
@@ -386,7 +427,10 @@ def sign_fit(blob: bytes, key, *, configs: Sequence[str] | None = None, key_name
     for node in plans:
         if node.kind == "image":
             wanted[(node.path.split("/")[2], node.hash_name)] = None
-    datas = {image: t.image_data(fdt, prepared, image) for image in {i for i, _ in wanted}}
+    datas = {image: payloads.views.get(image) for image in {i for i, _ in wanted}}
+    missing = sorted(i for i, v in datas.items() if v is None)
+    if missing:
+        raise InputError(f"image(s) {', '.join(missing)} have no data")
     total = sum(len(datas[i]) for i, _ in wanted)
     done = 0
 
@@ -428,6 +472,4 @@ def sign_fit(blob: bytes, key, *, configs: Sequence[str] | None = None, key_name
 
     out = _run_pass(prepared, size_inc, plans, image_digests, real, timestamp, write_algo, comment)
     _self_check(out, plans, key.public_key())
-    if external:
-        out = extract_external_data(out, external)
-    return SignedFit(out, plans, passes)
+    return SignedFit(join_payloads(out, payloads), plans, passes)

@@ -1,0 +1,108 @@
+"""Server interceptor: find the caller's principal, check RBAC, map errors to gRPC status codes.
+
+On a Unix socket the principal is "group:<socket group>": only members of that group can open the socket
+(the directory and socket permissions do the authentication). Over TCP the principal is taken from the
+verified mTLS client certificate: its first SAN (e-mail, DNS or URI), else its CN; certificates revoked
+by the KMS's own CA are refused.
+"""
+from __future__ import annotations
+
+import contextvars
+import logging
+
+import grpc
+from cryptography import x509
+
+from segway_kms import errors
+
+log = logging.getLogger(__name__)
+
+PRINCIPAL: contextvars.ContextVar[str] = contextvars.ContextVar("principal", default="")
+
+_STATUS = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.BackendError: grpc.StatusCode.UNAVAILABLE,
+    errors.ConfigError: grpc.StatusCode.INTERNAL,
+}
+SERVICE_PREFIX = "/segway.kms.v1.Kms/"
+
+
+def status_for(exc: errors.KmsError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def principal_from_certificate(pem: bytes) -> tuple[str, int]:
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(n.value) for n in san if isinstance(n, (x509.RFC822Name, x509.DNSName,
+                                                              x509.UniformResourceIdentifier))]
+    except x509.ExtensionNotFound:
+        names = []
+    if not names:
+        names = [a.value for a in cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)]
+    if not names:
+        raise errors.Unauthenticated("the client certificate names no principal")
+    return names[0], cert.serial_number
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    def __init__(self, rbac, unix_group: str | None = None, is_revoked=None):
+        self._rbac = rbac
+        self._unix_group = unix_group
+        self._is_revoked = is_revoked or (lambda serial: False)
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # one guarded handler per method, built once
+
+    def _principal(self, context) -> str:
+        if self._unix_group is not None:
+            return f"group:{self._unix_group}"
+        pems = context.auth_context().get("x509_pem_cert")
+        if not pems:
+            raise errors.Unauthenticated("no client certificate")
+        principal, serial = principal_from_certificate(pems[0])
+        if self._is_revoked(serial):
+            raise errors.Unauthenticated("the client certificate is revoked")
+        return principal
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(SERVICE_PREFIX) or handler.unary_unary is None:
+            return handler  # health service and unknown methods: no principal needed
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
+        name = method[len(SERVICE_PREFIX):]
+        inner = handler.unary_unary
+
+        def guarded(request, context):
+            try:
+                principal = self._principal(context)
+                self._rbac.check(principal, name, request)
+                token = PRINCIPAL.set(principal)
+                try:
+                    return inner(request, context)
+                finally:
+                    PRINCIPAL.reset(token)
+            except errors.KmsError as exc:
+                context.abort(status_for(exc), str(exc))
+            except grpc.RpcError:
+                raise
+            except Exception:  # noqa: BLE001 - never leak internals to the client; keep serving
+                if context.code() is not None:
+                    raise
+                log.exception("internal error in %s", name)
+                context.abort(grpc.StatusCode.INTERNAL, "internal error (see the daemon log)")
+
+        wrapped = grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=handler.request_deserializer,
+                                                      response_serializer=handler.response_serializer)
+        self._wrapped[method] = wrapped
+        return wrapped

@@ -1,0 +1,62 @@
+"""Durable key-service state in SQLite (WAL, synchronous=FULL): what was acknowledged survives kill -9.
+
+One connection guarded by one lock; every mutation runs in a single transaction together with its audit
+entry, so the state and the audit chain can never disagree after a crash.
+"""
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+  name TEXT PRIMARY KEY, tenant TEXT NOT NULL, algorithm TEXT NOT NULL, usage TEXT NOT NULL,
+  state TEXT NOT NULL, primary_version INTEGER NOT NULL, created INTEGER NOT NULL, expires INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS key_versions (
+  name TEXT NOT NULL, version INTEGER NOT NULL, ref BLOB NOT NULL, public_der BLOB NOT NULL,
+  state TEXT NOT NULL, created INTEGER NOT NULL, PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS certificates (
+  serial TEXT PRIMARY KEY, subject TEXT NOT NULL, profile TEXT NOT NULL, not_after INTEGER NOT NULL,
+  der BLOB NOT NULL, revoked_at INTEGER, reason TEXT);
+CREATE TABLE IF NOT EXISTS settings (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, entry TEXT NOT NULL);
+"""
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self.lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Serialised write transaction; commits on success, rolls back on any exception."""
+        with self.lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def query(self, sql: str, args=()) -> list[tuple]:
+        with self.lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def get_setting(self, key: str) -> bytes | None:
+        rows = self.query("SELECT v FROM settings WHERE k = ?", (key,))
+        return rows[0][0] if rows else None
+
+    @staticmethod
+    def put_setting(db, key: str, value: bytes) -> None:
+        db.execute("INSERT OR REPLACE INTO settings (k, v) VALUES (?, ?)", (key, value))
+
+    def close(self) -> None:
+        with self.lock:
+            self._db.close()

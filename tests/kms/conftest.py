@@ -1,0 +1,265 @@
+"""Real components for the segway-kms tests: swtpm, SoftHSM tokens and the daemon itself, each started in
+a temporary directory and stopped by PID."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+from segway_kms.api import kms_pb2 as pb
+from segway_kms.api import kms_pb2_grpc
+
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+USER_PIN = "2222"
+
+# Unix-socket groups used as principals: one socket per group, each with its own role set.
+GROUP_ROLES = {
+    "root": {"*": "admin"},
+    "daemon": {"acme": "operator", "ca": "operator"},
+    "bin": {"acme": "user"},
+    "sys": {"other": "admin"},
+    "adm": None,  # a socket whose group has no principal entry at all
+}
+PROFILES = {
+    "user": {"ekus": ["clientAuth", "emailProtection"], "san_patterns": [r"[a-z0-9.]+@acme\.example", r"[a-z0-9.]+"],
+             "max_days": 365, "key_types": ["EC_P256", "EC_P384", "RSA_2048", "RSA_3072"]},
+    "server": {"ekus": ["serverAuth"], "san_patterns": [r"[a-z0-9-]+\.acme\.example"], "max_days": 90,
+               "key_types": ["EC_P256", "RSA_2048"]},
+}
+
+
+def free_port_pair() -> int:
+    """Two consecutive free loopback ports (swtpm's server and control channel)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65535:
+            continue
+        try:
+            with socket.socket() as s2:
+                s2.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair")
+
+
+def wait_for(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Swtpm:
+    def __init__(self, state: Path, ek_cert: bool = False):
+        self.state = state
+        state.mkdir(parents=True, exist_ok=True)
+        if ek_cert:
+            # A private swtpm-localca (its own config and state in tmp) signs the EK certificate.
+            ca = state.parent / f"{state.name}-localca"
+            ca.mkdir()
+            (ca / "swtpm-localca.conf").write_text(
+                f"statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/issuercert.pem\n"
+                f"certserial = {ca}/certserial\n")
+            (ca / "swtpm-localca.options").write_text("--platform-manufacturer segway\n")
+            (ca / "swtpm_setup.conf").write_text(
+                f"create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {ca}/swtpm-localca.conf\n"
+                f"create_certs_tool_options = {ca}/swtpm-localca.options\nactive_pcr_banks = sha256\n")
+            subprocess.run(["swtpm_setup", "--tpm2", "--tpmstate", str(state), "--create-ek-cert", "--ecc",
+                            "--overwrite", "--config", str(ca / "swtpm_setup.conf")],
+                           check=True, capture_output=True, timeout=120)
+            self.ek_ca_bundle = ((ca / "issuercert.pem").read_bytes()
+                                 + (ca / "swtpm-localca-rootca-cert.pem").read_bytes())
+        self.port = free_port_pair()
+        self.proc = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
+             "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+             "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
+             "--flags", "not-need-init,startup-clear"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _port_open(self.port), what="swtpm")
+
+    @property
+    def tcti(self) -> str:
+        return f"swtpm:host=127.0.0.1,port={self.port}"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+class SoftHsm:
+    def __init__(self, root: Path, label: str = "kms"):
+        self.root = root
+        tokens = root / "tokens"
+        tokens.mkdir(parents=True)
+        self.conf = root / "softhsm2.conf"
+        self.conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
+        self.env = dict(os.environ, SOFTHSM2_CONF=str(self.conf))
+        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", "1111",
+                        "--pin", USER_PIN], check=True, capture_output=True, env=self.env, timeout=60)
+        self.label = label
+        self.pin_file = root / "pin"
+        self.pin_file.write_text(USER_PIN + "\n")
+        self.pin_file.chmod(0o600)
+
+
+@pytest.fixture
+def swtpm(tmp_path):
+    tpm = Swtpm(tmp_path / "swtpm")
+    yield tpm
+    tpm.stop()
+
+
+@pytest.fixture
+def softhsm(tmp_path, monkeypatch):
+    hsm = SoftHsm(tmp_path / "softhsm")
+    monkeypatch.setenv("SOFTHSM2_CONF", str(hsm.conf))
+    return hsm
+
+
+class Daemon:
+    """segway-kmsd in a subprocess, one Unix socket per group in GROUP_ROLES, optional mTLS listener."""
+
+    def __init__(self, root: Path, backend: dict, env: dict | None = None, tcp: bool = False, profile="development",
+                 extra: dict | None = None):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.state = root / "state"
+        self.sockets = {g: root / "run" / f"{g}.sock" for g in GROUP_ROLES}
+        cfg = {
+            "profile": profile, "state_dir": str(self.state), "backend": backend,
+            "listen": {"unix": [{"path": str(p), "group": g, "mode": "660"} for g, p in self.sockets.items()]},
+            "principals": {f"group:{g}": roles for g, roles in GROUP_ROLES.items() if roles is not None},
+            "cert_profiles": PROFILES, "max_request_bytes": 65536, "workers": 40,
+        }
+        cfg["principals"].update({"alice@acme.example": {"acme": "user"}, "bob@acme.example": {"acme": "user"}})
+        if tcp:
+            cfg["listen"]["tcp"] = {"address": "127.0.0.1:0", "server_name": "kms.local"}
+        if extra:
+            cfg.update(extra)
+        self.config = root / "segway-kms.yaml"
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.env = dict(env or os.environ)
+        self.log = root / "kmsd.log"
+        self.proc = None
+
+    def start(self, expect_ready=True):
+        (self.root / "run").mkdir(exist_ok=True)
+        for p in self.sockets.values():
+            if p.exists():
+                p.unlink()
+        self._logf = open(self.log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "segway_kms.server.daemon", "-c", str(self.config)],
+                                     stdout=self._logf, stderr=subprocess.STDOUT, env=self.env)
+        if expect_ready:
+            wait_for(self._serving, timeout=60, what=f"segway-kmsd (log: {self.log.read_text()[-2000:]})")
+        return self
+
+    def _serving(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"segway-kmsd exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+        if not all(p.exists() for p in self.sockets.values()):
+            return False
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        try:
+            with grpc.insecure_channel(f"unix:{self.sockets['root']}") as ch:
+                r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="segway.kms.v1.Kms"),
+                                                         timeout=2)
+            return r.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+
+    def stub(self, group="root") -> kms_pb2_grpc.KmsStub:
+        ch = grpc.insecure_channel(f"unix:{self.sockets[group]}",
+                                   options=[("grpc.max_send_message_length", 8 * 1024 * 1024)])
+        return kms_pb2_grpc.KmsStub(ch)
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        if getattr(self, "_logf", None):
+            self._logf.close()
+
+    def ctl(self, *args, group="root", check=True, input=None):
+        cmd = [sys.executable, "-c", "from segway_kms.cli.main import run; run()", "--socket",
+               str(self.sockets[group]), *map(str, args)]
+        r = subprocess.run(cmd, capture_output=True, timeout=120, env=self.env, input=input)
+        if check and r.returncode != 0:
+            raise AssertionError(f"segway-kmsctl {' '.join(map(str, args))} failed: {r.stderr.decode()}")
+        return r
+
+
+def tpm_backend(tpm: Swtpm) -> dict:
+    return {"type": "tpm", "tcti": tpm.tcti}
+
+
+def pkcs11_backend(hsm: SoftHsm) -> dict:
+    return {"type": "pkcs11", "module": SOFTHSM_MODULE, "token_label": hsm.label, "pin_file": str(hsm.pin_file)}
+
+
+@pytest.fixture
+def tpm_daemon(tmp_path):
+    """A running daemon on swtpm with the CA initialised and the mTLS listener up."""
+    tpm = Swtpm(tmp_path / "swtpm")
+    daemon = Daemon(tmp_path / "kms", tpm_backend(tpm), tcp=True)
+    daemon.backend_name = "tpm"
+    daemon.swtpm = tpm
+    try:
+        daemon.start()
+        daemon.stub().InitCa(pb.InitCaRequest(common_name="Segway Test CA", algorithm=pb.EC_P256, validity_days=365))
+        wait_for(lambda: (daemon.state / "tcp.port").exists(), what="mTLS listener")
+        yield daemon
+    finally:
+        daemon.kill(signal.SIGTERM)
+        tpm.stop()
+
+
+@pytest.fixture(params=["tpm", "pkcs11"])
+def backend_daemon(request, tmp_path):
+    """A running daemon on each hardware backend (swtpm or SoftHSM), with the CA initialised."""
+    if request.param == "tpm":
+        tpm = Swtpm(tmp_path / "swtpm")
+        daemon = Daemon(tmp_path / "kms", tpm_backend(tpm), tcp=True)
+        cleanup = tpm.stop
+    else:
+        hsm = SoftHsm(tmp_path / "softhsm")
+        daemon = Daemon(tmp_path / "kms", pkcs11_backend(hsm), env=hsm.env, tcp=True)
+        cleanup = lambda: None  # noqa: E731
+    daemon.backend_name = request.param
+    try:
+        daemon.start()
+        daemon.stub().InitCa(pb.InitCaRequest(common_name="Segway Test CA", algorithm=pb.EC_P256, validity_days=365))
+        wait_for(lambda: (daemon.state / "tcp.port").exists(), what="mTLS listener")
+        yield daemon
+    finally:
+        daemon.kill(signal.SIGTERM)
+        cleanup()
+
+
+def require_tools(*tools):
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"missing tools: {', '.join(missing)} (run scripts/bootstrap)")

@@ -1,0 +1,73 @@
+"""The daemon process: configuration errors, release profile, systemd notify, graceful shutdown."""
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+
+from ..conftest import Daemon, wait_for
+
+
+def test_software_backend_refused_under_release(tmp_path):
+    daemon = Daemon(tmp_path / "kms", {"type": "software"}, profile="release")
+    daemon.start(expect_ready=False)
+    assert daemon.proc.wait(timeout=60) == 2
+    log = daemon.log.read_text()
+    assert "refused under profile: release" in log and "Traceback" not in log
+
+
+def test_bad_config_is_one_line_error(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("profile: production\nstate_dir: x\n")
+    r = subprocess.run([sys.executable, "-m", "segway_kms.server.daemon", "-c", str(cfg)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "profile" in r.stderr
+
+
+def test_notify_ready_and_graceful_stop(tmp_path):
+    notify_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    sock.settimeout(60)
+    import os
+    daemon = Daemon(tmp_path / "kms", {"type": "software"}, env=dict(os.environ, NOTIFY_SOCKET=str(notify_path)))
+    try:
+        daemon.start()
+        assert sock.recv(256).startswith(b"READY=1")
+        assert b"segway-kmsctl" not in daemon.ctl("health").stderr
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert sock.recv(256) == b"STOPPING=1"
+        assert daemon.proc.wait(timeout=30) == 0
+        assert "development only" in daemon.log.read_text()
+        wait_for(lambda: "stopped" in daemon.log.read_text(), what="clean shutdown message")
+    finally:
+        daemon.kill()
+        sock.close()
+
+
+def test_health_follows_the_backend(tmp_path):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    import grpc
+
+    from ..conftest import Swtpm, tpm_backend
+
+    tpm = Swtpm(tmp_path / "swtpm")
+    daemon = Daemon(tmp_path / "kms", tpm_backend(tpm), extra={"health_interval": 0.3})
+    try:
+        daemon.start()
+
+        def status():
+            with grpc.insecure_channel(f"unix:{daemon.sockets['bin']}") as ch:
+                return health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service="segway.kms.v1.Kms"), timeout=10).status
+
+        assert status() == health_pb2.HealthCheckResponse.SERVING
+        tpm.stop()  # the TPM goes away: the service reports it and keeps answering
+        wait_for(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=30, what="NOT_SERVING")
+        r = daemon.ctl("health", check=False)
+        assert r.returncode == 1 and b"NOT_SERVING" in r.stdout
+        assert daemon.proc.poll() is None
+    finally:
+        daemon.kill()
+        tpm.stop()

@@ -1,0 +1,392 @@
+"""AHAB container signing (i.MX 8QXP/8QM/8DXL/8ULP, i.MX 9x): SRK table, signature block, SRK hash.
+
+Little-endian. Container header ``ver(1) len(2) tag 0x87``, flags, sw_version, fuse_version,
+num_images, signature-block offset; 128-byte image entries; signature block ``ver len tag 0x90`` with
+certificate / SRK table / signature / blob offsets (CST ``src/lib/front_end/ahab_types.h``). The
+signature covers the container from its first byte up to the signature structure, with the digest the
+SRK record names; ECDSA signatures are raw r‖s. Version-2 containers (PQC, i.MX95 B0) and SGK
+certificates are not handled.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import struct
+from dataclasses import dataclass
+from typing import Sequence
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+from ..errors import InputError, UsageError, VerificationError
+
+TAG_CONTAINER = 0x87
+TAG_SIG_BLOCK = 0x90
+TAG_SRK_TABLE = 0xD7
+TAG_SRK_RECORD = 0xE1
+TAG_SIGNATURE = 0xD8
+SRK_TABLE_VERSION = 0x42
+SRK_FLAG_CA = 0x80
+SIGN_RSA, SIGN_RSA_PSS, SIGN_ECDSA = 0x21, 0x22, 0x27
+HASHES = {"sha256": (0, hashes.SHA256), "sha384": (1, hashes.SHA384), "sha512": (2, hashes.SHA512)}
+_HASH_BY_ID = {v[0]: (k, v[1]) for k, v in HASHES.items()}
+_CURVES = {"secp256r1": (1, 32, "sha256"), "secp384r1": (2, 48, "sha384"), "secp521r1": (3, 66, "sha512")}
+_RSA_SIZES = {2048: 5, 3072: 6, 4096: 7}
+SRK_SET_NONE, SRK_SET_NXP, SRK_SET_OEM = 0, 1, 2
+CONTAINER_ALIGN = 0x400
+IMAGE_ENTRY_SIZE = 128
+IMAGE_HASHES = {0: hashlib.sha256, 1: hashlib.sha384, 2: hashlib.sha512}
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
+def _malformed_is_input_error(func):
+    """Offsets read from the image may point anywhere: a short read is bad input, not a crash."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (struct.error, IndexError) as err:
+            raise InputError(f"malformed AHAB container: {err}") from None
+    return wrapper
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+# ------------------------------------------------------------------------------------ SRK
+
+
+def srk_record(public_key: PublicKey, ca: bool = False, digest: str | None = None, rsa_pss: bool = False) -> bytes:
+    """One SRK record (tag 0xE1). ``digest`` defaults to the curve's (P-256 → SHA-256 …), SHA-256
+    for RSA. ``rsa_pss`` selects RSA-PSS (what SPSDK uses for ELE parts) over PKCS#1 v1.5."""
+    flags = SRK_FLAG_CA if ca else 0
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        curve = _CURVES.get(public_key.curve.name)
+        if curve is None:
+            raise InputError(f"AHAB cannot use EC curve {public_key.curve.name} (P-256, P-384, P-521)")
+        curve_id, size, default_digest = curve
+        n = public_key.public_numbers()
+        a, b = n.x.to_bytes(size, "big"), n.y.to_bytes(size, "big")
+        alg, key_size = SIGN_ECDSA, curve_id
+    elif isinstance(public_key, rsa.RSAPublicKey):
+        key_size = _RSA_SIZES.get(public_key.key_size)
+        if key_size is None:
+            raise InputError(f"AHAB cannot use RSA-{public_key.key_size} (2048, 3072, 4096)")
+        n = public_key.public_numbers()
+        a = n.n.to_bytes((public_key.key_size + 7) // 8, "big")
+        b = n.e.to_bytes(max(1, (n.e.bit_length() + 7) // 8), "big")
+        alg, default_digest = (SIGN_RSA_PSS if rsa_pss else SIGN_RSA), "sha256"
+    else:
+        raise InputError(f"AHAB SRKs must be RSA or EC keys, not {type(public_key).__name__}")
+    digest = digest or default_digest
+    if digest not in HASHES:
+        raise UsageError(f"unknown digest {digest!r} (sha256, sha384, sha512)")
+    body = struct.pack("<BBBBHH", HASHES[digest][0], key_size, 0, flags, len(a), len(b)) + a + b
+    return struct.pack("<BHB", TAG_SRK_RECORD, 4 + len(body), alg) + body
+
+
+def srk_table(public_keys: Sequence[PublicKey], ca: bool = False, digest: str | None = None,
+              rsa_pss: bool = False) -> bytes:
+    """The AHAB SRK table: exactly four records (all four are revocable)."""
+    if len(public_keys) != 4:
+        raise UsageError(f"an AHAB SRK table holds exactly 4 keys, got {len(public_keys)}")
+    records = b"".join(srk_record(k, ca, digest, rsa_pss) for k in public_keys)
+    return struct.pack("<BHB", TAG_SRK_TABLE, 4 + len(records), SRK_TABLE_VERSION) + records
+
+
+@dataclass(frozen=True)
+class SrkRecord:
+    raw: bytes
+    alg: int
+    digest: str
+    public_key: PublicKey
+
+
+def parse_srk_table(table: bytes) -> list[SrkRecord]:
+    if len(table) < 4 or table[0] != TAG_SRK_TABLE or table[3] != SRK_TABLE_VERSION:
+        raise InputError("not an AHAB SRK table (tag 0xD7, version 0x42)")
+    (length,) = struct.unpack_from("<H", table, 1)
+    if length > len(table):
+        raise InputError("AHAB SRK table: length field exceeds the data")
+    records, off = [], 4
+    while off < length:
+        if off + 12 > length or table[off] != TAG_SRK_RECORD:
+            raise InputError(f"AHAB SRK table: bad record at offset {off}")
+        (rlen,) = struct.unpack_from("<H", table, off + 1)
+        raw = table[off : off + rlen]
+        if rlen < 12 or len(raw) != rlen:
+            raise InputError(f"AHAB SRK table: record at offset {off} overruns the table")
+        alg = raw[3]
+        hash_id, key_size, _r, _flags, la, lb = struct.unpack_from("<BBBBHH", raw, 4)
+        if hash_id not in _HASH_BY_ID or 12 + la + lb != rlen:
+            raise InputError(f"AHAB SRK table: inconsistent record at offset {off}")
+        a, b = raw[12 : 12 + la], raw[12 + la :]
+        try:
+            if alg == SIGN_ECDSA:
+                curve = {1: ec.SECP256R1, 2: ec.SECP384R1, 3: ec.SECP521R1}[key_size]()
+                key = ec.EllipticCurvePublicNumbers(int.from_bytes(a, "big"), int.from_bytes(b, "big"),
+                                                    curve).public_key()
+            elif alg in (SIGN_RSA, SIGN_RSA_PSS):
+                key = rsa.RSAPublicNumbers(int.from_bytes(b, "big"), int.from_bytes(a, "big")).public_key()
+            else:
+                raise InputError(f"AHAB SRK table: unsupported algorithm 0x{alg:02x}")
+        except (KeyError, ValueError):
+            raise InputError(f"AHAB SRK table: unusable key in record at offset {off}") from None
+        records.append(SrkRecord(raw, alg, _HASH_BY_ID[hash_id][0], key))
+        off += rlen
+    if len(records) != 4:
+        raise InputError(f"AHAB SRK table holds {len(records)} records, 4 expected")
+    return records
+
+
+def srk_hash(table: bytes, algorithm: str = "sha256") -> bytes:
+    """SRK hash to fuse: the digest of the whole table (SHA-512 on SECO parts such as i.MX8QXP/8QM,
+    SHA-256 on ELE parts such as i.MX8ULP/i.MX93)."""
+    parse_srk_table(table)
+    if algorithm not in ("sha256", "sha512"):
+        raise UsageError("the SRK hash is sha256 or sha512")
+    return hashlib.new(algorithm, table).digest()
+
+
+def fuse_words(digest: bytes) -> list[int]:
+    """32-bit fuse values in order (little-endian words of the hash)."""
+    return list(struct.unpack(f"<{len(digest) // 4}I", digest))
+
+
+# Where U-Boot's ``fuse prog`` burns the SRK hash (bank, first word, count).
+FUSE_LAYOUTS = {"imx8qxp": (0, 730, 16), "imx8qm": (0, 722, 16), "imx93": (16, 0, 8)}
+DEFAULT_FUSE_HASH = {"imx8qxp": "sha512", "imx8qm": "sha512", "imx93": "sha256", "imx8ulp": "sha256"}
+
+
+def fuse_prog_lines(words: Sequence[int], soc: str) -> list[str]:
+    layout = FUSE_LAYOUTS.get(soc)
+    if layout is None:
+        raise UsageError(f"unknown AHAB SoC {soc!r} (one of {', '.join(FUSE_LAYOUTS)})")
+    bank, first, count = layout
+    if len(words) != count:
+        raise UsageError(f"{soc} takes a {count * 32}-bit SRK hash, got {len(words) * 32} bits")
+    return [f"fuse prog -y {bank} {first + i} 0x{w:08X}" for i, w in enumerate(words)]
+
+
+# ------------------------------------------------------------------------------ containers
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    index: int
+    offset: int  # from the container start
+    size: int
+    flags: int
+    hash: bytes
+
+    @property
+    def hash_type(self) -> int:
+        return (self.flags >> 8) & 0x7
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & (1 << 11))
+
+
+@dataclass(frozen=True)
+class Container:
+    offset: int
+    version: int
+    length: int
+    flags: int
+    sw_version: int
+    fuse_version: int
+    images: tuple[ImageEntry, ...]
+    sig_blk_offset: int
+
+    @property
+    def srk_set(self) -> int:
+        return self.flags & 0x3
+
+
+def parse_container(image: bytes, offset: int) -> Container:
+    if offset < 0 or offset + 16 > len(image):
+        raise InputError(f"no AHAB container at 0x{offset:x}: the image is too short")
+    version, length, tag, flags, sw, fuse, count, sig_off = struct.unpack_from("<BHBIHBBH", image, offset)
+    if tag != TAG_CONTAINER:
+        raise InputError(f"no AHAB container at 0x{offset:x} (tag 0x{tag:02x})")
+    if version != 0:
+        raise InputError(f"AHAB container at 0x{offset:x} has version {version}; only version 0 is supported")
+    if not 1 <= count <= 8 or offset + 16 + count * IMAGE_ENTRY_SIZE > len(image):
+        raise InputError(f"AHAB container at 0x{offset:x}: {count} images do not fit")
+    entries = []
+    for i in range(count):
+        e = offset + 16 + i * IMAGE_ENTRY_SIZE
+        img_off, size, _load, _entry, iflags, _meta = struct.unpack_from("<IIQQII", image, e)
+        entries.append(ImageEntry(i, img_off, size, iflags, bytes(image[e + 32 : e + 96])))
+    if sig_off and sig_off < 16 + count * IMAGE_ENTRY_SIZE:
+        raise InputError(f"AHAB container at 0x{offset:x}: signature block overlaps the image array")
+    return Container(offset, version, length, flags, sw, fuse, tuple(entries), sig_off)
+
+
+def find_containers(image: bytes, limit: int = 16) -> list[Container]:
+    """Containers at 1 KiB steps (where imx-mkimage and spsdk put them)."""
+    found = []
+    for off in range(0, len(image) - 16, CONTAINER_ALIGN):
+        if image[off + 3] == TAG_CONTAINER and image[off] == 0:
+            try:
+                found.append(parse_container(image, off))
+            except InputError:
+                continue
+            if len(found) >= limit:
+                break
+    return found
+
+
+def _check_images(image: bytes, c: Container) -> None:
+    for e in c.images:
+        if e.encrypted:
+            raise InputError(f"container 0x{c.offset:x} image {e.index} is encrypted; not supported")
+        start = c.offset + e.offset
+        if start + e.size > len(image):
+            raise InputError(f"container 0x{c.offset:x} image {e.index} lies outside the file")
+        algo = IMAGE_HASHES.get(e.hash_type)
+        if algo is None:
+            raise InputError(f"container 0x{c.offset:x} image {e.index}: unsupported hash type {e.hash_type}")
+        digest = algo(image[start : start + e.size]).digest()
+        if e.hash[: len(digest)] != digest:
+            raise VerificationError(f"container 0x{c.offset:x} image {e.index}: its hash does not match its data")
+
+
+def _raw_signature(public: PublicKey, der_or_raw: bytes) -> bytes:
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        size = _CURVES[public.curve.name][1]
+        r, s = decode_dss_signature(der_or_raw)
+        return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    return der_or_raw
+
+
+def _rsa_padding(alg: int, digest: str):
+    if alg == SIGN_RSA_PSS:  # salt as long as the digest, MGF1 with the same hash (as SPSDK)
+        return padding.PSS(padding.MGF1(HASHES[digest][1]()), HASHES[digest][1].digest_size)
+    return padding.PKCS1v15()
+
+
+def _verify(public: PublicKey, alg: int, digest: str, signature: bytes, data: bytes) -> None:
+    algo = HASHES[digest][1]()
+    try:
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            half = len(signature) // 2
+            der = encode_dss_signature(int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big"))
+            public.verify(der, data, ec.ECDSA(algo))
+        else:
+            public.verify(signature, data, _rsa_padding(alg, digest), algo)
+    except InvalidSignature:
+        raise VerificationError("AHAB container signature does not verify with the SRK") from None
+
+
+@_malformed_is_input_error
+def sign_container(image: bytes, offset: int, table: bytes, srk_index: int, key,
+                   revoke_mask: int | None = None) -> bytes:
+    """Return ``image`` with the container at ``offset`` signed by SRK ``srk_index`` (0-based)."""
+    c = parse_container(image, offset)
+    if c.srk_set == SRK_SET_NXP:
+        raise UsageError(f"container 0x{offset:x} is signed by NXP; it must stay as delivered")
+    records = parse_srk_table(table)
+    if not 0 <= srk_index < 4:
+        raise UsageError(f"SRK index {srk_index + 1} is outside 1..4")
+    record = records[srk_index]
+    public = key.public_key()
+    if public.public_numbers() != record.public_key.public_numbers():
+        raise UsageError(f"the signing key is not SRK {srk_index + 1} of the table")
+    if c.sig_blk_offset:
+        old = c.offset + c.sig_blk_offset
+        _v, _l, tag, _cert, _srk, _sig, blob, _kid = struct.unpack_from("<BHBHHHHI", image, old)
+        if tag != TAG_SIG_BLOCK:
+            raise InputError(f"container 0x{offset:x}: no signature block at its signature-block offset")
+        if blob:
+            raise InputError(f"container 0x{offset:x} carries a key blob (encrypted boot); not supported")
+    _check_images(image, c)
+
+    sig_blk_off = c.sig_blk_offset or _align(16 + len(c.images) * IMAGE_ENTRY_SIZE, 16)
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        sig_len = 2 * _CURVES[public.curve.name][1]
+    else:
+        sig_len = (public.key_size + 7) // 8
+    srk_off = 0x10
+    sig_off = _align(srk_off + len(table), 8)
+    block_len = _align(sig_off + 8 + sig_len, 8)
+    total = sig_blk_off + block_len
+    first_image = min(e.offset for e in c.images)
+    if total > 0xFFFF or total > first_image:
+        raise UsageError(f"container 0x{offset:x}: the signature block ({block_len} bytes) would overlap image "
+                         f"data at +0x{first_image:x}; rebuild the image with room for it")
+
+    flags = (c.flags & ~0x3F) | SRK_SET_OEM | (srk_index << 4)
+    if revoke_mask is not None:
+        if not 0 <= revoke_mask <= 0xF:
+            raise UsageError("the SRK revoke mask is 4 bits (0x0-0xF)")
+        flags = (flags & ~0xF00) | (revoke_mask << 8)
+    out = bytearray(image)
+    struct.pack_into("<BHBI", out, offset, 0, total, TAG_CONTAINER, flags)
+    struct.pack_into("<H", out, offset + 12, sig_blk_off)
+    base = offset + sig_blk_off
+    out[base : base + block_len] = bytes(block_len)
+    struct.pack_into("<BHBHHHHI", out, base, 0, block_len, TAG_SIG_BLOCK, 0, srk_off, sig_off, 0, 0)
+    out[base + srk_off : base + srk_off + len(table)] = table
+    struct.pack_into("<BHBI", out, base + sig_off, 0, 8 + sig_len, TAG_SIGNATURE, 0)
+    signed_range = bytes(out[offset : base + sig_off])
+    algo = HASHES[record.digest][1]()
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        signature = _raw_signature(public, key.sign(signed_range, ec.ECDSA(algo)))
+    else:
+        signature = key.sign(signed_range, _rsa_padding(record.alg, record.digest), algo)
+    if len(signature) != sig_len:
+        raise VerificationError("the token returned a signature of unexpected length")
+    out[base + sig_off + 8 : base + sig_off + 8 + sig_len] = signature
+    result = bytes(out)
+    verify_container(result, offset, table)
+    return result
+
+
+@_malformed_is_input_error
+def verify_container(image: bytes, offset: int, table: bytes | None = None) -> dict:
+    """Check a signed container: image hashes, SRK table (if given, must match), signature."""
+    c = parse_container(image, offset)
+    if c.srk_set != SRK_SET_OEM:
+        raise VerificationError(f"container 0x{offset:x} is not signed with OEM keys")
+    if not c.sig_blk_offset:
+        raise VerificationError(f"container 0x{offset:x} has no signature block")
+    base = offset + c.sig_blk_offset
+    _v, blen, tag, cert_off, srk_off, sig_off, _blob, _kid = struct.unpack_from("<BHBHHHHI", image, base)
+    if tag != TAG_SIG_BLOCK or not srk_off or not sig_off:
+        raise VerificationError(f"container 0x{offset:x}: signature block without SRK table or signature")
+    if cert_off:
+        raise InputError(f"container 0x{offset:x} is signed with an SGK certificate; not supported")
+    (tlen,) = struct.unpack_from("<H", image, base + srk_off + 1)
+    found_table = bytes(image[base + srk_off : base + srk_off + tlen])
+    if table is not None and found_table != table:
+        raise VerificationError(f"container 0x{offset:x} carries a different SRK table")
+    records = parse_srk_table(found_table)
+    srk_index = (c.flags >> 4) & 0x3
+    record = records[srk_index]
+    _sv, slen, stag, _res = struct.unpack_from("<BHBI", image, base + sig_off)
+    if stag != TAG_SIGNATURE:
+        raise VerificationError(f"container 0x{offset:x}: no signature structure")
+    signature = image[base + sig_off + 8 : base + sig_off + slen]
+    _check_images(image, c)
+    _verify(record.public_key, record.alg, record.digest, signature, image[offset : base + sig_off])
+    return {"offset": offset, "srk_index": srk_index, "revoke_mask": (c.flags >> 8) & 0xF,
+            "images": len(c.images), "digest": record.digest}
+
+
+def sign_image(image: bytes, table: bytes, srk_index: int, key, offsets: Sequence[int] | None = None,
+               revoke_mask: int | None = None) -> tuple[bytes, list[int]]:
+    """Sign the given containers, or every container not signed by NXP; return (image, offsets)."""
+    if offsets is None:
+        offsets = [c.offset for c in find_containers(image) if c.srk_set != SRK_SET_NXP]
+        if not offsets:
+            raise InputError("no AHAB container to sign (none found, or all are NXP-signed)")
+    for off in offsets:
+        image = sign_container(image, off, table, srk_index, key, revoke_mask)
+    return image, list(offsets)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import importlib
 import json
 from pathlib import Path
 from typing import Callable
@@ -81,14 +80,17 @@ def _export_stm32(public_key, label: str, dest: Path) -> list[str]:
     return [f"fuses/{label}.pkh.bin", f"fuses/{label}.otp.json"]
 
 
-def _exporters() -> dict[str, Callable]:
-    """Fuse exporters by purpose; HAB's lives with its format and is used when present."""
-    found: dict[str, Callable] = {"stm32": _export_stm32}
-    try:
-        found["hab"] = importlib.import_module("segway_sign.formats.hab_srk").export_for_ceremony
-    except (ImportError, AttributeError):
-        pass
-    return found
+def _export_hab(public_keys: list, dest: Path) -> list[str]:
+    """HAB4 SRK table of every hab key in plan order, its SRK_HASH fuse file and the U-Boot
+    ``fuse prog`` lines for i.MX8M (burning them is irreversible: check on an open device first)."""
+    from ..formats import hab_srk
+    table = hab_srk.srk_table(public_keys, ca=True)
+    digest = hab_srk.srk_hash(table)
+    (dest / "hab-SRK_table.bin").write_bytes(table)
+    (dest / "hab-SRK_fuse.bin").write_bytes(hab_srk.fuse_file(digest))
+    lines = hab_srk.fuse_prog_lines(hab_srk.hash_fuse_words(digest), "imx8m")
+    (dest / "hab-fuse-prog-imx8m.txt").write_text("\n".join(lines) + "\n")
+    return ["fuses/hab-SRK_table.bin", "fuses/hab-SRK_fuse.bin", "fuses/hab-fuse-prog-imx8m.txt"]
 
 
 def run_ceremony(plan: Plan, out: Path, open_session: Callable[[object], TokenSession],
@@ -120,7 +122,6 @@ def run_ceremony(plan: Plan, out: Path, open_session: Callable[[object], TokenSe
         root_cert = root_certificate(plan.root, root_key, now)
         _store_certificate(root_session, root_key, root_cert)
         entries = [(plan.root, root_session, root_key, root_cert)]
-        exporters = _exporters()
         for spec in plan.keys:
             session = session_for(spec)
             log(f"creating {spec.purpose} key '{spec.label}' ({spec.kind}) in token '{session.label}'")
@@ -157,9 +158,13 @@ def run_ceremony(plan: Plan, out: Path, open_session: Callable[[object], TokenSe
                 (tmp / "u-boot" / f"{spec.key_name_hint}.dtsi").write_text(uboot_dtsi(dtb, node))
                 entry["exports"] += [f"u-boot/{spec.key_name_hint}.dtb", f"u-boot/{spec.key_name_hint}.dtsi"]
                 entry["key_name_hint"] = spec.key_name_hint
-            if spec.purpose in exporters:
-                entry["exports"] += exporters[spec.purpose](key.public_key(), spec.label, tmp / "fuses")
+            if spec.purpose == "stm32":
+                entry["exports"] += _export_stm32(key.public_key(), spec.label, tmp / "fuses")
             record["keys"].append(entry)
+        hab_keys = [key.public_key() for spec, _, key, _ in entries if spec.purpose == "hab"]
+        if hab_keys:
+            record["hab_srk"] = {"keys": [spec.label for spec, *_ in entries if spec.purpose == "hab"],
+                                 "exports": _export_hab(hab_keys, tmp / "fuses")}
         (tmp / "chain.pem").write_bytes(b"".join(chain))
         (tmp / "ceremony.json").write_text(json.dumps(record, indent=2) + "\n")
     return record

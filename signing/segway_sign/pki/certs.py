@@ -33,7 +33,8 @@ def root_certificate(spec: KeySpec, key, now: datetime.datetime) -> x509.Certifi
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(start).not_valid_after(end)
-               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+               # One CA level below the root: HAB SRKs certify the CSF and image keys.
+               .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
                .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
                                             key_encipherment=False, data_encipherment=False, key_agreement=False,
                                             key_cert_sign=True, crl_sign=True, encipher_only=False,
@@ -42,17 +43,23 @@ def root_certificate(spec: KeySpec, key, now: datetime.datetime) -> x509.Certifi
     return builder.sign(key, signature_hash(key))
 
 
+# HAB super root keys are CAs: they certify the CSF and image keys (srktool copies the CA flag
+# into the SRK table, so it is part of what the SRK_HASH fuses commit to).
+CA_PURPOSES = frozenset({"hab"})
+
+
 def signing_certificate(spec: KeySpec, public_key, issuer_cert: x509.Certificate, issuer_key,
                         now: datetime.datetime) -> x509.Certificate:
     start, end = _validity(now, spec.validity_days)
     end = min(end, issuer_cert.not_valid_after_utc)
+    is_ca = spec.purpose in CA_PURPOSES
     builder = (x509.CertificateBuilder().subject_name(name(spec.subject)).issuer_name(issuer_cert.subject)
                .public_key(public_key).serial_number(x509.random_serial_number())
                .not_valid_before(start).not_valid_after(end)
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.BasicConstraints(ca=is_ca, path_length=0 if is_ca else None), critical=True)
                .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
                                             key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                            key_cert_sign=False, crl_sign=False, encipher_only=False,
+                                            key_cert_sign=is_ca, crl_sign=False, encipher_only=False,
                                             decipher_only=False), critical=True)
                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
                .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)

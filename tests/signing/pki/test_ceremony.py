@@ -50,7 +50,7 @@ def test_dev_plan_ceremony(token, tmp_path):
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
         assert ski.hex() == entry["key_id"]  # CKA_ID is the subjectKeyIdentifier
-        if entry["purpose"] != "root-ca":
+        if entry["purpose"] not in ("root-ca", "hab"):
             assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
     # U-Boot key node for the fit key: exactly what add-pubkey writes for the same key.
     fit = next(k for k in record["keys"] if k["purpose"] == "fit")
@@ -68,6 +68,15 @@ def test_dev_plan_ceremony(token, tmp_path):
     import hashlib
     pkh = hashlib.sha256(nums.x.to_bytes(32, "big") + nums.y.to_bytes(32, "big")).digest()
     assert (out / "fuses" / "segway-dev-stm32.pkh.bin").read_bytes() == pkh
+    # HAB: Debian's srktool (not us) builds the same SRK table and fuse file from the certificate.
+    hab_crt = tmp_path / "srk1.crt"
+    hab_crt.write_bytes(x509.load_pem_x509_certificate((out / "certs" / "segway-dev-hab-srk1.pem").read_bytes())
+                        .public_bytes(__import__("cryptography.hazmat.primitives.serialization",
+                                                 fromlist=["x"]).Encoding.DER))
+    subprocess.run(["srktool", "-h", "4", "-t", str(tmp_path / "t.bin"), "-e", str(tmp_path / "f.bin"),
+                    "-d", "sha256", "-c", str(hab_crt), "-f", "1"], check=True, capture_output=True)
+    assert (out / "fuses" / "hab-SRK_table.bin").read_bytes() == (tmp_path / "t.bin").read_bytes()
+    assert (out / "fuses" / "hab-SRK_fuse.bin").read_bytes() == (tmp_path / "f.bin").read_bytes()
     # Nothing secret in the output.
     for f in out.rglob("*"):
         if f.is_file():

@@ -166,6 +166,21 @@ def join_payloads(tree: bytes, payloads: _Payloads) -> bytearray:
     return out
 
 
+def _add_missing_hashes(blob: bytes, hash_name: str) -> bytes:
+    """Give every image without a hash node a ``hash-1`` (a configuration signature covers an
+    image through its hash nodes; U-Boot refuses an image that has none)."""
+    fdt = t.open_fdt(blob)
+    bare = [i for i in t.subnodes(fdt, t.IMAGES) if not t.hash_children(fdt, i)]
+    if not bare:
+        return blob
+    fdt.resize(fdt.totalsize() + 64 * len(bare) + 64)
+    for image in bare:
+        node = fdt.add_subnode(fdt.path_offset(f"{t.IMAGES}/{image}"), "hash-1")
+        fdt.setprop(node, "algo", hash_name.encode() + b"\0")
+    fdt.pack()
+    return bytes(fdt.as_bytearray())
+
+
 def _add_signature_nodes(blob: bytes, confs: Sequence[str], algo: str, pad: str,
                          key_name_hint: str, image_signatures: bool) -> bytes:
     """Give each named configuration (and, if asked, each image) a signature node to sign."""
@@ -245,6 +260,7 @@ def _config_node_list(fdt: libfdt.Fdt, conf: str, sig: str) -> list[str]:
 
 def _plan(blob: bytes, key, confs: Sequence[str] | None, key_name_hint: str | None,
           algo: str | None, pad: str | None, image_signatures: bool) -> tuple[bytes, list[SignatureNode], bool]:
+    blob = _add_missing_hashes(blob, (algo or algo_for_key(key.public_key())).split(",", 1)[0])
     fdt = t.open_fdt(blob)
     all_confs = t.subnodes(fdt, t.CONFIGS) if "configurations" in t.subnodes(fdt, "/") else []
     if confs:

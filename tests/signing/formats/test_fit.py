@@ -136,6 +136,20 @@ def test_adds_signature_nodes_covering_every_referenced_image(softhsm, tmp_path)
     verify_fit(signed.blob, add_pubkey(ctl, key.public_key(), "dev", required="image"))
 
 
+def test_adds_hash_nodes_where_missing(softhsm, tmp_path):
+    blob = make_unsigned_fit(tmp_path / "fit").read_bytes()
+    fdt = libfdt.Fdt(bytearray(blob))
+    fdt.del_node(fdt.path_offset("/images/fdt-1/hash-1"))
+    fdt.pack()
+    key = softhsm.open_key(softhsm.generate("rsa2048", "dev"))
+    signed = sign_fit(bytes(fdt.as_bytearray()), key).blob
+    t = tree(signed)
+    assert t["/images/fdt-1/hash-1"]["algo"] == b"sha256\0" and len(t["/images/fdt-1/hash-1"]["value"]) == 32
+    assert b"/images/fdt-1/hash-1" in t["/configurations/conf-1/signature-1"]["hashed-nodes"]
+    ctl = add_pubkey(empty_dtb(tmp_path / "c.dtb").read_bytes(), key.public_key(), "dev", required="conf")
+    verify_fit(signed, ctl)
+
+
 def test_refuses_partial_sign_images(softhsm, tmp_path):
     """U-Boot >= 2026.04 (and Debian's patched 2023.01) would refuse it; so do we, before signing."""
     unsigned = make_unsigned_fit(tmp_path / "fit", sign_images='"kernel", "fdt"')

@@ -80,6 +80,15 @@ def _export_stm32(public_key, label: str, dest: Path) -> list[str]:
     return [f"fuses/{label}.pkh.bin", f"fuses/{label}.otp.json"]
 
 
+def _export_stm32_table(public_keys: list, dest: Path) -> list[str]:
+    """STM32MP13/MP2 PKHTH: the hash of the table of every stm32 key, in plan order."""
+    from .stm32_fuses import pkh_fuse_words
+    words = pkh_fuse_words(public_keys, 2)
+    (dest / "stm32-pkhth.bin").write_bytes(bytes.fromhex(words["hash"]))
+    (dest / "stm32-pkhth.otp.json").write_text(json.dumps(words, indent=2) + "\n")
+    return ["fuses/stm32-pkhth.bin", "fuses/stm32-pkhth.otp.json"]
+
+
 def _export_hab(public_keys: list, dest: Path) -> list[str]:
     """HAB4 SRK table of every hab key in plan order, its SRK_HASH fuse file and the U-Boot
     ``fuse prog`` lines for i.MX8M (burning them is irreversible: check on an open device first)."""
@@ -161,6 +170,10 @@ def run_ceremony(plan: Plan, out: Path, open_session: Callable[[object], TokenSe
             if spec.purpose == "stm32":
                 entry["exports"] += _export_stm32(key.public_key(), spec.label, tmp / "fuses")
             record["keys"].append(entry)
+        stm32_keys = [key.public_key() for spec, _, key, _ in entries if spec.purpose == "stm32"]
+        if 1 < len(stm32_keys) <= 8:
+            record["stm32_key_table"] = {"keys": [spec.label for spec, *_ in entries if spec.purpose == "stm32"],
+                                         "exports": _export_stm32_table(stm32_keys, tmp / "fuses")}
         hab_keys = [key.public_key() for spec, _, key, _ in entries if spec.purpose == "hab"]
         if hab_keys:
             record["hab_srk"] = {"keys": [spec.label for spec, *_ in entries if spec.purpose == "hab"],

@@ -84,6 +84,22 @@ def test_dev_plan_ceremony(token, tmp_path):
             assert token.pin.encode() not in f.read_bytes()
 
 
+def test_stm32_key_table_for_header_v2(softhsm, tmp_path):
+    """Several stm32 keys: the PKHTH of their table, as STM32MP13/MP2 fuse it."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    from segway_sign.pki.stm32_fuses import pkh_fuse_words
+    raw = yaml.safe_load(DEV_PLAN.read_text())
+    raw["token"] = softhsm.token_uri
+    stm32 = next(k for k in raw["keys"] if k["purpose"] == "stm32")
+    raw["keys"] = [dict(stm32, label=f"stm32-k{i}") for i in range(4)]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    res = run_cli(["pki", "init", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "o"), "--pin-file",
+                   str(softhsm.pin_file)], softhsm)
+    assert res.returncode == 0, res.stderr.decode()
+    pubs = [load_pem_public_key((tmp_path / "o" / "keys" / f"stm32-k{i}.pub.pem").read_bytes()) for i in range(4)]
+    assert (tmp_path / "o" / "fuses" / "stm32-pkhth.bin").read_bytes().hex() == pkh_fuse_words(pubs, 2)["hash"]
+
+
 def test_refuses_existing_keys_and_output(softhsm, tmp_path):
     plan = plan_for(softhsm, tmp_path)
     args = ["pki", "init", str(plan), "--pin-file", str(softhsm.pin_file)]

@@ -37,8 +37,12 @@ def load(path: str) -> pkcs11.lib:
             return _loaded[path]
         if not Path(path).exists():
             raise TokenError(f"PKCS#11 module {path} does not exist")
-        if os.path.basename(path).startswith("libpkcs11-proxy") and not os.environ.get("PKCS11_PROXY_SOCKET"):
-            raise TokenError("pkcs11-proxy module selected but PKCS11_PROXY_SOCKET is not set")
+        if transport(path) == "pkcs11-proxy":
+            socket = os.environ.get("PKCS11_PROXY_SOCKET", "")
+            if not socket:
+                raise TokenError("pkcs11-proxy module selected but PKCS11_PROXY_SOCKET is not set")
+            if socket.startswith("tls://") and not os.environ.get("PKCS11_PROXY_TLS_PSK_FILE"):
+                raise TokenError(f"PKCS11_PROXY_SOCKET={socket} uses TLS but PKCS11_PROXY_TLS_PSK_FILE is not set")
         try:
             lib = pkcs11.lib(path)
         except pkcs11.exceptions.PKCS11Error as err:
@@ -48,6 +52,18 @@ def load(path: str) -> pkcs11.lib:
             raise TokenError(f"cannot load PKCS#11 module {path}: {err}") from None
         _loaded[path] = lib
         return lib
+
+
+def reinitialize(path: str) -> None:
+    """C_Finalize + C_Initialize: SoftHSM (also behind a p11-kit server, which starts one per
+    connection) lists its tokens only when initialised."""
+    with MODULE_LOCK:
+        lib = _loaded.get(path)
+        if lib is not None:
+            try:
+                lib.reinitialize()
+            except pkcs11.exceptions.PKCS11Error as err:
+                raise TokenError(f"cannot re-initialise PKCS#11 module {path}: {_describe(err)}") from None
 
 
 def transport(path: str) -> str:

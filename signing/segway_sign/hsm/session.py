@@ -12,7 +12,9 @@ Rules (see the pkcs11-proxy behaviour in the project specs):
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
 
 import pkcs11
 from pkcs11 import Attribute, ObjectClass, TokenFlag
@@ -33,7 +35,7 @@ RETRYABLE = (DeviceError, DeviceRemoved, SessionHandleInvalid)
 # SoftHSM rewrites its token file on every login; a process reading it meanwhile sees no token or a
 # general error. Opening (never a rejected PIN) is retried a few times for that.
 TRANSIENT_AT_OPEN = (NoSuchToken, TokenNotPresent, TokenNotRecognised, GeneralError, DeviceError)
-OPEN_ATTEMPTS = 4
+OPEN_ATTEMPTS = 6
 
 # Sessions that hold a login are kept open until the process exits: python-pkcs11's
 # Session.close() would C_Logout, which ends the login for every client behind a proxy.
@@ -48,6 +50,32 @@ def initialized(token: pkcs11.Token) -> bool:
 
 def describe(err: Exception) -> str:
     return type(err).__name__ + (f" ({err})" if str(err) else "")
+
+
+@contextmanager
+def _quiet_operation_finalizers() -> Iterator[None]:
+    """Drop python-pkcs11's echo of a lost-session error that ``call`` handles.
+
+    python-pkcs11 0.10.1 marks an operation (e.g. the search behind ``get_key``) active before its
+    ``C_*Init``; when the init fails on a lost session (a restarted pkcs11-daemon), the operation's
+    ``__del__`` calls ``C_*Final`` on the dead handle and prints that failure as a traceback (through
+    ``sys.excepthook``, then as "Exception ignored"), although the retry succeeds
+    (``_pkcs11.pyx: OperationContext.__enter__``).
+    """
+    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+
+    def unraisable_hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, RETRYABLE):
+            previous_unraisable(unraisable)
+
+    def except_hook(kind, value, tb) -> None:
+        if not isinstance(value, RETRYABLE):
+            previous_except(kind, value, tb)
+    sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook, sys.excepthook = previous_unraisable, previous_except
 
 
 class _Transient(Exception):
@@ -67,11 +95,10 @@ class TokenSession:
         self.transport = modules.transport(module_path)
         self.lib = modules.load(module_path)
         self._pin: str | None = None
-        self.token = self._retrying(self._select_token)
+        self.token = self._retrying(self._select_token, reinit=True)
         self.session = self._retrying(self._open)
 
-    @staticmethod
-    def _retrying(step: Callable[[], T]) -> T:
+    def _retrying(self, step: Callable[[], T], reinit: bool = False) -> T:
         for attempt in range(1, OPEN_ATTEMPTS + 1):
             try:
                 return step()
@@ -79,6 +106,10 @@ class TokenSession:
                 if attempt == OPEN_ATTEMPTS:
                     raise TokenError(err.message) from None
                 time.sleep(0.1 * attempt)
+                # A token missing from the list stays missing until the module lists tokens again,
+                # which it does on C_Initialize; only safe while no session of ours uses the module.
+                if reinit and not any(s.module_path == self.module_path for s in _SESSIONS.values()):
+                    modules.reinitialize(self.module_path)
         raise AssertionError("unreachable")
 
     @classmethod
@@ -109,7 +140,9 @@ class TokenSession:
         wanted = ", ".join(f"{k}={v}" for k, v in (("token", u.token), ("serial", u.serial),
                                                     ("manufacturer", u.manufacturer), ("model", u.model)) if v)
         if not tokens:
-            raise TokenError(f"no token matching {wanted or 'any'} in {self.module_path}")
+            # SoftHSM shows no token while another process rewrites its token file at login, so
+            # an empty match is retried like the other transient errors before it is reported.
+            raise _Transient(f"no token matching {wanted or 'any'} in {self.module_path}")
         if len(tokens) > 1:
             found = ", ".join(f"'{t.label}' (serial {t.serial.decode(errors='replace')})" for t in tokens)
             raise TokenError(f"several tokens match {wanted or 'the URI'}: {found}; name one by token= or serial=")
@@ -153,7 +186,7 @@ class TokenSession:
 
     def call(self, operation: Callable[[pkcs11.Session], T], what: str) -> T:
         """Run ``operation(session)`` under the module lock, retrying once on a lost session."""
-        with modules.MODULE_LOCK:
+        with modules.MODULE_LOCK, _quiet_operation_finalizers():
             for attempt in (1, 2):
                 try:
                     return operation(self.session)

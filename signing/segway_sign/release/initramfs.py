@@ -1,0 +1,46 @@
+"""Add files to an initramfs by appending an uncompressed newc cpio archive.
+
+The kernel unpacks concatenated archives in order, compressed or not, skipping NUL padding between
+them (``init/initramfs.c``), so the original (often compressed) initramfs stays byte-for-byte intact.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _entry(name: str, mode: int, data: bytes, ino: int, mtime: int) -> bytes:
+    fields = [ino, mode, 0, 0, 2 if mode & 0o040000 else 1, mtime, len(data), 0, 0, 0, 0, len(name) + 1, 0]
+    header = b"070701" + b"".join(f"{v:08x}".encode() for v in fields)
+    out = header + name.encode() + b"\0"
+    out += b"\0" * (-len(out) % 4)
+    out += data + b"\0" * (-len(data) % 4)
+    return out
+
+
+def newc_archive(files: dict[str, bytes], mtime: int | None = None) -> bytes:
+    """A newc archive with ``files`` (path → content, mode 0644) and the directories above them."""
+    if mtime is None:
+        mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    dirs: list[str] = []
+    for path in files:
+        parts = path.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in dirs:
+                dirs.append(d)
+    out = b""
+    ino = 1
+    for d in dirs:
+        out += _entry(d, 0o040755, b"", ino, mtime)
+        ino += 1
+    for path, data in files.items():
+        out += _entry(path.strip("/"), 0o100644, data, ino, mtime)
+        ino += 1
+    out += _entry("TRAILER!!!", 0, b"", 0, 0)
+    return out + b"\0" * (-len(out) % 512)
+
+
+def append_files(initramfs: bytes, files: dict[str, bytes]) -> bytes:
+    """``initramfs`` followed (at a 4-byte boundary) by an archive holding ``files``."""
+    return initramfs + b"\0" * (-len(initramfs) % 4) + newc_archive(files)

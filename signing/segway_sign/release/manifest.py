@@ -1,0 +1,99 @@
+"""``manifest.json``: what a release contains and how it was made, and its CMS signature.
+
+The manifest lists the sha256 of every input and output, the key URIs (never a PIN), the
+certificate fingerprints, tool versions and the time (``SOURCE_DATE_EPOCH`` when set). Its signature
+``manifest.json.p7s`` is a detached CMS SignedData by the plan's manifest key.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from ..errors import InputError
+from ..hsm.uri import Pkcs11Uri
+from .. import cms
+
+FORMAT = "segway-release-manifest/1"
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.json.p7s"
+_BUF = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_BUF), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def public_uri(uri: str) -> str:
+    """The URI as it may be published: normalised, without any PIN attribute."""
+    return str(Pkcs11Uri.parse(uri))
+
+
+def cert_fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def release_time() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is not None:
+        try:
+            when = datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc)
+        except ValueError:
+            raise InputError(f"SOURCE_DATE_EPOCH={epoch!r} is not an integer") from None
+    else:
+        when = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def tool_versions() -> dict[str, str]:
+    tools = {"python": platform.python_version()}
+    for dist in ("segway-sign", "cryptography", "asn1crypto", "python-pkcs11", "PyYAML", "pylibfdt"):
+        v = _version(dist)
+        if v:
+            tools[dist] = v
+    return tools
+
+
+def encode(manifest: dict) -> bytes:
+    """Canonical bytes: sorted keys, two-space indent, trailing newline."""
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def sign(manifest_bytes: bytes, key, cert: x509.Certificate) -> bytes:
+    sig = cms.sign_detached(manifest_bytes, key, cert, attributes=False, include_certs=True)
+    cms.verify_detached(sig, manifest_bytes, [cert])
+    return sig
+
+
+def load(release_dir: Path) -> tuple[dict, bytes]:
+    path = Path(release_dir) / MANIFEST
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{path} is not valid JSON") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise InputError(f"{path} is not a {FORMAT} manifest")
+    return doc, raw

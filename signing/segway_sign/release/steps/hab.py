@@ -1,0 +1,57 @@
+"""Step type ``hab``: i.MX 8M imx-boot (SPL + U-Boot FIT) with HABv4 CSFs."""
+
+from __future__ import annotations
+
+import os
+
+from ...errors import InputError
+from . import StepContext, StepType, VerifyContext, format_function, register
+
+
+def _signing_time():
+    import datetime
+
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.isdigit():
+        return datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc)
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+
+
+def _hab_run(ctx: StepContext) -> dict:
+    sign_image = format_function("hab", "sign_image", "hab")
+    from ...formats import hab, hab_srk
+
+    image = ctx.input("image")
+    table_name = ctx.option("srk_table", "hab-srk-table.bin")
+    try:
+        table = (ctx.certs_dir / table_name).read_bytes()
+    except OSError as e:
+        raise InputError(f"step '{ctx.step.id}': cannot read SRK table {table_name} in the certificates "
+                         f"directory: {e.strerror}") from None
+    img_key_name = ctx.option("img_key")
+    if img_key_name:
+        img_key, img_cert = ctx.named_key(img_key_name)
+        keys = hab.HabKeys(table, int(ctx.option("srk_index", 0)), ctx.key, ctx.cert, img_key, img_cert)
+    else:  # fast authentication: the plan key is the SRK key itself
+        keys = hab.HabKeys(table, int(ctx.option("srk_index", 0)), ctx.key, ctx.cert, nocak=True)
+    soc = ctx.option("soc", "imx8m")
+    signed = sign_image(image.read_bytes(), soc, keys, signing_time=_signing_time())
+    (ctx.out_dir / image.name).write_bytes(signed.image)
+    # The SRK table is public; shipping it lets `release verify` and engineers check the fuse value.
+    (ctx.out_dir / table_name).write_bytes(table)
+    return {"image": image.name, "soc": soc, "srk_table": table_name,
+            "srk_hash": hab_srk.srk_hash(table).hex(), "parts": [p.name for p in signed.parts]}
+
+
+def _hab_verify(ctx: VerifyContext) -> None:
+    from ...errors import VerificationError
+    from ...formats import hab, hab_srk
+
+    d = ctx.record["details"]
+    table = (ctx.out_dir / d["srk_table"]).read_bytes()
+    if hab_srk.srk_hash(table).hex() != d["srk_hash"]:
+        raise VerificationError(f"{d['srk_table']} does not hash to the SRK fuse value in the manifest")
+    hab.verify_image((ctx.out_dir / d["image"]).read_bytes(), d["soc"], table)
+
+
+register(StepType("hab", True, _hab_run, _hab_verify, frozenset({"soc", "srk_index", "srk_table", "img_key"})))

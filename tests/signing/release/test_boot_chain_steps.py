@@ -1,0 +1,63 @@
+"""The stm32 and fip step types: TF-A BL2 header and FIP certificates signed inside a release run,
+listed by Debian's fiptool and re-checked by `release verify`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from release_fixtures import make_deploy, plan_doc, write_plan
+from segway_sign.errors import SegwayError
+from segway_sign.formats import stm32
+from segway_sign.release import steps
+from segway_sign.release.plan import load_plan
+from segway_sign.release.runner import run_release
+from segway_sign.release.verify import load_certs_dir, verify_release
+
+
+def boot_chain_deploy(tmp_path):
+    deploy = make_deploy(tmp_path)
+    (deploy / "tf-a.stm32").write_bytes(stm32.create(os.urandom(40000), entry_point=0x2FFC2500,
+                                                     load_address=0x2FFC2400, binary_type=0x10))
+    for name in ("tos-fw", "nt-fw", "hw-config"):
+        (tmp_path / f"{name}.bin").write_bytes(os.urandom(5000))
+    subprocess.run(["fiptool", "create", "--tos-fw", str(tmp_path / "tos-fw.bin"), "--nt-fw",
+                    str(tmp_path / "nt-fw.bin"), "--hw-config", str(tmp_path / "hw-config.bin"),
+                    str(deploy / "fip.bin")], check=True, capture_output=True)
+    return deploy
+
+
+def chain_plan(uris) -> dict:
+    return plan_doc(uris, [
+        {"id": "fip", "type": "fip", "key": "fip-rot", "inputs": {"fip": "fip.bin"}, "options": {"tfw_nvctr": 2}},
+        {"id": "tfa-bl2", "type": "stm32", "key": "stm32-rot", "after": ["fip"], "inputs": {"image": "tf-a.stm32"}},
+    ])
+
+
+def test_stm32_and_fip_steps_sign_and_verify(tmp_path, file_keys):
+    deploy = boot_chain_deploy(tmp_path)
+    plan = load_plan(write_plan(tmp_path / "plan.yaml", chain_plan(file_keys.uris)), set(steps.REGISTRY))
+    run_release(plan, deploy, tmp_path / "rel", file_keys.open_key, file_keys.certs)
+    rel = tmp_path / "rel"
+    doc = json.loads((rel / "manifest.json").read_text())
+    assert [s["id"] for s in doc["steps"]] == ["disk", "rootfs-verity", "fip", "tfa-bl2"]
+    info = subprocess.run(["fiptool", "info", str(rel / "fip" / "fip.bin")], capture_output=True, text=True)
+    assert info.returncode == 0 and all(f"--{c}" in info.stdout for c in ("trusted-key-cert", "nt-fw-cert", "tos-fw-cert")), info.stdout
+    checked = stm32.verify((rel / "tfa-bl2" / "tf-a.stm32").read_bytes())
+    assert checked.pkh.hex() == doc["steps"][3]["details"]["pkh"]
+    verify_release(rel, load_certs_dir(file_keys.certs))
+
+
+def test_boot_chain_with_foreign_keys_fails_verify(tmp_path, file_keys):
+    deploy = boot_chain_deploy(tmp_path)
+    plan = load_plan(write_plan(tmp_path / "plan.yaml", chain_plan(file_keys.uris)), set(steps.REGISTRY))
+    run_release(plan, deploy, tmp_path / "rel", file_keys.open_key, file_keys.certs)
+    certs = [c for c in load_certs_dir(file_keys.certs) if "stm32-rot" not in c.subject.rfc4514_string()]
+    with pytest.raises(SegwayError, match="step 'tfa-bl2'.*none of the trusted certificates"):
+        verify_release(tmp_path / "rel", certs)
+    certs = [c for c in load_certs_dir(file_keys.certs) if "fip-rot" not in c.subject.rfc4514_string()]
+    with pytest.raises(SegwayError, match="step 'fip'.*root of trust"):
+        verify_release(tmp_path / "rel", certs)

@@ -1,0 +1,135 @@
+# segway_sign.bbclass - sign build artifacts with segway-sign through a PKCS#11 token.
+#
+# Recipes call segway_sign(d, kind, argv, output, cert_var) from a python task. The helper:
+#  - runs segway-sign-native with the PKCS#11 module, proxy socket, PSK file and PIN file taken
+#    from the original environment (kas "env:" null entries), never from local.conf and never
+#    exported into a run file or a task hash;
+#  - serialises every token access in the build with one lock file;
+#  - fails the task when the tool fails, when the output is missing or empty, or when the
+#    public certificate that pins the key is missing;
+#  - in SEGWAY_SIGN_MODE = "deferred" copies the unsigned input to the output path and records
+#    a plan entry that the release signing job consumes (segway-sign release --plan).
+#
+# Tasks that sign must list the certificate fingerprint in their vardeps, e.g.
+#   do_segway_sign[vardeps] += "${@segway_cert_vardeps('SEGWAY_FIT_CERT')}"
+# so a key rotation behind an unchanged URI changes the task hash and re-signs.
+
+inherit segway_cert
+
+DEPENDS:append = " segway-sign-native"
+
+SEGWAY_SIGN_LOCK ?= "${TMPDIR}/locks/segway-hsm.lock"
+SEGWAY_SIGN_PLAN_DIR ?= "${WORKDIR}/segway-signing-plan"
+
+SEGWAY_SIGN_MODE[doc] = "hsm: sign with the PKCS#11 token during the build; deferred: emit unsigned artifacts and a signing plan"
+
+def segway_sign_environment(d):
+    """Environment for segway-sign: the task's PATH plus the token variables from the
+    environment bitbake was started in (BB_ORIGENV)."""
+    import os
+    env = {
+        "PATH": d.getVar("PATH"),
+        "HOME": d.getVar("WORKDIR"),
+        "LC_ALL": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    origenv = d.getVar("BB_ORIGENV", False)
+    for name in (d.getVar("SEGWAY_SIGN_ENV_VARS") or "").split():
+        value = origenv.getVar(name) if origenv else None
+        if value is None:
+            value = os.environ.get(name)
+        if value:
+            env[name] = value
+    return env
+
+def segway_token_args(env):
+    """Token options every token-touching subcommand accepts. The PIN is passed by file or
+    by environment variable name, never on the command line."""
+    args = []
+    if env.get("SEGWAY_PKCS11_MODULE"):
+        args += ["--module", env["SEGWAY_PKCS11_MODULE"]]
+    if env.get("SEGWAY_HSM_PIN_FILE"):
+        args += ["--pin-file", env["SEGWAY_HSM_PIN_FILE"]]
+    elif env.get("SEGWAY_HSM_PIN"):
+        args += ["--pin-env", "SEGWAY_HSM_PIN"]
+    return args
+
+def segway_sign_record(d, kind, argv, inputs, output, cert_var):
+    """Append one entry to this recipe's part of the deferred signing plan."""
+    import json
+    import os
+    plan_dir = d.getVar("SEGWAY_SIGN_PLAN_DIR")
+    bb.utils.mkdirhier(plan_dir)
+    entry = {
+        "kind": kind,
+        "recipe": d.getVar("PN"),
+        "machine": d.getVar("MACHINE"),
+        "inputs": [os.path.basename(p) for p in inputs],
+        "output": os.path.basename(output),
+        "argv": argv,
+        "certificate_sha256": d.getVar(segway_cert_vardeps(cert_var)) if cert_var else None,
+    }
+    path = os.path.join(plan_dir, "%s-%s.json" % (d.getVar("PN"), os.path.basename(output)))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(entry, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+def segway_sign(d, kind, argv, inputs, output, cert_var=None):
+    """Run 'segway-sign <argv>' (argv without token options) producing output, or, in
+    deferred mode, copy inputs[0] to output and record the plan entry."""
+    import os
+    import shutil
+    import subprocess
+
+    mode = d.getVar("SEGWAY_SIGN_MODE")
+    if mode not in ("hsm", "deferred"):
+        bb.fatal("SEGWAY_SIGN_MODE must be 'hsm' or 'deferred', not %r" % mode)
+    for path in inputs:
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            bb.fatal("segway-sign %s: input %s is missing or empty" % (kind, path))
+
+    if mode == "deferred":
+        if output != inputs[0]:
+            shutil.copyfile(inputs[0], output)
+        segway_sign_record(d, kind, argv, inputs, output, cert_var)
+        bb.note("segway-sign %s: deferred, %s left unsigned for the release job" % (kind, os.path.basename(output)))
+        return
+
+    if cert_var and d.getVar(segway_cert_vardeps(cert_var)) == "none":
+        bb.fatal("segway-sign %s: certificate %s (%s) not found; the build cannot pin the signing key. "
+                 "Add it or use SEGWAY_SIGN_MODE = \"deferred\"." % (kind, d.getVar(cert_var), cert_var))
+
+    env = segway_sign_environment(d)
+    cmd = ["segway-sign"] + argv + segway_token_args(env)
+    if os.path.exists(output):
+        os.unlink(output)
+    bb.note("Running: %s" % " ".join(cmd))
+    lock = bb.utils.lockfile(d.getVar("SEGWAY_SIGN_LOCK"))
+    try:
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, text=True)
+    finally:
+        bb.utils.unlockfile(lock)
+    if proc.stdout:
+        bb.note(proc.stdout.strip())
+    if proc.returncode != 0:
+        bb.fatal("segway-sign %s failed (exit %d): %s" % (kind, proc.returncode, (proc.stdout or "").strip().splitlines()[-1:]))
+    if not os.path.isfile(output) or os.path.getsize(output) == 0:
+        bb.fatal("segway-sign %s reported success but %s was not written" % (kind, output))
+
+# Deploy this recipe's plan entries with the artifacts (deferred mode).
+segway_sign_deploy_plan[doc] = "Deploy the signing plan entries recorded in deferred mode"
+segway_sign_deploy_plan() {
+    if [ -d "${SEGWAY_SIGN_PLAN_DIR}" ]; then
+        install -d ${DEPLOYDIR}/segway-signing/plan.d
+        install -m 0644 ${SEGWAY_SIGN_PLAN_DIR}/*.json ${DEPLOYDIR}/segway-signing/plan.d/
+    fi
+}
+
+python () {
+    # Keep the token variables out of every run file of this recipe.
+    for name in (d.getVar("SEGWAY_SIGN_ENV_VARS") or "").split():
+        d.setVarFlag(name, "unexport", "1")
+}

@@ -1,0 +1,70 @@
+# segway_uboot.bbclass - U-Boot that only boots signed FITs.
+#
+# - Kconfig fragments: FIT signature verification (legacy images off), boot counting for A/B,
+#   and in the release flavour a locked console (no autoboot interruption, restricted env).
+# - do_segway_uboot_pubkey: after compiling, the FIT public key from the PKI (token) is added to
+#   U-Boot's control DTB with required = "conf", and u-boot.bin is re-assembled from
+#   u-boot-nodtb.bin + the keyed DTB. Every copy of the original DTB in the build tree
+#   (dts/dt.dtb, arch/arm/dts/<board>.dtb) is replaced so packers such as imx-mkimage pick up
+#   the DTB that carries the key.
+
+inherit segway_sign
+
+FILESEXTRAPATHS:prepend := "${SEGWAY_LAYERDIR}/recipes-bsp/u-boot/files:"
+
+# Tied to the segway distro override, so the layer leaves other distros alone.
+SRC_URI:append:segway = " \
+    file://segway-fit-verify.cfg \
+    file://segway-bootcount.cfg \
+    ${@'file://segway-console-locked.cfg' if d.getVar('SEGWAY_UBOOT_CONSOLE_LOCKED') == '1' else ''} \
+"
+
+python do_segway_uboot_pubkey() {
+    import glob
+    import os
+    import shutil
+    if "segway" not in (d.getVar("DISTROOVERRIDES") or "").split(":"):
+        return
+
+    b = d.getVar("B")
+    dirs = sorted({os.path.dirname(p) for p in glob.glob(os.path.join(b, "u-boot.dtb")) +
+                   glob.glob(os.path.join(b, "*", "u-boot.dtb"))})
+    if not dirs:
+        bb.fatal("segway-uboot: no u-boot.dtb under %s; U-Boot must be built with OF_CONTROL" % b)
+    for bdir in dirs:
+        dtb = os.path.join(bdir, "u-boot.dtb")
+        with open(dtb, "rb") as f:
+            original = f.read()
+        keyed = os.path.join(bdir, "u-boot-segway-pubkey.dtb")
+        argv = ["fit", "add-pubkey", "--key", d.getVar("SEGWAY_FIT_KEY_URI"), "--dtb", dtb, "--out", keyed,
+                "--key-name-hint", d.getVar("SEGWAY_FIT_KEY_NAME"), "--required", "conf"]
+        segway_sign(d, "fit-pubkey", argv, [dtb], keyed, "SEGWAY_FIT_CERT")
+        if d.getVar("SEGWAY_SIGN_MODE") == "deferred":
+            continue
+        with open(keyed, "rb") as f:
+            keyed_bytes = f.read()
+        for copy in [dtb, os.path.join(bdir, "dts", "dt.dtb")] + glob.glob(os.path.join(bdir, "arch", "*", "dts", "*.dtb")):
+            if os.path.isfile(copy):
+                with open(copy, "rb") as f:
+                    same = f.read() == original
+                if same:
+                    shutil.copyfile(keyed, copy)
+        nodtb = os.path.join(bdir, "u-boot-nodtb.bin")
+        config = os.path.join(bdir, ".config")
+        separate = os.path.isfile(config) and "CONFIG_OF_SEPARATE=y" in open(config).read()
+        if separate and os.path.isfile(nodtb):
+            with open(nodtb, "rb") as f:
+                image = f.read() + keyed_bytes
+            for target in [os.path.join(bdir, "u-boot.bin")] + glob.glob(os.path.join(bdir, "%s-*.%s" % (d.getVar("UBOOT_BINARYNAME"), d.getVar("UBOOT_SUFFIX")))):
+                with open(target + ".tmp", "wb") as f:
+                    f.write(image)
+                os.replace(target + ".tmp", target)
+}
+do_segway_uboot_pubkey[vardeps] += "SEGWAY_SIGN_MODE SEGWAY_FIT_KEY_URI SEGWAY_FIT_KEY_NAME ${@segway_cert_vardeps('SEGWAY_FIT_CERT')}"
+do_segway_uboot_pubkey[cleandirs] = "${SEGWAY_SIGN_PLAN_DIR}"
+do_segway_uboot_pubkey[doc] = "Add the FIT public key (required = conf) to U-Boot's control DTB"
+addtask segway_uboot_pubkey after do_compile before do_install do_deploy
+
+do_deploy:append:segway() {
+    segway_sign_deploy_plan
+}

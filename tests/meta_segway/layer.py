@@ -1,0 +1,94 @@
+"""Paths of meta-segway and the kas files, and access to bitbake's own parser (the ``bb`` package
+from PyPI's bitbake-setup distribution)."""
+from __future__ import annotations
+
+import re
+import sys
+import types
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+LAYER = REPO / "meta-segway"
+KAS_DIR = REPO / "kas"
+
+RECIPE_SUFFIXES = (".bb", ".bbappend")
+METADATA_SUFFIXES = (".bb", ".bbappend", ".bbclass", ".inc")
+
+
+def metadata_files(suffixes=METADATA_SUFFIXES) -> list[Path]:
+    return sorted(p for p in LAYER.rglob("*") if p.is_file() and p.name.endswith(suffixes))
+
+
+def conf_files() -> list[Path]:
+    return sorted((LAYER / "conf").rglob("*.conf")) + sorted((LAYER / "conf").rglob("*.inc"))
+
+
+def import_bb():
+    """Import bitbake's parser. bitbake-setup ships bb without the hash-equivalence client that
+    bb.siggen imports at module level; parsing never calls it, so an empty module stands in."""
+    for name in ("hashserv", "hashserv.client"):
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__path__ = []
+            sys.modules[name] = module
+    import bb.data
+    import bb.parse
+    import bb.parse.ast
+    from bb.parse.parse_py import BBHandler, ConfHandler  # noqa: F401 (registers the handlers)
+    return bb
+
+
+def statements(path: Path):
+    """Parse a file with bitbake's own parser into its AST statement group (no evaluation)."""
+    bb = import_bb()
+    from bb.parse.parse_py import BBHandler, ConfHandler
+    path = Path(path)
+    if path.suffix in (".bb", ".bbappend", ".bbclass") or (path.suffix == ".inc" and "/conf/" not in str(path)):
+        BBHandler.cached_statements.pop(str(path), None)
+        return BBHandler.get_statements(str(path), str(path), path.name)
+    group = bb.parse.ast.StatementGroup()
+    lines = path.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        lineno = i + 1
+        s = lines[i].rstrip()
+        i += 1
+        if not s.strip():
+            continue
+        while s.endswith("\\"):
+            s = s[:-1] + lines[i].rstrip()
+            i += 1
+        if s.lstrip().startswith("#"):
+            continue
+        # layer.conf is read as base configuration (addpylib is only allowed there).
+        ConfHandler.feeder(lineno, s, str(path), group, baseconfig=path.name == "layer.conf", conffile=True)
+    return group
+
+
+def evaluate(paths, preset: dict[str, str] | None = None):
+    """A datastore holding the assignments of paths (in order) on top of preset. include, require
+    and inherit statements are not followed: they name files of other layers."""
+    bb = import_bb()
+    d = bb.data.init()
+    for key, value in (preset or {}).items():
+        d.setVar(key, value)
+    for path in paths:
+        for node in statements(path):
+            if isinstance(node, (bb.parse.ast.DataNode, bb.parse.ast.ExportNode, bb.parse.ast.UnsetNode)):
+                node.eval(d)
+    return d
+
+
+INLINE_PYTHON = re.compile(r"\$\{@")
+
+
+def inline_python(text: str) -> list[str]:
+    """Every ${@...} expression in text, with nested braces balanced."""
+    found = []
+    for match in INLINE_PYTHON.finditer(text):
+        depth, j = 1, match.end()
+        while j < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        found.append(text[match.end():j - 1])
+    return found

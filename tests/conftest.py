@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from helpers import P11KitToken, SoftHsmToken, open_token_key  # noqa: F401  (re-exported for tests)
+from helpers import P11KitToken, SoftHsmToken
 from segway_sign.hsm import module
 
 

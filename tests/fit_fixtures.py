@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute
 from pkcs11.util.rsa import decode_rsa_private_key, decode_rsa_public_key
 
 from segway_sign.hsm import PinSource, open_session

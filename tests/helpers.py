@@ -9,7 +9,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -120,3 +119,20 @@ def run_cli(args: list[str], tok: SoftHsmToken | None = None, env: dict | None =
     full_env.update(env or {})
     return subprocess.run([SEGWAY_SIGN, *args], env=full_env, input=input, capture_output=True,
                           timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
+
+
+def ok(res: subprocess.CompletedProcess) -> str:
+    """A command that must have succeeded; its stdout."""
+    assert res.returncode == 0, res.stderr.decode()
+    return res.stdout.decode()
+
+
+def one_line_error(res: subprocess.CompletedProcess, code: int = 1, match: str = "") -> str:
+    """A command that must have failed cleanly: exit ``code``, no traceback, one line naming the
+    problem (click's own usage errors excepted); returns stderr."""
+    err = res.stderr.decode()
+    assert res.returncode == code, (res.returncode, err)
+    assert "Traceback" not in err and match in err, err
+    assert (len(err.strip().splitlines()) == 1 and err.startswith("segway-sign: error: ")) \
+        or err.startswith("Usage:"), err
+    return err

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
+from ..errors import InputError, UsageError
 from ..hsm import PinSource, open_private_key, open_session
 from ..hsm.session import TokenSession
 
@@ -56,3 +59,35 @@ def emit(result: dict, as_json: bool, text: str | None = None) -> None:
         click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
     elif text is not None:
         click.echo(text)
+
+
+def load_certificate(path: Path) -> x509.Certificate:
+    """A PEM or DER X.509 certificate."""
+    data = path.read_bytes()
+    for loader in (x509.load_pem_x509_certificate, x509.load_der_x509_certificate):
+        try:
+            return loader(data)
+        except ValueError:
+            pass
+    raise InputError(f"{path}: not a PEM/DER X.509 certificate")
+
+
+def load_public_key(spec: str, token: TokenOptions | None):
+    """A public key from a pkcs11: URI (read from the token) or a PEM/DER public key or certificate file."""
+    if spec.startswith("pkcs11:"):
+        if token is None:
+            raise UsageError(f"key {spec}: a pkcs11: URI is not accepted here; give a key or certificate file")
+        return token.open_key(spec).public_key()
+    path = Path(spec)
+    if not path.is_file():
+        raise UsageError(f"key {spec} is neither a pkcs11: URI nor a file")
+    data = path.read_bytes()
+    for loader in (load_pem_public_key, load_der_public_key):
+        try:
+            return loader(data)
+        except (ValueError, TypeError):
+            pass
+    try:
+        return load_certificate(path).public_key()
+    except InputError:
+        raise InputError(f"{spec}: not a PEM/DER public key or certificate") from None

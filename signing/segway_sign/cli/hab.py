@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from ..atomic import check_writable, write_file
 from ..errors import InputError, UsageError
 from ..formats import hab, hab_cms, hab_csf, hab_pki, hab_srk
-from .common import emit, output_options, token_options
+from .common import emit, load_certificate, load_public_key, output_options, token_options
 
 IN_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 OUT_FILE = click.Path(dir_okay=False, path_type=Path)
@@ -23,30 +21,8 @@ def split_specs(values) -> list[str]:
     return [v for value in values for v in value.split(",") if v]
 
 
-def load_public_key(spec: str, token):
-    """A public key from a pkcs11: URI (read from the token) or a PEM/DER public key or certificate."""
-    if spec.startswith("pkcs11:"):
-        return token.open_key(spec).public_key()
-    path = Path(spec)
-    if not path.is_file():
-        raise UsageError(f"key {spec} is neither a pkcs11: URI nor a file")
-    data = path.read_bytes()
-    for loader in (load_pem_public_key, load_der_public_key):
-        try:
-            return loader(data)
-        except (ValueError, TypeError):
-            pass
-    return load_certificate(path).public_key()
 
 
-def load_certificate(path: Path) -> x509.Certificate:
-    data = path.read_bytes()
-    for loader in (x509.load_pem_x509_certificate, x509.load_der_x509_certificate):
-        try:
-            return loader(data)
-        except ValueError:
-            pass
-    raise InputError(f"{path}: not a PEM/DER X.509 certificate")
 
 
 def parse_hab_version(ctx, param, value):

@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from ..atomic import check_writable, write_file
-from ..errors import InputError, UsageError
+from ..errors import UsageError
 from ..formats import stm32
 from ..pki.stm32_fuses import pkh_fuse_words
-from .common import emit, output_options, token_options
+from .common import emit, load_public_key, output_options, token_options
 
 HEADER_VERSIONS = {"1": stm32.HEADER_V1, "2": stm32.HEADER_V20, "2.0": stm32.HEADER_V20, "2.2": stm32.HEADER_V22}
 IN_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -28,25 +26,6 @@ def parse_int(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not a number") from None
 
 
-def load_public_key(spec: str, token):
-    """A public key from a PKCS#11 URI (via the token) or a PEM/DER public key or certificate file."""
-    if spec.startswith("pkcs11:"):
-        return token.open_key(spec).public_key()
-    path = Path(spec)
-    if not path.is_file():
-        raise UsageError(f"public key {spec} is neither a pkcs11: URI nor a file")
-    data = path.read_bytes()
-    for loader in (load_pem_public_key, load_der_public_key):
-        try:
-            return loader(data)
-        except (ValueError, TypeError):
-            pass
-    for loader in (x509.load_pem_x509_certificate, x509.load_der_x509_certificate):
-        try:
-            return loader(data).public_key()
-        except ValueError:
-            pass
-    raise InputError(f"{spec}: not a PEM/DER public key or certificate")
 
 
 def read_pkh(pkh_hex: str | None, pkh_file: Path | None) -> bytes | None:

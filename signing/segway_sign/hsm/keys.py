@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11.util.ec import decode_ecdsa_signature, encode_ec_public_key
+from pkcs11.util.ec import encode_ec_public_key
 from pkcs11.util.rsa import encode_rsa_public_key
 
 from ..errors import TokenError, UsageError, VerificationError

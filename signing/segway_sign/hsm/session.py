@@ -20,7 +20,7 @@ import pkcs11
 from pkcs11 import Attribute, ObjectClass, TokenFlag
 import time
 
-from pkcs11.exceptions import (DeviceError, DeviceRemoved, GeneralError, MultipleTokensReturned, NoSuchToken,
+from pkcs11.exceptions import (DeviceError, DeviceRemoved, GeneralError, NoSuchToken,
                                PinExpired, PinIncorrect, PinInvalid, PinLenRange, PinLocked,
                                PKCS11Error, SessionHandleInvalid, TokenNotPresent,
                                TokenNotRecognised, UserAlreadyLoggedIn)

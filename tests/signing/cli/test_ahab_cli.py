@@ -10,23 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, run_cli
+from helpers import REPO, ok, one_line_error, run_cli
 
 NXPIMAGE = Path(os.environ.get("SEGWAY_NXPIMAGE", REPO / ".venv" / "oracle-spsdk" / "bin" / "nxpimage"))
 FAMILY = "mimx9352"
 
 
-def ok(res: subprocess.CompletedProcess) -> str:
-    assert res.returncode == 0, res.stderr.decode()
-    return res.stdout.decode()
-
-
-def one_line_error(res: subprocess.CompletedProcess, code: int = 1, match: str = "") -> str:
-    err = res.stderr.decode()
-    assert res.returncode == code, (res.returncode, err)
-    assert "Traceback" not in err and match in err, err
-    assert len(err.strip().splitlines()) == 1 or err.startswith("Usage:"), err
-    return err
 
 
 def nxpimage(cwd: Path, *args: str) -> subprocess.CompletedProcess:

@@ -7,9 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
 
-from helpers import run_cli
+from helpers import ok, one_line_error, run_cli
 
 CFG_CERT_UUID = "501D8DD2-8BCE-49A5-84EB-559A9F2EAEAF"
 
@@ -22,18 +21,6 @@ def images(tmp_path: Path) -> dict[str, Path]:
         out[name] = tmp_path / f"{name}.bin"
         out[name].write_bytes(os.urandom(2500))
     return out
-
-
-def ok(res: subprocess.CompletedProcess) -> str:
-    assert res.returncode == 0, res.stderr.decode()
-    return res.stdout.decode()
-
-
-def one_line_error(res: subprocess.CompletedProcess, code: int = 1, match: str = "") -> None:
-    err = res.stderr.decode()
-    assert res.returncode == code, (res.returncode, err)
-    assert "Traceback" not in err and match in err, err
-    assert len(err.strip().splitlines()) == 1
 
 
 def fiptool_info(path: Path) -> str:

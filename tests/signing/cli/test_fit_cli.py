@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from fit_fixtures import EPOCH, empty_dtb, make_unsigned_fit
-from helpers import P11KIT_CLIENT, run_cli
+from helpers import P11KIT_CLIENT, one_line_error, run_cli
 
 
 @pytest.fixture
@@ -24,11 +24,9 @@ def _sign(tok, uri, src, out, *extra, env=None):
                    env={"SOURCE_DATE_EPOCH": EPOCH, **(env or {})})
 
 
-def one_line_error(res, *words):
-    err = res.stderr.decode()
-    assert res.returncode != 0
-    assert err.startswith("segway-sign: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
+
+def failed(res, *words, code=1):
+    err = one_line_error(res, code)
     for w in words:
         assert w in err, err
     return err
@@ -50,7 +48,7 @@ def test_sign_with_pin_file_then_verify(signing, tmp_path):
     ok = run_cli(["fit", "verify", "--dtb", str(ctl), "--in", str(out)])
     assert ok.returncode == 0 and b"sha256,rsa2048:dev+ verified" in ok.stdout
     bad = run_cli(["fit", "verify", "--dtb", str(ctl), "--in", str(unsigned)])
-    one_line_error(bad, "unsigned")
+    failed(bad, "unsigned")
 
 
 def test_pin_from_env_var_and_from_segway_pin_file(signing, tmp_path):
@@ -68,7 +66,7 @@ def test_wrong_pin(signing, tmp_path):
     bad.chmod(0o600)
     out = tmp_path / "x.itb"
     res = _sign(tok, uri, unsigned, out, "--pin-file", str(bad))
-    err = one_line_error(res, "refused the PIN")
+    err = failed(res, "refused the PIN")
     assert "99999999" not in err and not out.exists()
     # The right PIN still works: one wrong attempt did not lock the token.
     assert _sign(tok, uri, unsigned, out, "--pin-file", str(tok.pin_file)).returncode == 0
@@ -76,14 +74,14 @@ def test_wrong_pin(signing, tmp_path):
 
 def test_no_pin_source_without_terminal(signing, tmp_path):
     tok, uri, unsigned = signing
-    one_line_error(_sign(tok, uri, unsigned, tmp_path / "x.itb"), "needs a PIN")
+    failed(_sign(tok, uri, unsigned, tmp_path / "x.itb"), "needs a PIN")
 
 
 def test_existing_output_needs_force(signing, tmp_path):
     tok, uri, unsigned = signing
     out = tmp_path / "o.itb"
     out.write_bytes(b"keep")
-    one_line_error(_sign(tok, uri, unsigned, out, "--pin-file", str(tok.pin_file)), "exists", "--force")
+    failed(_sign(tok, uri, unsigned, out, "--pin-file", str(tok.pin_file)), "exists", "--force")
     assert out.read_bytes() == b"keep"
     assert _sign(tok, uri, unsigned, out, "--pin-file", str(tok.pin_file), "--force").returncode == 0
     assert out.read_bytes() != b"keep"
@@ -124,7 +122,7 @@ def test_errors_are_one_line(signing, tmp_path, case):
         env = {"P11_KIT_SERVER_ADDRESS": f"unix:path={tmp_path}/nothing.sock"}
         words = []
     res = _sign(tok, key, src, out, *args, env=env)
-    one_line_error(res, *words)
+    failed(res, *words, code=2 if case in ("pin-in-uri", "slot") else 1)
     assert not out.exists() and not list(tmp_path.glob(".out.itb.*"))
 
 
@@ -132,7 +130,7 @@ def test_module_from_environment(signing, tmp_path):
     tok, uri, unsigned = signing
     res = _sign(tok, uri, unsigned, tmp_path / "x.itb", "--pin-file", str(tok.pin_file),
                 env={"SEGWAY_PKCS11_MODULE": "/nonexistent/from-env.so"})
-    one_line_error(res, "/nonexistent/from-env.so")
+    failed(res, "/nonexistent/from-env.so")
 
 
 def test_through_p11kit(p11kit, tmp_path):

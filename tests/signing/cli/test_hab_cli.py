@@ -11,22 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli
+from helpers import ok, one_line_error, run_cli
 
 EPOCH = "1704067200"  # 2024-01-01: SOURCE_DATE_EPOCH fixes the CMS signing time
 
 
-def ok(res: subprocess.CompletedProcess) -> str:
-    assert res.returncode == 0, res.stderr.decode()
-    return res.stdout.decode()
-
-
-def one_line_error(res: subprocess.CompletedProcess, code: int = 1, match: str = "") -> str:
-    err = res.stderr.decode()
-    assert res.returncode == code, (res.returncode, err)
-    assert "Traceback" not in err and match in err, err
-    assert len(err.strip().splitlines()) == 1 or err.startswith("Usage:"), err
-    return err
 
 
 def make_uboot_imx(root: Path) -> Path:

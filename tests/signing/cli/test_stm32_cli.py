@@ -8,11 +8,10 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from helpers import run_cli
+from helpers import ok, one_line_error, run_cli
 
 
 
@@ -25,17 +24,6 @@ def mkimage(tmp_path: Path, size: int = 3000) -> Path:
     return out
 
 
-def ok(res: subprocess.CompletedProcess) -> str:
-    assert res.returncode == 0, res.stderr.decode()
-    return res.stdout.decode()
-
-
-def one_line_error(res: subprocess.CompletedProcess, code: int = 1, match: str = "") -> str:
-    err = res.stderr.decode()
-    assert res.returncode == code, (res.returncode, err)
-    assert "Traceback" not in err and match in err, err
-    assert len(err.strip().splitlines()) == 1 or err.startswith("Usage:"), err
-    return err
 
 
 def test_sign_verify_pkh(token, tmp_path):

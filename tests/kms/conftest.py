@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from segway_sign.hsm.devhsm import init_token
 import yaml
 
 from segway_kms.api import kms_pb2 as pb
@@ -117,8 +118,8 @@ class SoftHsm:
         self.conf = root / "softhsm2.conf"
         self.conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
         self.env = dict(os.environ, SOFTHSM2_CONF=str(self.conf))
-        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", "1111",
-                        "--pin", USER_PIN], check=True, capture_output=True, env=self.env, timeout=60)
+        # PINs go to softhsm2-util on a pty, never on its command line.
+        init_token(self.conf, label, "1111", USER_PIN)
         self.label = label
         self.pin_file = root / "pin"
         self.pin_file.write_text(USER_PIN + "\n")

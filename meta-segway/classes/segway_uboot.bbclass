@@ -1,7 +1,8 @@
 # segway_uboot.bbclass - U-Boot that only boots signed FITs.
 #
 # - Kconfig fragments: FIT signature verification (legacy images off), boot counting for A/B,
-#   and in the release flavour a locked console (no autoboot interruption, restricted env).
+#   altbootcmd switching boot_slot (set from preboot), and in the release flavour a locked
+#   console (no autoboot interruption, only the A/B variables writeable in the stored env).
 # - do_segway_uboot_pubkey: after compiling, the FIT public key from the PKI (token) is added to
 #   U-Boot's control DTB with required = "conf", and u-boot.bin is re-assembled from
 #   u-boot-nodtb.bin + the keyed DTB. Every copy of the original DTB in the build tree
@@ -16,8 +17,12 @@ FILESEXTRAPATHS:prepend := "${SEGWAY_LAYERDIR}/recipes-bsp/u-boot/files:"
 SRC_URI:append:segway = " \
     file://segway-fit-verify.cfg \
     file://segway-bootcount.cfg \
-    ${@'file://segway-console-locked.cfg' if d.getVar('SEGWAY_UBOOT_CONSOLE_LOCKED') == '1' else ''} \
+    ${@'file://segway-console-locked.cfg file://segway-env-flags.h' if d.getVar('SEGWAY_UBOOT_CONSOLE_LOCKED') == '1' else ''} \
 "
+# The writeable-variable list of the locked environment is a C define, not a Kconfig symbol:
+# force-include it into every U-Boot object (KCFLAGS is added to KBUILD_CFLAGS by U-Boot's Makefile).
+SEGWAY_UBOOT_KCFLAGS = "${@'-include ${WORKDIR}/segway-env-flags.h' if d.getVar('SEGWAY_UBOOT_CONSOLE_LOCKED') == '1' else ''}"
+EXTRA_OEMAKE:append:segway = " KCFLAGS='${SEGWAY_UBOOT_KCFLAGS}'"
 
 python do_segway_uboot_pubkey() {
     import glob

@@ -49,6 +49,7 @@ CASES = {
     "segway-initramfs": installed("recipes-core/images/segway-initramfs.bb", "PACKAGE_INSTALL"),
     "segway-kms": rdepends("recipes-security/segway-kms/segway-kms_0.1.0.bb"),
     "initramfs-module-segway-verity": rdepends("recipes-core/initrdscripts/initramfs-module-segway-verity_1.0.bb"),
+    "segway-ab-boot-ok": rdepends("recipes-bsp/segway-ab/segway-ab-boot-ok_1.0.bb"),
 }
 
 
@@ -70,7 +71,7 @@ def test_packages_have_a_provider(name):
 def test_image_installs_the_security_stack():
     packages = CASES["segway-image"]
     for required in ("optee-client", "optee-os-ta", "optee-ftpm", "tpm2-tss", "tpm2-tools", "segway-kms",
-                     "segway-hardening"):
+                     "segway-hardening", "segway-ab-boot-ok"):
         assert required in packages
 
 

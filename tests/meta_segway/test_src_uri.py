@@ -13,6 +13,8 @@ CLASS_FILE_DIRS = {
     "segway_kernel": LAYER / "recipes-kernel/linux/files",
     "segway_uboot": LAYER / "recipes-bsp/u-boot/files",
 }
+# Machine overrides (FILESOVERRIDES) of the kas machines that have their own files/<override>/.
+MACHINE_OVERRIDES = ("qemuall", "stm32mp15common", "mx8mm")
 
 
 def search_dirs(path):
@@ -57,7 +59,7 @@ def test_file_entries_exist(path):
     dirs = search_dirs(path)
     for entry in file_entries(path):
         assert "${" not in entry, "%s: computed file:// entry %s" % (path.name, entry)
-        found = [d / entry for d in dirs if (d / entry).is_file()]
+        found = [d / sub / entry for d in dirs for sub in ("",) + MACHINE_OVERRIDES if (d / sub / entry).is_file()]
         assert found, "%s: file://%s not found in %s" % (path.name, entry, [str(d.relative_to(LAYER)) for d in dirs])
 
 

@@ -23,6 +23,7 @@ IMAGE_INSTALL = "\
     tpm2-tools \
     segway-kms \
     segway-hardening \
+    segway-ab-boot-ok \
     ${SEGWAY_IMAGE_DEBUG_PACKAGES} \
 "
 # Root cannot log in (locked password, PermitRootLogin no). The administrator logs in with an

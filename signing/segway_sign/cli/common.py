@@ -8,12 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+from asn1crypto import pem
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from ..errors import InputError, UsageError
-from ..hsm import PinSource, open_private_key, open_session
+from ..hsm import PinSource, TokenRawECKey, open_private_key, open_session
 from ..hsm.session import TokenSession
+from ..raw_ec import RawECPublicKey
 
 
 @dataclass(frozen=True)
@@ -23,8 +26,13 @@ class TokenOptions:
     module: str | None
     pin: PinSource
 
-    def open_key(self, uri: str):
-        return open_private_key(uri, module_path=self.module, pin=self.pin)
+    def open_key(self, uri: str, raw_ok: bool = False):
+        """The token key a URI names. ``raw_ok``: the caller handles keys on curves cryptography
+        lacks (brainpoolP256t1, STM32 only); everyone else gets a one-line refusal."""
+        key = open_private_key(uri, module_path=self.module, pin=self.pin)
+        if isinstance(key, TokenRawECKey) and not raw_ok:
+            raise UsageError(f"key {uri} is on {key.curve_name}, which only 'stm32' commands use")
+        return key
 
     def open_session(self, uri: str, login: bool = True) -> TokenSession:
         return open_session(uri, module_path=self.module, pin=self.pin, login=login)
@@ -72,12 +80,26 @@ def load_certificate(path: Path) -> x509.Certificate:
     raise InputError(f"{path}: not a PEM/DER X.509 certificate")
 
 
-def load_public_key(spec: str, token: TokenOptions | None):
-    """A public key from a pkcs11: URI (read from the token) or a PEM/DER public key or certificate file."""
+def _raw_ec_public_key(data: bytes) -> RawECPublicKey | None:
+    """A PEM/DER public key on a curve cryptography lacks (brainpoolP256t1), else None."""
+    if pem.detect(data):
+        try:
+            kind, _, data = pem.unarmor(data)
+        except ValueError:
+            return None
+        if kind != "PUBLIC KEY":
+            return None
+    return RawECPublicKey.from_spki(data)
+
+
+def load_public_key(spec: str, token: TokenOptions | None, raw_ok: bool = False):
+    """A public key from a pkcs11: URI (read from the token) or a PEM/DER public key or certificate file.
+
+    ``raw_ok``: also accept keys on curves cryptography lacks (``RawECPublicKey``, STM32 only)."""
     if spec.startswith("pkcs11:"):
         if token is None:
             raise UsageError(f"key {spec}: a pkcs11: URI is not accepted here; give a key or certificate file")
-        return token.open_key(spec).public_key()
+        return token.open_key(spec, raw_ok=raw_ok).public_key()
     path = Path(spec)
     if not path.is_file():
         raise UsageError(f"key {spec} is neither a pkcs11: URI nor a file")
@@ -85,8 +107,13 @@ def load_public_key(spec: str, token: TokenOptions | None):
     for loader in (load_pem_public_key, load_der_public_key):
         try:
             return loader(data)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             pass
+    raw = _raw_ec_public_key(data)
+    if raw is not None:
+        if not raw_ok:
+            raise UsageError(f"{spec}: a {raw.curve_name} key is only used by 'stm32' commands")
+        return raw
     try:
         return load_certificate(path).public_key()
     except InputError:

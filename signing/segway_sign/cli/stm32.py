@@ -62,7 +62,7 @@ def group() -> None:
 
 
 @group.command("sign")
-@click.option("--key", "key_uri", required=True, metavar="URI", help="Signing key (ECDSA P-256) as a pkcs11: URI.")
+@click.option("--key", "key_uri", required=True, metavar="URI", help="Signing key (ECDSA P-256 or brainpoolP256t1) as a pkcs11: URI.")
 @click.option("--in", "in_path", required=True, type=IN_FILE, help="Unsigned .stm32 image, or a raw binary with --entry.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--image-version", callback=parse_int, metavar="N", help="Anti-rollback version (OTP monotonic counter).")
@@ -90,8 +90,8 @@ def sign_cmd(key_uri, in_path, out_path, image_version, table, entry, load, bina
             load_address=load or 0,
             binary_type=0x10 if binary_type is None else binary_type,
         )
-    key = token.open_key(key_uri)
-    table_keys = [load_public_key(spec, token) for spec in table] or None
+    key = token.open_key(key_uri, raw_ok=True)
+    table_keys = [load_public_key(spec, token, raw_ok=True) for spec in table] or None
     signed = stm32.sign(data, key, image_version=image_version, table_keys=table_keys)
     result = stm32.verify(signed)
     write_file(out_path, signed, force=force)
@@ -149,13 +149,13 @@ def verify_cmd(in_path, pkh_hex, pkh_file, as_json):
 def pkh_cmd(key_uri, header_version, table, out_path, token, force, as_json):
     """Print the PKH/PKHTH and the OTP words to fuse."""
     version = int(header_version)
-    key = load_public_key(key_uri, token)
+    key = load_public_key(key_uri, token, raw_ok=True)
     if version == 1:
         if table:
             raise UsageError("--keys is for header v2 (STM32MP13/MP2); v1 fuses one key")
         keys = [key]
     else:
-        keys = [load_public_key(spec, token) for spec in table] or [key]
+        keys = [load_public_key(spec, token, raw_ok=True) for spec in table] or [key]
         if stm32.pk_table_entry(key) not in [stm32.pk_table_entry(k) for k in keys]:
             raise UsageError("--key is not one of the --keys table")
     fuses = pkh_fuse_words(keys, version)

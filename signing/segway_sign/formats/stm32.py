@@ -3,8 +3,10 @@
 Header v1 (STM32MP15, 256 bytes) and v2.0 / v2.2 (STM32MP13 / STM32MP2, 128-byte base plus
 extension headers, 512 bytes in total). All fields are little-endian. The ROM hashes with SHA-256
 the bytes from ``header_version`` (offset 72) to the end of the payload as given by
-``image_length``; trailing file padding is outside the signature. The signature is ECDSA P-256,
-stored as raw r||s.
+``image_length``; trailing file padding is outside the signature. The signature is ECDSA P-256 or
+brainpoolP256t1 (the ROM's "Brainpool 256"), stored as raw r||s. ``cryptography`` lacks the twisted
+Brainpool curve, so those keys are ``RawECPublicKey``/``TokenRawECKey`` and their signatures are
+checked by OpenSSL.
 
 Layouts follow TF-A ``tools/stm32image/stm32image.c`` and ``plat/st/stm32mp1/include/boot_api.h``.
 """
@@ -26,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..errors import InputError, UsageError, VerificationError
+from ..raw_ec import RawECPublicKey
 
 MAGIC = b"STM\x32"
 V1_HEADER_SIZE = 0x100
@@ -39,7 +42,8 @@ HEADER_V22 = 0x00020200
 SUPPORTED_VERSIONS = {HEADER_V1: "1.0", HEADER_V20: "2.0", HEADER_V22: "2.2"}
 
 ALGO_P256 = 1
-ALGO_BRAINPOOL256 = 2
+ALGO_BRAINPOOL256 = 2  # brainpoolP256t1 (TF-A stm32mp_crypto_lib.c: OID_EC_GRP_BP256T1)
+BRAINPOOL_CURVE = "brainpoolP256t1"
 
 # v1 option_flags bit0: "do not check the signature".
 V1_OPTION_NO_SIGNATURE = 1 << 0
@@ -232,25 +236,29 @@ def create(
 
 def public_key_xy(public_key) -> tuple[int, bytes]:
     """Return (ecc_algo_type, raw X||Y) for a public key the STM32 ROM can use."""
+    if isinstance(public_key, RawECPublicKey):
+        if public_key.curve_name != BRAINPOOL_CURVE:
+            raise UsageError(f"STM32 signing needs an ECDSA P-256 or {BRAINPOOL_CURVE} key, "
+                             f"got curve {public_key.curve_name}")
+        return ALGO_BRAINPOOL256, public_key.xy
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
-        raise UsageError("STM32 signing needs an EC key (ECDSA P-256); got a non-EC key")
+        raise UsageError(f"STM32 signing needs an EC key (ECDSA P-256 or {BRAINPOOL_CURVE}); got a non-EC key")
     curve = public_key.curve.name
     if curve != "secp256r1":
         if curve == "brainpoolP256r1":
             raise UsageError(
-                "brainpoolP256r1 is not the STM32 'Brainpool 256' curve (the ROM uses brainpoolP256t1, "
-                "which segway-sign cannot handle); use a P-256 key"
+                "brainpoolP256r1 is not the STM32 'Brainpool 256' curve (the ROM uses brainpoolP256t1); "
+                "use a P-256 key or a bp256t1 token key"
             )
-        raise UsageError(f"STM32 signing needs an ECDSA P-256 key, got curve {curve}")
+        raise UsageError(f"STM32 signing needs an ECDSA P-256 or {BRAINPOOL_CURVE} key, got curve {curve}")
     point = public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
     return ALGO_P256, point[1:]
 
 
-def public_key_from_xy(algo: int, xy: bytes) -> ec.EllipticCurvePublicKey:
+def public_key_from_xy(algo: int, xy: bytes) -> ec.EllipticCurvePublicKey | RawECPublicKey:
     if algo == ALGO_BRAINPOOL256:
-        raise VerificationError(
-            "image uses Brainpool 256 (brainpoolP256t1), which segway-sign cannot verify"
-        )
+        # Not checked here: OpenSSL refuses a point off the curve when it verifies the signature.
+        return RawECPublicKey.from_xy(BRAINPOOL_CURVE, xy)
     if algo != ALGO_P256:
         raise InputError(f"unknown STM32 ecdsa algorithm {algo}")
     try:
@@ -335,15 +343,32 @@ def sign(
     image.set_u32(CHECKSUM_OFFSET, payload_checksum(image.payload))
 
     digest = hashlib.sha256(image.signed_range()).digest()
-    der = key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-    raw = _raw_signature(der)
+    if algo == ALGO_BRAINPOOL256:
+        if not hasattr(key, "sign_digest"):
+            raise UsageError(f"a {BRAINPOOL_CURVE} signing key must be a token key")
+        raw = key.sign_digest(digest)
+    else:
+        der = key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        raw = _raw_signature(der)
     # Check what will be written: the raw r||s as the ROM will read it.
-    try:
-        public_key.verify(_der_signature(raw), digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-    except InvalidSignature:
-        raise VerificationError("the signature returned by the key does not verify") from None
+    if not _signature_verifies(public_key, raw, digest):
+        raise VerificationError("the signature returned by the key does not verify")
     image.header[SIGNATURE_SLICE] = raw
     return image.to_bytes()
+
+
+def _signature_verifies(public_key, raw: bytes, digest: bytes) -> bool:
+    if isinstance(public_key, RawECPublicKey):
+        try:
+            public_key.verify_digest(raw, digest)
+        except VerificationError:
+            return False
+        return True
+    try:
+        public_key.verify(_der_signature(raw), digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def _set_v2_auth_extension(image: Stm32Image, public_key, algo: int, xy: bytes, table_keys) -> None:
@@ -396,7 +421,7 @@ def _set_v2_auth_extension(image: Stm32Image, public_key, algo: int, xy: bytes, 
 @dataclass(frozen=True)
 class Verified:
     header_version: str
-    public_key: ec.EllipticCurvePublicKey
+    public_key: ec.EllipticCurvePublicKey | RawECPublicKey
     algo: int
     pkh: bytes  # v1: PKH; v2: PKHTH (the value in OTP)
     pk_index: int | None
@@ -447,10 +472,8 @@ def verify(data: bytes, *, expected_pkh: bytes | None = None) -> Verified:
         pkh = hashlib.sha256(b"".join(table)).digest()
     digest = hashlib.sha256(image.signed_range()).digest()
     raw = bytes(image.header[SIGNATURE_SLICE])
-    try:
-        public_key.verify(_der_signature(raw), digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-    except (InvalidSignature, ValueError):
-        raise VerificationError("STM32 signature does not verify") from None
+    if not _signature_verifies(public_key, raw, digest):
+        raise VerificationError("STM32 signature does not verify")
     if expected_pkh is not None and expected_pkh != pkh:
         kind = "PKH" if image.major == 1 else "PKHTH"
         raise VerificationError(f"image {kind} {pkh.hex()} does not match the expected {expected_pkh.hex()}")

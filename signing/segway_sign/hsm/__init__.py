@@ -1,6 +1,7 @@
 """The only code that talks PKCS#11.
 
-``open_private_key(uri)`` returns a ``cryptography`` private key whose operations run in the token.
+``open_private_key(uri)`` returns a ``cryptography`` private key whose operations run in the token,
+or a ``TokenRawECKey`` for a curve ``cryptography`` lacks (brainpoolP256t1).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from . import module
 from .keys import TokenECPrivateKey, TokenPrivateKey, TokenRSAPrivateKey, find_private_key
 from .pin import PinSource
+from .raw_ec_key import TokenRawECKey
 from .session import TokenSession
 from .uri import Pkcs11Uri
 
@@ -25,4 +27,4 @@ def open_private_key(uri: str | Pkcs11Uri, *, module_path: str | None = None,
 
 
 __all__ = ["PinSource", "Pkcs11Uri", "TokenSession", "TokenPrivateKey", "TokenRSAPrivateKey",
-           "TokenECPrivateKey", "open_session", "open_private_key"]
+           "TokenECPrivateKey", "TokenRawECKey", "open_session", "open_private_key"]

@@ -1,4 +1,4 @@
-"""Token keys as ``cryptography`` private keys.
+"""Token keys as ``cryptography`` private keys (and, for curves it lacks, ``TokenRawECKey``).
 
 X.509 builders, CMS and every artifact format take a ``cryptography`` key; these subclasses make a
 key inside the token one of them. Digests are always computed on the host and only the digest goes
@@ -18,10 +18,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.exceptions import AttributeSensitive, AttributeTypeInvalid
 from pkcs11.util.ec import encode_ec_public_key
 from pkcs11.util.rsa import encode_rsa_public_key
 
-from ..errors import TokenError, UsageError, VerificationError
+from ..errors import InputError, TokenError, UsageError, VerificationError
+from ..raw_ec import RAW_CURVES, RawECPublicKey, curve_from_ec_params, decode_ec_point
 from .session import TokenSession
 from .uri import Pkcs11Uri
 
@@ -208,6 +210,23 @@ def _public_from_objects(session, priv, key_id: bytes):
     raise TokenError(f"no unique public key or certificate with CKA_ID {key_id.hex()} next to the private key")
 
 
+def _raw_ec_public(session, priv, key_id: bytes) -> RawECPublicKey | None:
+    """The public key when the private key is on a curve ``cryptography`` lacks, else None."""
+    try:
+        curve = curve_from_ec_params(priv[Attribute.EC_PARAMS])
+    except (AttributeTypeInvalid, AttributeSensitive, KeyError):
+        curve = None  # a token that hides it on the private object: the usual path reads the public key
+    if curve is None:
+        return None
+    pubs = list(session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: key_id}))
+    if len(pubs) != 1:
+        raise TokenError(f"no unique public key with CKA_ID {key_id.hex()} next to the {curve} private key")
+    try:
+        return RawECPublicKey(curve, decode_ec_point(pubs[0][Attribute.EC_POINT], RAW_CURVES[curve][1]))
+    except InputError as err:
+        raise TokenError(f"public key with CKA_ID {key_id.hex()}: {err}") from None
+
+
 def find_private_key(session: TokenSession, uri: Pkcs11Uri) -> TokenPrivateKey:
     """The one private key a URI names; zero or several matches are errors."""
     if uri.object is None and uri.id is None:
@@ -225,6 +244,10 @@ def find_private_key(session: TokenSession, uri: Pkcs11Uri) -> TokenPrivateKey:
         if len(found) != 1:
             return found, None
         priv = found[0]
+        if priv.key_type == KeyType.EC:
+            raw = _raw_ec_public(s, priv, priv[Attribute.ID])
+            if raw is not None:
+                return found, raw
         return found, _public_from_objects(s, priv, priv[Attribute.ID])
 
     found, public = session.call(lookup, f"looking up {uri}")
@@ -238,5 +261,8 @@ def find_private_key(session: TokenSession, uri: Pkcs11Uri) -> TokenPrivateKey:
     if priv.key_type == KeyType.RSA:
         return TokenRSAPrivateKey(session, uri, label, key_id, public)
     if priv.key_type == KeyType.EC:
+        if isinstance(public, RawECPublicKey):
+            from .raw_ec_key import TokenRawECKey  # it builds on this module's key mixin
+            return TokenRawECKey(session, uri, label, key_id, public)
         return TokenECPrivateKey(session, uri, label, key_id, public)
     raise TokenError(f"key {uri} has type {priv.key_type.name}; only RSA and EC keys sign")

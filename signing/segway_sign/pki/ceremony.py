@@ -26,7 +26,14 @@ from ..formats.fit_keys import add_pubkey, algo_for_key
 from ..hsm import keygen
 from ..hsm.session import TokenSession
 from .certs import key_type_name, root_certificate, signing_certificate
+from ..raw_ec import RawECPublicKey
 from .plan import KeySpec, Plan
+
+def pem_public_key(public_key) -> bytes:
+    if isinstance(public_key, RawECPublicKey):
+        return public_key.spki_pem()
+    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
 
 def fingerprint(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
@@ -143,8 +150,7 @@ def run_ceremony(plan: Plan, out: Path, open_session: Callable[[object], TokenSe
         chain = []
         for spec, session, key, cert in entries:
             cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-            pub_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+            pub_pem = pem_public_key(key.public_key())
             (tmp / "certs" / f"{spec.label}.pem").write_bytes(cert_pem)
             (tmp / "keys" / f"{spec.label}.pub.pem").write_bytes(pub_pem)
             chain.append(cert_pem)

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import InputError
-from ..hsm.keygen import KEY_KINDS
+from ..hsm.keygen import KEY_KINDS, RAW_KINDS
 from ..hsm.uri import Pkcs11Uri
 
 PURPOSES = ("fit", "stm32", "hab", "verity", "release", "fip")
@@ -64,6 +64,10 @@ def _spec(raw, where: str, purpose_required: bool) -> KeySpec:
     purpose = raw.get("purpose")
     if purpose_required and purpose not in PURPOSES:
         raise InputError(f"{where}: purpose {purpose!r} is not one of {', '.join(PURPOSES)}")
+    if raw["key"] in RAW_KINDS and purpose != "stm32":
+        # Only the STM32 header signer can use these keys (cryptography lacks the curve).
+        raise InputError(f"{where}: key type {raw['key']!r} is only for purpose stm32 "
+                         f"(got {purpose or 'the root CA'})")
     days = raw.get("validity_days", 3650)
     if not isinstance(days, int) or days <= 0:
         raise InputError(f"{where}: validity_days must be a positive integer")

@@ -8,6 +8,9 @@ import os
 import subprocess
 from pathlib import Path
 
+from asn1crypto import algos as asn1_algos
+from asn1crypto import keys as asn1_keys
+from asn1crypto import pem as asn1_pem
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -111,3 +114,57 @@ def test_errors_are_one_line_and_leave_no_output(softhsm, tmp_path):
     p384 = softhsm.generate("p384", "wrong-curve")
     one_line_error(run_cli(["stm32", "sign", "--key", p384, *pin, "--in", str(image),
                             "--out", str(tmp_path / "p384.stm32")], softhsm), code=2, match="P-256")
+
+
+def brainpool_pem(xy: bytes) -> bytes:
+    spki = asn1_keys.PublicKeyInfo({
+        "algorithm": {"algorithm": "ec",
+                      "parameters": asn1_keys.ECDomainParameters(name="named", value="1.3.36.3.3.2.8.1.1.8")},
+        "public_key": b"\x04" + xy})
+    return asn1_pem.armor("PUBLIC KEY", spki.dump())
+
+
+def test_brainpool_sign_verify_pkh(token, tmp_path):
+    uri = token.generate("bp256t1", "bl2-bp")
+    pin = ["--pin-file", str(token.pin_file)]
+    image = mkimage(tmp_path)
+    out = tmp_path / "bl2-bp.stm32"
+    signed = json.loads(ok(run_cli(["stm32", "sign", "--key", uri, *pin, "--in", str(image), "--out", str(out),
+                                    "--json"], token)))
+    data = out.read_bytes()
+    xy = data[108:172]
+    assert int.from_bytes(data[104:108], "little") == 2
+    assert signed["hash"] == hashlib.sha256(xy).hexdigest() and signed["public_keys"] == [xy.hex()]
+
+    # openssl, with the key written out from the header, checks [72, 256 + image_length).
+    pem = tmp_path / "bp.pub.pem"
+    pem.write_bytes(brainpool_pem(xy))
+    (tmp_path / "sig.der").write_bytes(asn1_algos.DSASignature.from_p1363(data[4:68]).dump())
+    (tmp_path / "signed.bin").write_bytes(data[72:])
+    res = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(pem), "-signature", str(tmp_path / "sig.der"),
+                          str(tmp_path / "signed.bin")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "Verified OK" in res.stdout, res.stdout + res.stderr
+
+    from_token = json.loads(ok(run_cli(["stm32", "pkh", "--key", uri, *pin, "--json"], token)))
+    from_file = json.loads(ok(run_cli(["stm32", "pkh", "--key", str(pem), "--json"])))
+    assert from_token["hash"] == from_file["hash"] == signed["hash"]
+    table = json.loads(ok(run_cli(["stm32", "pkh", "--key", str(pem), "--header-version", "2", "--json"])))
+    assert table["pk_hashes"] == [hashlib.sha256(b"\x02\x00\x00\x00" + xy).hexdigest()]
+
+    text = ok(run_cli(["stm32", "verify", "--in", str(out), "--pkh", signed["hash"]]))
+    assert "matches the expected value" in text
+    bad = tmp_path / "bad.stm32"
+    bad.write_bytes(data[:10] + bytes([data[10] ^ 1]) + data[11:])
+    one_line_error(run_cli(["stm32", "verify", "--in", str(bad)]), match="does not verify")
+
+
+def test_brainpool_key_refused_outside_stm32(softhsm, tmp_path):
+    uri = softhsm.generate("bp256t1", "bl2-bp")
+    pin = ["--pin-file", str(softhsm.pin_file)]
+    dtb = tmp_path / "u-boot.dtb"
+    dtb.write_bytes(subprocess.run(["dtc", "-I", "dts", "-O", "dtb"], input=b"/dts-v1/; / { };",
+                                   capture_output=True, check=True, timeout=60).stdout)
+    out = tmp_path / "out.dtb"
+    one_line_error(run_cli(["fit", "add-pubkey", "--key", uri, *pin, "--dtb", str(dtb), "--out", str(out),
+                            "--key-name-hint", "dev"], softhsm), code=2, match="brainpoolP256t1")
+    assert not out.exists()

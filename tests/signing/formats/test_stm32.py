@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from asn1crypto import algos as asn1_algos
+from asn1crypto import keys as asn1_keys
+from asn1crypto import pem as asn1_pem
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from helpers import open_token_key
@@ -374,10 +377,113 @@ def test_wrong_key_types_refused(make, tmp_path):
         stm32.sign(mkimage(tmp_path, b"k" * 10), make())
 
 
-def test_brainpool_image_verification_refused_cleanly(key, tmp_path):
+def test_p256_image_relabelled_brainpool_is_refused(key, tmp_path):
     signed = bytearray(stm32.sign(mkimage(tmp_path, b"b" * 10), key))
     struct.pack_into("<I", signed, 104, 2)
-    with pytest.raises(VerificationError, match="brainpoolP256t1"):
+    with pytest.raises(VerificationError, match="does not verify"):
+        stm32.verify(bytes(signed))
+
+
+# ---------------------------------------------------------------------------------------------
+# Brainpool 256 (brainpoolP256t1): token keys only, checked here with the openssl command
+
+
+BP256T1_OID = "1.3.36.3.3.2.8.1.1.8"
+
+
+def brainpool_pem(xy: bytes) -> bytes:
+    """SubjectPublicKeyInfo for a brainpoolP256t1 point, written out here from RFC 5480."""
+    spki = asn1_keys.PublicKeyInfo({
+        "algorithm": {"algorithm": "ec", "parameters": asn1_keys.ECDomainParameters(name="named", value=BP256T1_OID)},
+        "public_key": b"\x04" + xy})
+    return asn1_pem.armor("PUBLIC KEY", spki.dump())
+
+
+def openssl_verify_brainpool(data: bytes, tmp_path: Path) -> bool:
+    """openssl dgst -sha256 -verify over the signed range with the header's brainpoolP256t1 key."""
+    version, length = u32(data, 72), u32(data, 76)
+    if version == 0x00010000:
+        size, algo, xy = 256, u32(data, 104), data[108:172]
+    else:
+        size = 128 + u32(data, 104)
+        assert data[128:132] == b"ST\x00\x02"
+        algo, xy = u32(data, 128 + 16), data[128 + 20 : 128 + 84]
+    assert algo == 2
+    (tmp_path / "bp.pem").write_bytes(brainpool_pem(xy))
+    (tmp_path / "bp.sig").write_bytes(asn1_algos.DSASignature.from_p1363(data[4:68]).dump())
+    (tmp_path / "bp.bin").write_bytes(data[72 : size + length])
+    res = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(tmp_path / "bp.pem"),
+                          "-signature", str(tmp_path / "bp.sig"), str(tmp_path / "bp.bin")],
+                         capture_output=True, text=True, timeout=120)
+    return res.returncode == 0 and "Verified OK" in res.stdout
+
+
+def token_point(tkey) -> bytes:
+    """X||Y of a token key as the token reports it (CKA_EC_POINT of the public object)."""
+    point = tkey.public_key().point
+    assert len(point) == 65 and point[0] == 4
+    return point[1:]
+
+
+def test_brainpool_v1_token_key_mkimage_input(token, tmp_path):
+    uri = token.generate("bp256t1", "bl2-bp")
+    tkey = open_token_key(token, uri)
+    assert tkey.curve_name == "brainpoolP256t1" and tkey.curve_oid == BP256T1_OID
+    payload = os.urandom(4000)
+    unsigned = mkimage(tmp_path, payload)
+    signed = stm32.sign(unsigned, tkey, image_version=5)
+
+    xy = token_point(tkey)
+    assert u32(signed, 104) == 2 and signed[108:172] == xy and u32(signed, 100) == 0
+    assert signed[256:] == payload and u32(signed, 96) == 5
+    assert openssl_verify_brainpool(signed, tmp_path)
+    pkh = hashlib.sha256(xy).digest()
+    result = stm32.verify(signed, expected_pkh=pkh)
+    assert (result.algo, result.image_version) == (2, 5)
+    assert pkh_fuse_words([tkey.public_key()], 1)["hash"] == pkh.hex()
+    listed = mkimage_list(tmp_path, signed)
+    assert "Option     : 0x00000000" in listed and "Image Size   : 4000 bytes" in listed
+
+    # Tampering: payload (checksum kept right), signature, key, algorithm field.
+    for offset in (256 + 17, 4, 40, 120, 104):
+        bad = bytearray(signed)
+        bad[offset] ^= 0x01 if offset != 104 else 0x03  # algo 2 -> 1 (P-256)
+        struct.pack_into("<I", bad, 68, sum(bad[256:4256]) % 2**32)
+        with pytest.raises((InputError, VerificationError)):
+            stm32.verify(bytes(bad))
+        if offset != 104:
+            assert not openssl_verify_brainpool(bytes(bad), tmp_path)
+
+
+def test_brainpool_v2_table_and_pkhth(softhsm, tmp_path):
+    uris = [softhsm.generate("bp256t1", f"mp13-bp{i}") for i in range(2)]
+    keys = [open_token_key(softhsm, u) for u in uris]
+    pubs = [k.public_key() for k in keys]
+    unsigned = tf_a_v2_header(os.urandom(3000), 0, 0x2FFE0000, 0x2FFE0000, 0x10)
+    signed = stm32.sign(unsigned, keys[1], table_keys=pubs)
+    assert openssl_verify_brainpool(signed, tmp_path)
+    entries = [hashlib.sha256(b"\x02\x00\x00\x00" + token_point(k)).digest() for k in keys]
+    pkhth = hashlib.sha256(b"".join(entries)).digest()
+    auth = signed[128 + 8 :]
+    assert (u32(auth, 0), u32(auth, 4), u32(auth, 8)) == (1, 2, 2)
+    assert auth[76 : 76 + 64] == b"".join(entries)
+    result = stm32.verify(signed, expected_pkh=pkhth)
+    assert result.pk_index == 1 and result.algo == 2
+    fuses = pkh_fuse_words(pubs, 2)
+    assert fuses["hash"] == pkhth.hex() and fuses["pk_hashes"] == [e.hex() for e in entries]
+    bad = bytearray(signed)
+    bad[600] ^= 0x40
+    struct.pack_into("<I", bad, 68, sum(bad[512:3512]) % 2**32)
+    with pytest.raises(VerificationError):
+        stm32.verify(bytes(bad))
+    assert not openssl_verify_brainpool(bytes(bad), tmp_path)
+
+
+def test_brainpool_point_off_the_curve_is_refused(softhsm, tmp_path):
+    tkey = open_token_key(softhsm, softhsm.generate("bp256t1", "bl2-bp"))
+    signed = bytearray(stm32.sign(mkimage(tmp_path, b"c" * 64), tkey))
+    signed[171] ^= 0x01  # last byte of Y: no longer a point of brainpoolP256t1
+    with pytest.raises(VerificationError):
         stm32.verify(bytes(signed))
 
 

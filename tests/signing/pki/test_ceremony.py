@@ -100,6 +100,45 @@ def test_stm32_key_table_for_header_v2(softhsm, tmp_path):
     assert (tmp_path / "o" / "fuses" / "stm32-pkhth.bin").read_bytes().hex() == pkh_fuse_words(pubs, 2)["hash"]
 
 
+@pytest.mark.parametrize("root_kind", ["p384", "rsa2048"])
+def test_brainpool_stm32_key_in_a_ceremony(token, tmp_path, root_kind):
+    """key: bp256t1 for stm32: created in the token, certified by the root (checked by openssl)."""
+    import hashlib
+    raw = yaml.safe_load(DEV_PLAN.read_text())
+    raw["token"] = token.token_uri
+    raw["root"]["key"] = root_kind
+    stm32 = next(k for k in raw["keys"] if k["purpose"] == "stm32")
+    raw["keys"] = [dict(stm32, label="stm32-bp", key="bp256t1"), dict(stm32, label="stm32-p256", key="p256")]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "o"
+    res = run_cli(["pki", "init", str(tmp_path / "p.yaml"), "--out", str(out), "--pin-file", str(token.pin_file),
+                   "--json"], token)
+    assert res.returncode == 0, res.stderr.decode()
+    record = json.loads(res.stdout)
+    entry = next(k for k in record["keys"] if k["label"] == "stm32-bp")
+    assert entry["type"] == "bp256t1" and entry["attributes"]["never_extractable"]
+    root = out / "certs" / f"{raw['root']['label']}.pem"
+    cert_path = out / "certs" / "stm32-bp.pem"
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(root), "-purpose", "any", str(cert_path)],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    text = subprocess.run(["openssl", "x509", "-in", str(cert_path), "-noout", "-text"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "brainpoolP256t1" in text and "Code Signing" in text and "CA:FALSE" in text
+    # The certified key is the token key: same point in keys/, the certificate and the PKH file.
+    pub_der = subprocess.run(["openssl", "x509", "-in", str(cert_path), "-noout", "-pubkey"],
+                             capture_output=True, check=True).stdout
+    assert pub_der == (out / "keys" / "stm32-bp.pub.pem").read_bytes()
+    point = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub_der,
+                           capture_output=True, check=True).stdout[-65:]
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    assert ski == hashlib.sha1(point).digest() and ski.hex() == entry["key_id"]
+    assert (out / "fuses" / "stm32-bp.pkh.bin").read_bytes() == hashlib.sha256(point[1:]).digest()
+    table = json.loads((out / "fuses" / "stm32-pkhth.otp.json").read_text())
+    assert table["pk_hashes"][0] == hashlib.sha256(b"\x02\x00\x00\x00" + point[1:]).hexdigest()
+
+
 def test_refuses_existing_keys_and_output(softhsm, tmp_path):
     plan = plan_for(softhsm, tmp_path)
     args = ["pki", "init", str(plan), "--pin-file", str(softhsm.pin_file)]
@@ -137,6 +176,8 @@ def test_failure_leaves_no_output(softhsm, tmp_path, monkeypatch):
     (lambda r: r["keys"].append(dict(r["keys"][1])), "duplicate"),
     (lambda r: r.update(token="pkcs11:token=x?pin-value=1"), "pin-value"),
     (lambda r: r["root"].update(subject={"O": "no cn"}), "CN"),
+    (lambda r: r["root"].update(key="bp256t1"), "only for purpose stm32"),
+    (lambda r: r["keys"][0].update(key="bp256t1"), "only for purpose stm32"),
 ])
 def test_plan_errors(tmp_path, edit, message):
     raw = yaml.safe_load(DEV_PLAN.read_text())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import P11KitToken, SoftHsmToken
+from helpers import P11KitToken, SoftHsmToken, forget_active_token
 from segway_sign.hsm import module
 
 
@@ -15,8 +15,10 @@ def _isolated_pkcs11(monkeypatch, tmp_path):
     for var in ("SOFTHSM2_CONF", "SEGWAY_PKCS11_MODULE", "P11_KIT_SERVER_ADDRESS", "PKCS11_PROXY_SOCKET"):
         monkeypatch.delenv(var, raising=False)
     module.reset()
+    forget_active_token()
     yield
     module.reset()
+    forget_active_token()
 
 
 @pytest.fixture
@@ -38,6 +40,7 @@ def p11kit(tmp_path):
     tok.activate()
     yield tok
     module.reset()
+    forget_active_token()
     tok.stop()
 
 

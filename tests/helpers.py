@@ -21,6 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 SEGWAY_SIGN = str(REPO / ".venv" / "bin" / "segway-sign")
 
 
+_active: "SoftHsmToken | None" = None
+
+
+def forget_active_token() -> None:
+    """After module.reset() elsewhere, the next activate() must reset and set the environment again."""
+    global _active
+    _active = None
+
+
 class SoftHsmToken:
     """A fresh SoftHSM2 token in ``root`` (direct transport)."""
 
@@ -47,9 +56,16 @@ class SoftHsmToken:
         return f"pkcs11:token={self.token_label}"
 
     def activate(self) -> None:
-        """Point this process's PKCS#11 layer at this token."""
+        """Point this process's PKCS#11 layer at this token.
+
+        Only a switch between tokens resets (and unloads) the modules: keys opened earlier from the
+        same token keep working."""
+        global _active
+        if _active is self and all(os.environ.get(k) == v for k, v in self.env.items()):
+            return
         module.reset()
         os.environ.update(self.env)
+        _active = self
 
     def generate(self, kind: str, label: str) -> str:
         """Create a key pair inside the token; return the private key's URI."""

@@ -54,6 +54,11 @@ def load(path: str) -> pkcs11.lib:
         return lib
 
 
+def is_loaded(path: str, lib: pkcs11.lib) -> bool:
+    """Whether ``lib`` is still the loaded instance of ``path`` (not finalized and unloaded)."""
+    return _loaded.get(path) is lib
+
+
 def reinitialize(path: str) -> None:
     """C_Finalize + C_Initialize: SoftHSM (also behind a p11-kit server, which starts one per
     connection) lists its tokens only when initialised."""

@@ -187,6 +187,9 @@ class TokenSession:
     def call(self, operation: Callable[[pkcs11.Session], T], what: str) -> T:
         """Run ``operation(session)`` under the module lock, retrying once on a lost session."""
         with modules.MODULE_LOCK, _quiet_operation_finalizers():
+            if not modules.is_loaded(self.module_path, self.lib):
+                # module.reset() unloaded the library: calling into it would crash the process.
+                raise TokenError(f"{what}: the PKCS#11 module {self.module_path} was reset; open the key again")
             for attempt in (1, 2):
                 try:
                     return operation(self.session)

@@ -103,3 +103,11 @@ def test_two_processes_logged_in_through_p11kit(p11kit):
     env = p11kit.run_env()
     procs = [subprocess.Popen([sys.executable, "-c", script], env=env) for _ in range(4)]
     assert [p.wait(120) for p in procs] == [0, 0, 0, 0]
+
+
+def test_key_from_a_reset_module_is_an_error_not_a_crash(softhsm):
+    """reset() unloads the library; an old key must not call into unmapped code."""
+    key = softhsm.open_key(softhsm.generate("p256", "k"))
+    module.reset()
+    with pytest.raises(TokenError, match="was reset"):
+        key.sign(b"x", ec.ECDSA(hashes.SHA256()))

@@ -1,4 +1,5 @@
-"""``segway-sign ahab``: AHAB containers (i.MX 8QXP/8QM/8ULP/93): SRK table and hash, container signing."""
+"""``segway-sign ahab``: AHAB containers (i.MX 8QXP/8QM/8ULP/93): SRK table and hash, container signing
+with an SRK or with an SGK the SRK certifies."""
 
 from __future__ import annotations
 
@@ -22,6 +23,28 @@ def parse_offsets(ctx, param, values):
     return out or None
 
 
+def parse_permissions(ctx, param, values):
+    names = split_specs(values)
+    if not names:
+        return None
+    try:
+        return ahab.permission_bits(names)
+    except UsageError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def parse_uuid(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        raw = bytes.fromhex(value.replace("-", ""))
+    except ValueError:
+        raw = b""
+    if len(raw) != ahab.UUID_SIZE:
+        raise click.BadParameter(f"{value!r} is not 16 bytes of hex")
+    return raw
+
+
 @click.group("ahab")
 def group() -> None:
     """NXP AHAB secure boot (i.MX 8QXP/8QM/8DXL/8ULP, i.MX 93): SRK hash, signed containers."""
@@ -39,7 +62,7 @@ def group() -> None:
 @click.option("--digest", type=click.Choice(sorted(ahab.HASHES)),
               help="Signature digest recorded for every SRK (default: by key: P-256 SHA-256, P-384 SHA-384 …).")
 @click.option("--rsa-pss", is_flag=True, help="RSA SRKs sign with RSA-PSS (as SPSDK does for ELE parts).")
-@click.option("--ca", is_flag=True, help="Set the CA flag (only for SGK certificates, which this tool does not make).")
+@click.option("--ca", is_flag=True, help="Set the CA flag: the SRKs may certify SGKs (`ahab sign --sgk-key`).")
 @token_options
 @output_options
 def srk_cmd(key_specs, out_table, out_fuse, soc, fuse_hash, digest, rsa_pss, ca, token, force, as_json):
@@ -71,23 +94,38 @@ def srk_cmd(key_specs, out_table, out_fuse, soc, fuse_hash, digest, rsa_pss, ca,
 @click.option("--out", "out_path", required=True, type=OUT_FILE, help="Signed image.")
 @click.option("--srk-table", required=True, type=IN_FILE, help="SRK table (from `ahab srk` or srktool -a).")
 @click.option("--srk-index", required=True, type=click.IntRange(1, 4), help="SRK that signs (1-4).")
-@click.option("--key", "key_uri", required=True, metavar="URI", help="That SRK's private key (pkcs11: URI).")
+@click.option("--key", "key_uri", required=True, metavar="URI",
+              help="That SRK's private key (pkcs11: URI); with --sgk-key it signs only the SGK certificate.")
+@click.option("--sgk-key", "sgk_uri", metavar="URI",
+              help="Sign the containers with this SGK (pkcs11: URI, same key type as the SRK) under an AHAB "
+                   "certificate the SRK signs.")
+@click.option("--sgk-permissions", "sgk_permissions", multiple=True, callback=parse_permissions, metavar="NAME",
+              help="SGK certificate permissions (repeat or comma-separate; default: container): "
+                   + ", ".join(ahab.CERT_PERMISSIONS) + ".")
+@click.option("--sgk-uuid", callback=parse_uuid, metavar="HEX",
+              help="Bind the SGK certificate to one device: its 128-bit UUID (32 hex digits).")
 @click.option("--container-offset", "offsets", multiple=True, callback=parse_offsets, metavar="N",
               help="Container(s) to sign (default: every container not signed by NXP).")
 @click.option("--revoke-mask", type=click.IntRange(0, 15), help="SRK revocation mask written into the container flags.")
 @token_options
 @output_options
-def sign_cmd(in_path, out_path, srk_table, srk_index, key_uri, offsets, revoke_mask, token, force, as_json):
-    """Sign AHAB containers with an SRK held in the token."""
+def sign_cmd(in_path, out_path, srk_table, srk_index, key_uri, sgk_uri, sgk_permissions, sgk_uuid, offsets,
+             revoke_mask, token, force, as_json):
+    """Sign AHAB containers with an SRK held in the token, or with an SGK certified by that SRK."""
     check_writable(out_path, force)
+    if sgk_uri is None and (sgk_uuid is not None or sgk_permissions is not None):
+        raise UsageError("--sgk-permissions and --sgk-uuid need --sgk-key")
+    if sgk_permissions is None:
+        sgk_permissions = ahab.PERM_CONTAINER
     key = token.open_key(key_uri)
+    sgk = token.open_key(sgk_uri) if sgk_uri is not None else None
     signed, done = ahab.sign_image(in_path.read_bytes(), srk_table.read_bytes(), srk_index - 1, key, offsets,
-                                   revoke_mask)
+                                   revoke_mask, sgk, sgk_permissions, sgk_uuid)
     reports = [ahab.verify_container(signed, off, srk_table.read_bytes()) for off in done]
     write_file(out_path, signed, force=force)
     result = {"output": str(out_path), "containers": [{**r, "offset": f"0x{r['offset']:x}"} for r in reports]}
     emit(result, as_json, f"signed {out_path}: containers " + ", ".join(f"0x{o:x}" for o in done)
-         + f" with SRK {srk_index}")
+         + (f" with an SGK certified by SRK {srk_index}" if sgk else f" with SRK {srk_index}"))
 
 
 @group.command("verify")
@@ -106,5 +144,6 @@ def verify_cmd(in_path, srk_table, offsets, as_json):
             raise UsageError("no OEM-signed AHAB container found")
     reports = [ahab.verify_container(image, off, table) for off in offsets]
     result = {"input": str(in_path), "containers": [{**r, "offset": f"0x{r['offset']:x}"} for r in reports]}
-    emit(result, as_json, f"OK {in_path}: " + ", ".join(f"0x{r['offset']:x} (SRK {r['srk_index'] + 1})"
-                                                       for r in reports))
+    emit(result, as_json, f"OK {in_path}: " + ", ".join(
+        f"0x{r['offset']:x} ({'SGK certified by ' if r.get('sgk') else ''}SRK {r['srk_index'] + 1})"
+        for r in reports))

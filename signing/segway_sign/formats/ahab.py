@@ -4,8 +4,13 @@ Little-endian. Container header ``ver(1) len(2) tag 0x87``, flags, sw_version, f
 num_images, signature-block offset; 128-byte image entries; signature block ``ver len tag 0x90`` with
 certificate / SRK table / signature / blob offsets (CST ``src/lib/front_end/ahab_types.h``). The
 signature covers the container from its first byte up to the signature structure, with the digest the
-SRK record names; ECDSA signatures are raw r‖s. Version-2 containers (PQC, i.MX95 B0) and SGK
-certificates are not handled.
+SRK record names; ECDSA signatures are raw r‖s.
+
+With an SGK (signing key), the signature block also carries a certificate (tag 0xAF, or 0xA0 when it
+holds a UUID): ``ver len tag``, signature offset, inverted permissions, permissions, optional 16-byte
+UUID, the SGK as an SRK-style record, then the SRK's signature over everything before it. The SGK then
+signs the container. Version-2 containers (PQC, i.MX95 B0) and their version-2 certificates are not
+handled.
 """
 
 from __future__ import annotations
@@ -28,6 +33,13 @@ TAG_SIG_BLOCK = 0x90
 TAG_SRK_TABLE = 0xD7
 TAG_SRK_RECORD = 0xE1
 TAG_SIGNATURE = 0xD8
+TAG_CERTIFICATE, TAG_CERTIFICATE_UUID = 0xAF, 0xA0
+CERTIFICATE_VERSION = 0
+UUID_SIZE = 16
+# OEM certificate permissions (one byte; the ROM checks "container" before accepting an SGK signature).
+CERT_PERMISSIONS = {"container": 0x01, "phbc-debug": 0x02, "soc-debug-domain-1": 0x04,
+                    "soc-debug-domain-2": 0x08, "life-cycle": 0x10, "monotonic-counter": 0x20}
+PERM_CONTAINER = CERT_PERMISSIONS["container"]
 SRK_TABLE_VERSION = 0x42
 SRK_FLAG_CA = 0x80
 SIGN_RSA, SIGN_RSA_PSS, SIGN_ECDSA = 0x21, 0x22, 0x27
@@ -106,6 +118,39 @@ class SrkRecord:
     digest: str
     public_key: PublicKey
 
+    @property
+    def ca(self) -> bool:
+        """The SRK may sign SGK certificates."""
+        return bool(self.raw[7] & SRK_FLAG_CA)
+
+
+def parse_srk_record(data: bytes, off: int, end: int, where: str) -> SrkRecord:
+    """One SRK-style record (tag 0xE1) at ``off`` that must end by ``end``; ``where`` names the
+    structure holding it in errors (an SRK table or an SGK certificate)."""
+    if off + 12 > end or data[off] != TAG_SRK_RECORD:
+        raise InputError(f"{where}: bad key record at offset {off}")
+    (rlen,) = struct.unpack_from("<H", data, off + 1)
+    raw = data[off : off + rlen]
+    if rlen < 12 or off + rlen > end or len(raw) != rlen:
+        raise InputError(f"{where}: key record at offset {off} overruns its structure")
+    alg = raw[3]
+    hash_id, key_size, _r, _flags, la, lb = struct.unpack_from("<BBBBHH", raw, 4)
+    if hash_id not in _HASH_BY_ID or 12 + la + lb != rlen:
+        raise InputError(f"{where}: inconsistent key record at offset {off}")
+    a, b = raw[12 : 12 + la], raw[12 + la :]
+    try:
+        if alg == SIGN_ECDSA:
+            curve = {1: ec.SECP256R1, 2: ec.SECP384R1, 3: ec.SECP521R1}[key_size]()
+            key = ec.EllipticCurvePublicNumbers(int.from_bytes(a, "big"), int.from_bytes(b, "big"),
+                                                curve).public_key()
+        elif alg in (SIGN_RSA, SIGN_RSA_PSS):
+            key = rsa.RSAPublicNumbers(int.from_bytes(b, "big"), int.from_bytes(a, "big")).public_key()
+        else:
+            raise InputError(f"{where}: unsupported algorithm 0x{alg:02x}")
+    except (KeyError, ValueError):
+        raise InputError(f"{where}: unusable key in record at offset {off}") from None
+    return SrkRecord(bytes(raw), alg, _HASH_BY_ID[hash_id][0], key)
+
 
 def parse_srk_table(table: bytes) -> list[SrkRecord]:
     if len(table) < 4 or table[0] != TAG_SRK_TABLE or table[3] != SRK_TABLE_VERSION:
@@ -115,30 +160,8 @@ def parse_srk_table(table: bytes) -> list[SrkRecord]:
         raise InputError("AHAB SRK table: length field exceeds the data")
     records, off = [], 4
     while off < length:
-        if off + 12 > length or table[off] != TAG_SRK_RECORD:
-            raise InputError(f"AHAB SRK table: bad record at offset {off}")
-        (rlen,) = struct.unpack_from("<H", table, off + 1)
-        raw = table[off : off + rlen]
-        if rlen < 12 or len(raw) != rlen:
-            raise InputError(f"AHAB SRK table: record at offset {off} overruns the table")
-        alg = raw[3]
-        hash_id, key_size, _r, _flags, la, lb = struct.unpack_from("<BBBBHH", raw, 4)
-        if hash_id not in _HASH_BY_ID or 12 + la + lb != rlen:
-            raise InputError(f"AHAB SRK table: inconsistent record at offset {off}")
-        a, b = raw[12 : 12 + la], raw[12 + la :]
-        try:
-            if alg == SIGN_ECDSA:
-                curve = {1: ec.SECP256R1, 2: ec.SECP384R1, 3: ec.SECP521R1}[key_size]()
-                key = ec.EllipticCurvePublicNumbers(int.from_bytes(a, "big"), int.from_bytes(b, "big"),
-                                                    curve).public_key()
-            elif alg in (SIGN_RSA, SIGN_RSA_PSS):
-                key = rsa.RSAPublicNumbers(int.from_bytes(b, "big"), int.from_bytes(a, "big")).public_key()
-            else:
-                raise InputError(f"AHAB SRK table: unsupported algorithm 0x{alg:02x}")
-        except (KeyError, ValueError):
-            raise InputError(f"AHAB SRK table: unusable key in record at offset {off}") from None
-        records.append(SrkRecord(raw, alg, _HASH_BY_ID[hash_id][0], key))
-        off += rlen
+        records.append(parse_srk_record(table, off, length, "AHAB SRK table"))
+        off += len(records[-1].raw)
     if len(records) != 4:
         raise InputError(f"AHAB SRK table holds {len(records)} records, 4 expected")
     return records
@@ -272,7 +295,8 @@ def _rsa_padding(alg: int, digest: str):
     return padding.PKCS1v15()
 
 
-def _verify(public: PublicKey, alg: int, digest: str, signature: bytes, data: bytes) -> None:
+def _verify(public: PublicKey, alg: int, digest: str, signature: bytes, data: bytes,
+            what: str = "container signature", signer: str = "SRK") -> None:
     algo = HASHES[digest][1]()
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):
@@ -282,13 +306,134 @@ def _verify(public: PublicKey, alg: int, digest: str, signature: bytes, data: by
         else:
             public.verify(signature, data, _rsa_padding(alg, digest), algo)
     except InvalidSignature:
-        raise VerificationError("AHAB container signature does not verify with the SRK") from None
+        raise VerificationError(f"AHAB {what} does not verify with the {signer}") from None
+
+
+def _signature_length(public: PublicKey) -> int:
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return 2 * _CURVES[public.curve.name][1]
+    return (public.key_size + 7) // 8
+
+
+def _sign(key, record: SrkRecord, data: bytes) -> bytes:
+    """Raw AHAB signature of ``data`` by ``key`` with the algorithm and digest ``record`` names."""
+    algo = HASHES[record.digest][1]()
+    public = key.public_key()
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        signature = _raw_signature(public, key.sign(data, ec.ECDSA(algo)))
+    else:
+        signature = key.sign(data, _rsa_padding(record.alg, record.digest), algo)
+    if len(signature) != _signature_length(public):
+        raise VerificationError("the token returned a signature of unexpected length")
+    return signature
+
+
+def _signature_struct(signature: bytes) -> bytes:
+    return struct.pack("<BHBI", 0, 8 + len(signature), TAG_SIGNATURE, 0) + signature
+
+
+def _same_key_type(a: PublicKey, b: PublicKey) -> bool:
+    if isinstance(a, ec.EllipticCurvePublicKey) and isinstance(b, ec.EllipticCurvePublicKey):
+        return a.curve.name == b.curve.name
+    return isinstance(a, rsa.RSAPublicKey) and isinstance(b, rsa.RSAPublicKey) and a.key_size == b.key_size
+
+
+# ----------------------------------------------------------------------------- SGK certificate
+
+
+def permission_bits(names: Sequence[str]) -> int:
+    bits = 0
+    for name in names:
+        if name not in CERT_PERMISSIONS:
+            raise UsageError(f"unknown SGK certificate permission {name!r} ({', '.join(CERT_PERMISSIONS)})")
+        bits |= CERT_PERMISSIONS[name]
+    return bits
+
+
+def permission_names(bits: int) -> list[str]:
+    return [name for name, bit in CERT_PERMISSIONS.items() if bits & bit] + \
+        [f"0x{1 << i:02x}" for i in range(8) if bits & (1 << i) and (1 << i) not in CERT_PERMISSIONS.values()]
+
+
+@dataclass(frozen=True)
+class SgkCertificate:
+    raw: bytes
+    permissions: int
+    uuid: bytes | None
+    record: SrkRecord
+    signature: bytes
+
+    @property
+    def signed_part(self) -> bytes:
+        """What the SRK signs: the certificate up to its signature structure."""
+        return self.raw[: struct.unpack_from("<H", self.raw, 4)[0]]
+
+
+def sgk_certificate(sgk_public: PublicKey, srk_key, srk: SrkRecord, permissions: int = PERM_CONTAINER,
+                    uuid: bytes | None = None) -> bytes:
+    """The AHAB certificate for an SGK, signed by the SRK ``srk_key`` (whose table record is ``srk``).
+    The SGK record takes the SRK record's algorithm and digest: the ROM checks the container
+    signature with the digest the SRK names."""
+    if not 0 < permissions <= 0xFF:
+        raise UsageError("SGK certificate permissions are one byte and not empty")
+    if uuid is not None and len(uuid) != UUID_SIZE:
+        raise UsageError(f"an SGK certificate UUID is {UUID_SIZE} bytes, got {len(uuid)}")
+    if not isinstance(sgk_public, ec.EllipticCurvePublicKey):
+        # RSA(-PSS) certificates have no independent verifier here (spsdk 2.2 checks them as PKCS#1 v1.5).
+        raise UsageError("SGK certificates are made for EC keys only (P-256, P-384, P-521)")
+    if not _same_key_type(sgk_public, srk.public_key):
+        raise UsageError("the SGK must be the same kind and size of key as the SRK that certifies it")
+    key_record = srk_record(sgk_public, digest=srk.digest, rsa_pss=srk.alg == SIGN_RSA_PSS)
+    body = (uuid or b"") + key_record
+    sig_off = 8 + len(body)
+    total = sig_off + 8 + _signature_length(srk.public_key)
+    tag = TAG_CERTIFICATE_UUID if uuid is not None else TAG_CERTIFICATE
+    head = struct.pack("<BHBHBB", CERTIFICATE_VERSION, total, tag, sig_off, ~permissions & 0xFF, permissions)
+    signature = _sign(srk_key, srk, head + body)
+    cert = head + body + _signature_struct(signature)
+    parsed = parse_certificate(cert)
+    _verify(srk.public_key, srk.alg, srk.digest, parsed.signature, parsed.signed_part,
+            what="SGK certificate signature", signer="SRK")
+    return cert
+
+
+def parse_certificate(data: bytes) -> SgkCertificate:
+    where = "AHAB SGK certificate"
+    if len(data) < 8 or data[3] not in (TAG_CERTIFICATE, TAG_CERTIFICATE_UUID):
+        raise InputError(f"{where}: bad tag")
+    version, length, tag, sig_off, inv_perm, perm = struct.unpack_from("<BHBHBB", data, 0)
+    if version != CERTIFICATE_VERSION:
+        raise InputError(f"{where}: version {version} is not supported (only version 0)")
+    if length > len(data) or sig_off + 8 > length:
+        raise InputError(f"{where}: lengths exceed the data")
+    if inv_perm != ~perm & 0xFF:
+        raise VerificationError(f"{where}: the permissions and their inverse disagree")
+    off, uuid = 8, None
+    if tag == TAG_CERTIFICATE_UUID:
+        uuid, off = bytes(data[8 : 8 + UUID_SIZE]), 8 + UUID_SIZE
+    record = parse_srk_record(data, off, sig_off, where)
+    if off + len(record.raw) != sig_off:
+        raise InputError(f"{where}: the signature does not follow the key")
+    _v, slen, stag, _r = struct.unpack_from("<BHBI", data, sig_off)
+    if stag != TAG_SIGNATURE or sig_off + slen != length or slen <= 8:
+        raise InputError(f"{where}: no signature structure at its signature offset")
+    return SgkCertificate(bytes(data[:length]), perm, uuid, record, bytes(data[sig_off + 8 : length]))
+
+
+def verify_certificate(cert: SgkCertificate, srk: SrkRecord) -> None:
+    """The SRK signed the certificate, and the certificate allows signing containers."""
+    _verify(srk.public_key, srk.alg, srk.digest, cert.signature, cert.signed_part,
+            what="SGK certificate signature", signer="SRK")
+    if not cert.permissions & PERM_CONTAINER:
+        raise VerificationError("the SGK certificate does not grant the 'container' permission")
 
 
 @_malformed_is_input_error
 def sign_container(image: bytes, offset: int, table: bytes, srk_index: int, key,
-                   revoke_mask: int | None = None) -> bytes:
-    """Return ``image`` with the container at ``offset`` signed by SRK ``srk_index`` (0-based)."""
+                   revoke_mask: int | None = None, sgk_key=None, sgk_permissions: int = PERM_CONTAINER,
+                   sgk_uuid: bytes | None = None) -> bytes:
+    """Return ``image`` with the container at ``offset`` signed by SRK ``srk_index`` (0-based), or,
+    with ``sgk_key``, signed by that SGK under a certificate the SRK ``key`` signs."""
     c = parse_container(image, offset)
     if c.srk_set == SRK_SET_NXP:
         raise UsageError(f"container 0x{offset:x} is signed by NXP; it must stay as delivered")
@@ -308,14 +453,22 @@ def sign_container(image: bytes, offset: int, table: bytes, srk_index: int, key,
             raise InputError(f"container 0x{offset:x} carries a key blob (encrypted boot); not supported")
     _check_images(image, c)
 
+    cert, signer, signer_record = b"", key, record
+    if sgk_key is not None:
+        if not sgk_permissions & PERM_CONTAINER:
+            raise UsageError("an SGK that signs containers needs the 'container' permission")
+        if not record.ca:
+            raise UsageError(f"SRK {srk_index + 1} lacks the CA flag, so it cannot certify an SGK "
+                             "(build the table with `ahab srk --ca`)")
+        cert = sgk_certificate(sgk_key.public_key(), key, record, sgk_permissions, sgk_uuid)
+        signer, signer_record = sgk_key, parse_certificate(cert).record
     sig_blk_off = c.sig_blk_offset or _align(16 + len(c.images) * IMAGE_ENTRY_SIZE, 16)
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        sig_len = 2 * _CURVES[public.curve.name][1]
-    else:
-        sig_len = (public.key_size + 7) // 8
+    sig_len = _signature_length(signer.public_key())
+    # CST order: SRK table at 0x10, then the signature, then the certificate, each 8-byte aligned.
     srk_off = 0x10
     sig_off = _align(srk_off + len(table), 8)
-    block_len = _align(sig_off + 8 + sig_len, 8)
+    cert_off = _align(sig_off + 8 + sig_len, 8) if cert else 0
+    block_len = _align(cert_off + len(cert) if cert else sig_off + 8 + sig_len, 8)
     total = sig_blk_off + block_len
     first_image = min(e.offset for e in c.images)
     if total > 0xFFFF or total > first_image:
@@ -332,17 +485,12 @@ def sign_container(image: bytes, offset: int, table: bytes, srk_index: int, key,
     struct.pack_into("<H", out, offset + 12, sig_blk_off)
     base = offset + sig_blk_off
     out[base : base + block_len] = bytes(block_len)
-    struct.pack_into("<BHBHHHHI", out, base, 0, block_len, TAG_SIG_BLOCK, 0, srk_off, sig_off, 0, 0)
+    struct.pack_into("<BHBHHHHI", out, base, 0, block_len, TAG_SIG_BLOCK, cert_off, srk_off, sig_off, 0, 0)
     out[base + srk_off : base + srk_off + len(table)] = table
+    if cert:
+        out[base + cert_off : base + cert_off + len(cert)] = cert
     struct.pack_into("<BHBI", out, base + sig_off, 0, 8 + sig_len, TAG_SIGNATURE, 0)
-    signed_range = bytes(out[offset : base + sig_off])
-    algo = HASHES[record.digest][1]()
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        signature = _raw_signature(public, key.sign(signed_range, ec.ECDSA(algo)))
-    else:
-        signature = key.sign(signed_range, _rsa_padding(record.alg, record.digest), algo)
-    if len(signature) != sig_len:
-        raise VerificationError("the token returned a signature of unexpected length")
+    signature = _sign(signer, signer_record, bytes(out[offset : base + sig_off]))
     out[base + sig_off + 8 : base + sig_off + 8 + sig_len] = signature
     result = bytes(out)
     verify_container(result, offset, table)
@@ -361,8 +509,6 @@ def verify_container(image: bytes, offset: int, table: bytes | None = None) -> d
     _v, blen, tag, cert_off, srk_off, sig_off, _blob, _kid = struct.unpack_from("<BHBHHHHI", image, base)
     if tag != TAG_SIG_BLOCK or not srk_off or not sig_off:
         raise VerificationError(f"container 0x{offset:x}: signature block without SRK table or signature")
-    if cert_off:
-        raise InputError(f"container 0x{offset:x} is signed with an SGK certificate; not supported")
     (tlen,) = struct.unpack_from("<H", image, base + srk_off + 1)
     found_table = bytes(image[base + srk_off : base + srk_off + tlen])
     if table is not None and found_table != table:
@@ -374,19 +520,33 @@ def verify_container(image: bytes, offset: int, table: bytes | None = None) -> d
     if stag != TAG_SIGNATURE:
         raise VerificationError(f"container 0x{offset:x}: no signature structure")
     signature = image[base + sig_off + 8 : base + sig_off + slen]
+    report = {"offset": offset, "srk_index": srk_index, "revoke_mask": (c.flags >> 8) & 0xF,
+              "images": len(c.images), "digest": record.digest}
+    signer, signer_name = record, "SRK"
+    if cert_off:
+        if cert_off + 8 > blen:
+            raise InputError(f"container 0x{offset:x}: the SGK certificate lies outside the signature block")
+        if not record.ca:
+            raise VerificationError(f"container 0x{offset:x}: SRK {srk_index + 1} is not a CA yet certifies an SGK")
+        cert = parse_certificate(image[base + cert_off : base + blen])
+        verify_certificate(cert, record)
+        signer, signer_name = cert.record, "SGK"
+        report.update(sgk=True, sgk_permissions=permission_names(cert.permissions),
+                      sgk_uuid=cert.uuid.hex() if cert.uuid is not None else None, digest=cert.record.digest)
     _check_images(image, c)
-    _verify(record.public_key, record.alg, record.digest, signature, image[offset : base + sig_off])
-    return {"offset": offset, "srk_index": srk_index, "revoke_mask": (c.flags >> 8) & 0xF,
-            "images": len(c.images), "digest": record.digest}
+    _verify(signer.public_key, signer.alg, signer.digest, signature, image[offset : base + sig_off],
+            signer=signer_name)
+    return report
 
 
 def sign_image(image: bytes, table: bytes, srk_index: int, key, offsets: Sequence[int] | None = None,
-               revoke_mask: int | None = None) -> tuple[bytes, list[int]]:
+               revoke_mask: int | None = None, sgk_key=None, sgk_permissions: int = PERM_CONTAINER,
+               sgk_uuid: bytes | None = None) -> tuple[bytes, list[int]]:
     """Sign the given containers, or every container not signed by NXP; return (image, offsets)."""
     if offsets is None:
         offsets = [c.offset for c in find_containers(image) if c.srk_set != SRK_SET_NXP]
         if not offsets:
             raise InputError("no AHAB container to sign (none found, or all are NXP-signed)")
     for off in offsets:
-        image = sign_container(image, off, table, srk_index, key, revoke_mask)
+        image = sign_container(image, off, table, srk_index, key, revoke_mask, sgk_key, sgk_permissions, sgk_uuid)
     return image, list(offsets)

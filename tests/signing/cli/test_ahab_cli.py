@@ -14,6 +14,9 @@ from helpers import REPO, ok, one_line_error, run_cli
 
 NXPIMAGE = Path(os.environ.get("SEGWAY_NXPIMAGE", REPO / ".venv" / "oracle-spsdk" / "bin" / "nxpimage"))
 FAMILY = "mimx9352"
+# Version-0 SGK certificates are read by spsdk 2.2 only (see tests/signing/formats/test_ahab.py).
+NXPIMAGE_V1CERT = Path(os.environ.get("SEGWAY_NXPIMAGE_V1CERT",
+                                      REPO / ".venv" / "oracle-spsdk-2.2" / "bin" / "nxpimage"))
 
 
 
@@ -82,3 +85,46 @@ def test_ahab_flow_with_token_keys(softhsm, tmp_path):
     (tmp_path / "bad.bin").write_bytes(bad)
     one_line_error(run_cli(["ahab", "verify", "--in", str(tmp_path / "bad.bin")]), 1, "does not verify")
 
+
+
+@pytest.mark.slow
+def test_ahab_sign_with_sgk(softhsm, tmp_path):
+    token = softhsm
+    pin = ["--pin-file", str(token.pin_file)]
+    srks = [token.generate("p384", f"SRK{i}") for i in range(1, 5)]
+    sgk = token.generate("p384", "SGK")
+    table = tmp_path / "srk_table.bin"
+    ok(run_cli(["ahab", "srk", "--keys", ",".join(srks), "--out-table", str(table), "--ca", *pin], token))
+    image = unsigned_image(tmp_path)
+    out = tmp_path / "signed.bin"
+    base = ["ahab", "sign", "--in", str(image), "--out", str(out), "--srk-table", str(table), "--srk-index", "4",
+            "--key", srks[3], *pin]
+    signed = json.loads(ok(run_cli([*base, "--sgk-key", sgk, "--sgk-permissions", "container",
+                                    "--sgk-uuid", "00112233-4455-6677-8899-aabbccddeeff", "--json"], token)))
+    container = signed["containers"][0]
+    assert container["sgk"] and container["sgk_uuid"] == "00112233445566778899aabbccddeeff"
+    assert container["srk_index"] == 3 and container["digest"] == "sha384"
+    if not NXPIMAGE_V1CERT.exists():
+        pytest.fail(f"SPSDK 2.2 oracle missing: python3 -m venv .venv/oracle-spsdk-2.2 && "
+                    f".venv/oracle-spsdk-2.2/bin/pip install spsdk==2.2.1 (looked for {NXPIMAGE_V1CERT})")
+    res = subprocess.run([str(NXPIMAGE_V1CERT), "ahab", "verify", "-f", "mx93", "-b", str(out)], cwd=tmp_path,
+                         env=dict(os.environ, HOME=str(tmp_path)), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "Signed source(Succeeded): Certificate image key" in res.stdout, res.stdout[-3000:]
+    assert "(Error)" not in res.stdout, res.stdout[-3000:]
+    text = ok(run_cli(["ahab", "verify", "--in", str(out), "--srk-table", str(table)]))
+    assert text.startswith("OK") and "SGK certified by SRK 4" in text
+
+    never = tmp_path / "never.bin"
+    other = ["ahab", "sign", "--in", str(image), "--out", str(never), "--srk-table", str(table), "--srk-index", "4",
+             "--key", srks[3], *pin]
+    one_line_error(run_cli([*other, "--sgk-uuid", "00" * 16], token), 2, "need --sgk-key")
+    one_line_error(run_cli([*other, "--sgk-key", sgk, "--sgk-permissions", "debug"], token), 2, "permission")
+    one_line_error(run_cli([*other, "--sgk-key", sgk, "--sgk-permissions", "life-cycle"], token), 2, "'container'")
+    assert not never.exists()
+    # A flipped byte in the certificate's SRK signature: refused by our verify.
+    bad = bytearray(out.read_bytes())
+    sig_blk = int.from_bytes(bad[12:14], "little")
+    cert = sig_blk + int.from_bytes(bad[sig_blk + 4 : sig_blk + 6], "little")
+    bad[cert + int.from_bytes(bad[cert + 1 : cert + 3], "little") - 3] ^= 1
+    (tmp_path / "bad.bin").write_bytes(bad)
+    one_line_error(run_cli(["ahab", "verify", "--in", str(tmp_path / "bad.bin")]), 1, "certificate signature")

@@ -2,7 +2,9 @@
 and the AHAB signature-block parser shipped with Debian's imx-code-signing-tool.
 
 SPSDK pins cryptography<50, so it lives in its own virtualenv (``.venv/oracle-spsdk``, spsdk==3.12.0)
-and is run as a program.
+and is run as a program. SPSDK 3.x reads only version-2 certificates (AHAB v2 containers); the version-0
+SGK certificates of v1 containers (i.MX 8ULP/93) are checked with spsdk 2.2.1, a release that still
+reads them, in ``.venv/oracle-spsdk-2.2``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from segway_sign.formats import ahab, hab_pki
 NXPIMAGE = Path(os.environ.get("SEGWAY_NXPIMAGE", REPO / ".venv" / "oracle-spsdk" / "bin" / "nxpimage"))
 SIG_BLK_PARSER = Path("/usr/share/doc/imx-code-signing-tool/ahab_signature_block_parser/parse_sig_blk.py")
 FAMILY = "mimx9352"
+NXPIMAGE_V1CERT = Path(os.environ.get("SEGWAY_NXPIMAGE_V1CERT",
+                                      REPO / ".venv" / "oracle-spsdk-2.2" / "bin" / "nxpimage"))
+FAMILY_V1CERT = "mx93"  # spsdk 2.2's name for the same part
 SIGNING_TIME = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 
 
@@ -35,6 +40,14 @@ def nxpimage() -> Path:
         pytest.fail(f"SPSDK oracle missing: python3 -m venv .venv/oracle-spsdk && "
                     f".venv/oracle-spsdk/bin/pip install spsdk==3.12.0 (looked for {NXPIMAGE})")
     return NXPIMAGE
+
+
+@pytest.fixture(scope="module")
+def nxpimage_v1cert() -> Path:
+    if not NXPIMAGE_V1CERT.exists():
+        pytest.fail(f"SPSDK 2.2 oracle missing: python3 -m venv .venv/oracle-spsdk-2.2 && "
+                    f".venv/oracle-spsdk-2.2/bin/pip install spsdk==2.2.1 (looked for {NXPIMAGE_V1CERT})")
+    return NXPIMAGE_V1CERT
 
 
 def run_nxpimage(nxp: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -217,3 +230,124 @@ def test_sign_with_token_srk(token, tmp_path, nxpimage):
     (tmp_path / "signed.bin").write_bytes(signed)
     res = spsdk_verify(nxpimage, tmp_path, tmp_path / "signed.bin")
     assert res.returncode == 0, res.stdout[-3000:]
+
+
+# ------------------------------------------------------------------------- SGK certificates
+
+
+def spsdk_verify_sgk(nxp: Path, cwd: Path, binary: Path) -> subprocess.CompletedProcess:
+    return run_nxpimage(nxp, "ahab", "verify", "-f", FAMILY_V1CERT, "-b", str(binary), cwd=cwd)
+
+
+def assert_sgk_accepted(res: subprocess.CompletedProcess) -> None:
+    """spsdk 2.2 verified the certificate against the SRK table and the container with the SGK."""
+    out = res.stdout
+    assert res.returncode == 0 and "Overall  result: Error" not in out, out[-4000:]
+    assert "Signed source(Succeeded): Certificate image key" in out, out[-4000:]
+    assert re.search(r"Certificate signature|Signed by SRK #\d", out), out[-4000:]
+    assert "(Error)" not in out, out[-4000:]
+
+
+def certificate_bytes(image: bytes) -> bytes:
+    c = ahab.parse_container(image, 0)
+    cert_off = int.from_bytes(image[c.sig_blk_offset + 4 : c.sig_blk_offset + 6], "little")
+    start = c.sig_blk_offset + cert_off
+    return image[start : start + int.from_bytes(image[start + 1 : start + 3], "little")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,uuid", [("p256", None), ("p384", bytes(range(16)))])
+def test_sgk_signed_container_is_accepted_by_spsdk(tmp_path, nxpimage, nxpimage_v1cert, kind, uuid):
+    srk_keys, sgk = [keygen(kind) for _ in range(4)], keygen(kind)
+    table = ahab.srk_table([k.public_key() for k in srk_keys], ca=True)
+    unsigned = export_image(nxpimage, tmp_path, "unsigned").read_bytes()
+    signed, _ = ahab.sign_image(unsigned, table, 1, srk_keys[1], sgk_key=sgk, sgk_uuid=uuid)
+    out = tmp_path / "signed.bin"
+    out.write_bytes(signed)
+    assert_sgk_accepted(spsdk_verify_sgk(nxpimage_v1cert, tmp_path, out))
+    report = ahab.verify_container(signed, 0, table)
+    assert report["sgk"] and report["sgk_permissions"] == ["container"] and report["srk_index"] == 1
+    assert report["sgk_uuid"] == (uuid.hex() if uuid else None)
+    # spsdk's parser reads the certificate back: permissions, UUID and the SGK itself.
+    res = run_nxpimage(nxpimage_v1cert, "ahab", "parse", "-f", FAMILY_V1CERT, "-b", str(out), "-o", "parsed",
+                       cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    cert_cfg = yaml.safe_load((tmp_path / "parsed" / "certificate.yaml").read_text())
+    assert cert_cfg["permissions"] == ["container"], cert_cfg
+    assert (cert_cfg.get("uuid") or None) == (uuid.hex() if uuid else None), cert_cfg
+    sgk_pub = serialization.load_pem_public_key((tmp_path / "parsed" / cert_cfg["public_key"]).read_bytes())
+    assert sgk_pub.public_numbers() == sgk.public_key().public_numbers()
+    if uuid is None:
+        # NXP's own signature-block parser (Debian imx-code-signing-tool) finds the same certificate.
+        res = subprocess.run(["python3", str(SIG_BLK_PARSER), str(out), "0"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert (tmp_path / "output" / "SGK_cert.bin").read_bytes() == certificate_bytes(signed)
+
+
+@pytest.mark.slow
+def test_sgk_tampering_is_refused(tmp_path, nxpimage, nxpimage_v1cert):
+    srk_keys, sgk = [keygen("p256") for _ in range(4)], keygen("p256")
+    table = ahab.srk_table([k.public_key() for k in srk_keys], ca=True)
+    unsigned = export_image(nxpimage, tmp_path, "unsigned").read_bytes()
+    signed, _ = ahab.sign_image(unsigned, table, 0, srk_keys[0], sgk_key=sgk)
+    c = ahab.parse_container(signed, 0)
+    cert = certificate_bytes(signed)
+    cert_start = signed.index(cert)
+    cert_sig = cert_start + len(cert) - 5           # a byte of the SRK's signature over the certificate
+    cert_key = cert_start + 8 + 12 + 5              # a byte of the SGK's public key
+    for where in (cert_sig, cert_key, 8, c.images[0].offset + 3):
+        bad = bytearray(signed)
+        bad[where] ^= 0x01
+        (tmp_path / "bad.bin").write_bytes(bad)
+        res = spsdk_verify_sgk(nxpimage_v1cert, tmp_path, tmp_path / "bad.bin")
+        assert res.returncode != 0 or "Overall  result: Error" in res.stdout, (where, res.stdout[-3000:])
+        with pytest.raises((VerificationError, InputError)):
+            ahab.verify_container(bytes(bad), 0, table)
+    # A certificate made by another key than the SRK the container names is refused too.
+    other, _ = ahab.sign_image(unsigned, table, 0, srk_keys[0], sgk_key=sgk)
+    forged = bytearray(other)
+    forged_cert = ahab.sgk_certificate(sgk.public_key(), srk_keys[2], ahab.parse_srk_table(table)[2])
+    forged[cert_start : cert_start + len(cert)] = forged_cert
+    with pytest.raises(VerificationError, match="certificate signature"):
+        ahab.verify_container(bytes(forged), 0, table)
+
+
+def test_sgk_refusals(tmp_path, nxpimage):
+    srk_keys = [keygen("p256") for _ in range(4)]
+    table = ahab.srk_table([k.public_key() for k in srk_keys], ca=True)
+    unsigned = export_image(nxpimage, tmp_path, "unsigned", images=1).read_bytes()
+    not_ca = ahab.srk_table([k.public_key() for k in srk_keys])
+    with pytest.raises(UsageError, match="CA flag"):
+        ahab.sign_container(unsigned, 0, not_ca, 0, srk_keys[0], sgk_key=keygen("p256"))
+    with pytest.raises(UsageError, match="same kind"):
+        ahab.sign_container(unsigned, 0, table, 0, srk_keys[0], sgk_key=keygen("p384"))
+    rsa_keys = [keygen("rsa2048") for _ in range(4)]
+    with pytest.raises(UsageError, match="EC keys only"):
+        ahab.sign_container(unsigned, 0, ahab.srk_table([k.public_key() for k in rsa_keys], ca=True), 0, rsa_keys[0],
+                            sgk_key=keygen("rsa2048"))
+    with pytest.raises(UsageError, match="'container' permission"):
+        ahab.sign_container(unsigned, 0, table, 0, srk_keys[0], sgk_key=keygen("p256"),
+                            sgk_permissions=ahab.permission_bits(["soc-debug-domain-1"]))
+    with pytest.raises(UsageError, match="UUID"):
+        ahab.sign_container(unsigned, 0, table, 0, srk_keys[0], sgk_key=keygen("p256"), sgk_uuid=b"short")
+    with pytest.raises(UsageError, match="unknown SGK certificate permission"):
+        ahab.permission_bits(["everything"])
+    signed = ahab.sign_container(unsigned, 0, table, 0, srk_keys[0], sgk_key=keygen("p256"))
+    cert = bytearray(certificate_bytes(signed))
+    cert[6] ^= 0xFF  # inverted permissions no longer the inverse
+    with pytest.raises(VerificationError, match="inverse"):
+        ahab.parse_certificate(bytes(cert))
+
+
+@pytest.mark.slow
+def test_sgk_from_token(token, tmp_path, nxpimage, nxpimage_v1cert):
+    """SRKs and the SGK live in the token (SoftHSM directly and behind p11-kit)."""
+    keys = [open_token_key(token, token.generate("p256", f"AHAB-SRK{i}")) for i in range(1, 5)]
+    sgk = open_token_key(token, token.generate("p256", "AHAB-SGK"))
+    table = ahab.srk_table([k.public_key() for k in keys], ca=True)
+    unsigned = export_image(nxpimage, tmp_path, "unsigned").read_bytes()
+    signed, _ = ahab.sign_image(unsigned, table, 2, keys[2], sgk_key=sgk)
+    (tmp_path / "signed.bin").write_bytes(signed)
+    assert_sgk_accepted(spsdk_verify_sgk(nxpimage_v1cert, tmp_path, tmp_path / "signed.bin"))
+    assert ahab.verify_container(signed, 0, table)["srk_index"] == 2

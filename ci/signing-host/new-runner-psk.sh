@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # new-runner-psk.sh INSTANCE RUNNER: create a TLS-PSK for one GitLab runner of one daemon instance.
-# Appends "RUNNER:hexkey" to /etc/pkcs11-proxy/INSTANCE.psk (daemon side, mode 0600) and writes the
+# Appends "RUNNER:hexkey" to /etc/pkcs11-proxy/INSTANCE.psk (daemon side, mode 0640, group pkcs11, which
+# the daemon runs as) and writes the
 # same single line to ./RUNNER.psk for the runner's GitLab file variable PKCS11_PROXY_TLS_PSK_FILE.
 # Restart the daemon afterwards (it reads the file at start). Rotate by removing the runner's line
 # and running this again.

@@ -9,7 +9,8 @@ from cryptography.hazmat.primitives import serialization
 
 from ..atomic import check_writable, write_file
 from ..errors import InputError, UsageError
-from ..formats import hab, hab_cms, hab_csf, hab_pki, hab_srk
+from ..formats import hab, hab_csf, hab_pki, hab_srk
+from ..reproducible import source_datetime
 from .common import emit, load_certificate, load_public_key, output_options, token_options
 
 IN_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -84,7 +85,7 @@ def cert_cmd(key_spec, issuer_uri, issuer_cert, cn, serial, ca, days, out_path, 
     subject_key = load_public_key(key_spec, token)
     issuer_key = token.open_key(issuer_uri)
     parent = load_certificate(issuer_cert) if issuer_cert else None
-    not_before = hab_cms.signing_time_from_env()
+    not_before = source_datetime()
     cert = hab_pki.issue_certificate(subject_key, cn, issuer_key, parent, ca=ca, serial=serial,
                                      not_before=not_before, days=days)
     if parent is not None:
@@ -152,7 +153,7 @@ def sign_cmd(soc, in_path, out_path, srk_table, srk_index, csf_key, csf_cert, im
         hab_version = 0x43 if soc == "imx8m" else 0x42  # as U-Boot's CSF examples for these SoCs
     signed = hab.sign_image(in_path.read_bytes(), soc, keys, version=hab_version, engine=hab_csf.ENGINES[engine],
                             unlock_mid=unlock_mid, blocks=_blocks(imx_blocks, spl_blocks, fit_blocks),
-                            signing_time=hab_cms.signing_time_from_env())
+                            signing_time=source_datetime())
     if csf_dir is not None:
         from ..atomic import output_dir
 

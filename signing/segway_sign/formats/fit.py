@@ -10,8 +10,6 @@ placeholder values of the right size collects the digests, then the real values 
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -22,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from .. import __version__
 from ..errors import InputError, UsageError, VerificationError
+from ..reproducible import source_date_epoch
 from . import fit_tree as t
 from .fdt_regions import Header, find_regions
 from .fit_keys import algo_for_key, check_algo_matches_key
@@ -52,16 +51,6 @@ class SignedFit:
     signatures: list[SignatureNode]
     passes: int
 
-
-def source_date(default: int | None = None) -> int:
-    """SOURCE_DATE_EPOCH when set (reproducible builds), else now."""
-    value = os.environ.get("SOURCE_DATE_EPOCH")
-    if value:
-        try:
-            return int(value)
-        except ValueError:
-            raise UsageError(f"SOURCE_DATE_EPOCH is not an integer: {value!r}") from None
-    return int(time.time()) if default is None else default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,7 +414,7 @@ def sign_fit(blob: bytes, key, *, configs: Sequence[str] | None = None, key_name
     t.check_fit_structure(blob)
     if padding_name not in (None, "pkcs-1.5", "pss"):
         raise UsageError(f"unknown padding {padding_name!r} (pkcs-1.5 or pss)")
-    timestamp = source_date() if timestamp is None else timestamp
+    timestamp = source_date_epoch() if timestamp is None else timestamp
     packed, payloads = split_payloads(blob)
     prepared, plans, write_algo = _plan(packed, key, configs, key_name_hint, algo, padding_name, image_signatures)
 

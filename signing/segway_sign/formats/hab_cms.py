@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
 
 from asn1crypto import algos, cms, x509 as asn1_x509
 from cryptography import x509
@@ -29,17 +28,6 @@ _SHA256 = bytes.fromhex("300b0609608648016503040201")
 _ECDSA_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")
 
 
-def signing_time_from_env(env: dict | None = None) -> datetime.datetime:
-    """``SOURCE_DATE_EPOCH`` if set (reproducible builds), else now; UTC, whole seconds."""
-    env = os.environ if env is None else env
-    value = env.get("SOURCE_DATE_EPOCH")
-    if value is None or value == "":
-        now = datetime.datetime.now(datetime.timezone.utc)
-        return now.replace(microsecond=0)
-    try:
-        return datetime.datetime.fromtimestamp(int(value), datetime.timezone.utc)
-    except (ValueError, OverflowError, OSError):
-        raise UsageError(f"SOURCE_DATE_EPOCH={value!r} is not a Unix timestamp") from None
 
 
 def _signed_attributes(digest: bytes, signing_time: datetime.datetime) -> cms.CMSAttributes:

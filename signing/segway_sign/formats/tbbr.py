@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
 import secrets
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import (
 from cryptography.x509.oid import NameOID
 
 from ..errors import InputError, UsageError, VerificationError
+from ..reproducible import source_datetime
 
 _ARM = "1.3.6.1.4.1.4128.2100."
 OID = {
@@ -127,15 +127,6 @@ def spki(public_key) -> bytes:
     return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
-def _not_before() -> datetime.datetime:
-    # Reproducible builds fix the time; the certificates' validity is not checked by TF-A.
-    sde = os.environ.get("SOURCE_DATE_EPOCH")
-    if sde:
-        try:
-            return datetime.datetime.fromtimestamp(int(sde), datetime.timezone.utc)
-        except (ValueError, OverflowError):
-            raise UsageError(f"SOURCE_DATE_EPOCH={sde!r} is not a Unix time") from None
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
 
 
 def check_rot_key(public_key) -> None:
@@ -178,7 +169,8 @@ def build_certificates(
     for role in ("trusted_world", "non_trusted_world", "tos_fw_content", "nt_fw_content"):
         keys[role] = ec.generate_private_key(ec.SECP256R1())
     counters = {"trusted_nvctr": tfw_nvctr, "non_trusted_nvctr": ntfw_nvctr}
-    start = not_before or _not_before()
+    # Reproducible builds fix the time; TF-A does not check the certificates' validity.
+    start = not_before or source_datetime()
 
     certs = {}
     for spec in CHAIN:

@@ -8,7 +8,6 @@ fit keys), fuse values where a format module provides them (``fuses/``), ``chain
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 from pathlib import Path
@@ -21,7 +20,7 @@ from pkcs11 import Attribute, CertificateType, ObjectClass
 from .. import __version__
 from ..atomic import output_dir
 from ..errors import TokenError
-from ..formats.fit import source_date
+from ..reproducible import source_datetime
 from ..formats.fit_keys import add_pubkey, algo_for_key
 from ..hsm import keygen
 from ..hsm.session import TokenSession
@@ -111,7 +110,7 @@ def _export_hab(public_keys: list, dest: Path) -> list[str]:
 
 def run_ceremony(plan: Plan, out: Path, open_session: Callable[[object], TokenSession],
                  replace_keys: bool = False, force: bool = False, log: Callable[[str], None] = print) -> dict:
-    now = datetime.datetime.fromtimestamp(source_date(), tz=datetime.timezone.utc).replace(microsecond=0)
+    now = source_datetime()
     sessions: dict[str, TokenSession] = {}
 
     def session_for(spec: KeySpec) -> TokenSession:

@@ -6,7 +6,7 @@ them (``init/initramfs.c``), so the original (often compressed) initramfs stays 
 
 from __future__ import annotations
 
-import os
+from ..reproducible import source_date_epoch
 
 
 def _entry(name: str, mode: int, data: bytes, ino: int, mtime: int) -> bytes:
@@ -21,7 +21,7 @@ def _entry(name: str, mode: int, data: bytes, ino: int, mtime: int) -> bytes:
 def newc_archive(files: dict[str, bytes], mtime: int | None = None) -> bytes:
     """A newc archive with ``files`` (path → content, mode 0644) and the directories above them."""
     if mtime is None:
-        mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+        mtime = source_date_epoch(default=0)
     dirs: list[str] = []
     for path in files:
         parts = path.strip("/").split("/")[:-1]

@@ -7,10 +7,8 @@ certificate fingerprints, tool versions and the time (``SOURCE_DATE_EPOCH`` when
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from ..errors import InputError
 from ..hsm.uri import Pkcs11Uri
 from .. import cms
+from ..reproducible import source_datetime
 
 FORMAT = "segway-release-manifest/1"
 MANIFEST = "manifest.json"
@@ -46,15 +45,7 @@ def cert_fingerprint(cert: x509.Certificate) -> str:
 
 
 def release_time() -> str:
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch is not None:
-        try:
-            when = datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc)
-        except ValueError:
-            raise InputError(f"SOURCE_DATE_EPOCH={epoch!r} is not an integer") from None
-    else:
-        when = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return source_datetime().strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _version(dist: str) -> str | None:

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import os
 
 from ...errors import InputError
+from ...reproducible import source_datetime
 from . import StepContext, StepType, VerifyContext, format_function, register
-
-
-def _signing_time():
-    import datetime
-
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch and epoch.isdigit():
-        return datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc)
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
 
 
 def _hab_run(ctx: StepContext) -> dict:
@@ -35,7 +26,7 @@ def _hab_run(ctx: StepContext) -> dict:
     else:  # fast authentication: the plan key is the SRK key itself
         keys = hab.HabKeys(table, int(ctx.option("srk_index", 0)), ctx.key, ctx.cert, nocak=True)
     soc = ctx.option("soc", "imx8m")
-    signed = sign_image(image.read_bytes(), soc, keys, signing_time=_signing_time())
+    signed = sign_image(image.read_bytes(), soc, keys, signing_time=source_datetime())
     (ctx.out_dir / image.name).write_bytes(signed.image)
     # The SRK table is public; shipping it lets `release verify` and engineers check the fuse value.
     (ctx.out_dir / table_name).write_bytes(table)

@@ -224,32 +224,27 @@ def pkcs11_backend(hsm: SoftHsm) -> dict:
 @pytest.fixture
 def tpm_daemon(tmp_path):
     """A running daemon on swtpm with the CA initialised and the mTLS listener up."""
-    tpm = Swtpm(tmp_path / "swtpm")
-    daemon = Daemon(tmp_path / "kms", tpm_backend(tpm), tcp=True)
-    daemon.backend_name = "tpm"
-    daemon.swtpm = tpm
-    try:
-        daemon.start()
-        daemon.stub().InitCa(pb.InitCaRequest(common_name="Segway Test CA", algorithm=pb.EC_P256, validity_days=365))
-        wait_for(lambda: (daemon.state / "tcp.port").exists(), what="mTLS listener")
-        yield daemon
-    finally:
-        daemon.kill(signal.SIGTERM)
-        tpm.stop()
+    yield from _daemon_with_ca(tmp_path, "tpm")
 
 
 @pytest.fixture(params=["tpm", "pkcs11"])
 def backend_daemon(request, tmp_path):
     """A running daemon on each hardware backend (swtpm or SoftHSM), with the CA initialised."""
-    if request.param == "tpm":
+    yield from _daemon_with_ca(tmp_path, request.param)
+
+
+def _daemon_with_ca(tmp_path, backend: str):
+    """Start the daemon on ``backend``, initialise its CA, wait for mTLS; stop everything after."""
+    if backend == "tpm":
         tpm = Swtpm(tmp_path / "swtpm")
         daemon = Daemon(tmp_path / "kms", tpm_backend(tpm), tcp=True)
+        daemon.swtpm = tpm
         cleanup = tpm.stop
     else:
         hsm = SoftHsm(tmp_path / "softhsm")
         daemon = Daemon(tmp_path / "kms", pkcs11_backend(hsm), env=hsm.env, tcp=True)
         cleanup = lambda: None  # noqa: E731
-    daemon.backend_name = request.param
+    daemon.backend_name = backend
     try:
         daemon.start()
         daemon.stub().InitCa(pb.InitCaRequest(common_name="Segway Test CA", algorithm=pb.EC_P256, validity_days=365))

@@ -88,20 +88,10 @@ def split_payloads(blob: bytes) -> tuple[bytes, _Payloads]:
         if path in spans:
             start, length = spans[path]
             views[name] = source[start:start + length]
-        elif t.getprop(fdt, path, "data-size") is not None:
-            size = int.from_bytes(t.getprop(fdt, path, "data-size"), "big")
-            pos, off = t.getprop(fdt, path, "data-position"), t.getprop(fdt, path, "data-offset")
-            if pos is not None:
-                start = int.from_bytes(pos, "big")
-                if layout is None:
-                    layout = _External("position", start)
-            elif off is not None:
-                start = ((fdt.totalsize() + 3) & ~3) + int.from_bytes(off, "big")
-                layout = layout or _External("offset")
-            else:
-                raise InputError(f"image {name} has data-size but no data-offset or data-position")
-            if start + size > len(blob):
-                raise InputError(f"image {name}: external data [{start:#x}, +{size:#x}) lies beyond the end of the file")
+        elif (span := t.external_span(fdt, len(blob), name)) is not None:
+            start, size, mode = span
+            # mkimage -p positions are the first image's position plus aligned sizes.
+            layout = layout or _External(mode, start if mode == "position" else 0)
             views[name] = source[start:start + size]
     fdt.resize(fdt.totalsize() + 16 * len(views) + 16)  # room for new, empty data properties
     for name in views:

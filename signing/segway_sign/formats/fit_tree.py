@@ -85,23 +85,35 @@ def stringlist(value: bytes | None) -> list[str]:
     return [s.decode("utf-8", errors="replace") for s in value.rstrip(b"\0").split(b"\0")]
 
 
+def external_span(fdt: libfdt.Fdt, blob_len: int, name: str) -> tuple[int, int, str] | None:
+    """Where an image's external data lies (mkimage -E: ``data-offset`` after the 4-byte aligned
+    tree; -p: absolute ``data-position``): (start, size, "offset"|"position"), or None."""
+    path = f"{IMAGES}/{name}"
+    size = getprop(fdt, path, "data-size")
+    if size is None:
+        return None
+    pos, off = getprop(fdt, path, "data-position"), getprop(fdt, path, "data-offset")
+    if pos is not None:
+        start, mode = int.from_bytes(pos, "big"), "position"
+    elif off is not None:
+        start, mode = ((fdt.totalsize() + 3) & ~3) + int.from_bytes(off, "big"), "offset"
+    else:
+        raise InputError(f"image {name} has data-size but no data-offset or data-position")
+    length = int.from_bytes(size, "big")
+    if start + length > blob_len:
+        raise InputError(f"image {name}: external data [{start:#x}, +{length:#x}) lies beyond the end of the file")
+    return start, length, mode
+
+
 def image_data(fdt: libfdt.Fdt, blob: bytes | bytearray, name: str) -> bytes:
     """An image's payload: the ``data`` property, or external data (mkimage -E / -p)."""
-    path = f"{IMAGES}/{name}"
-    data = getprop(fdt, path, "data")
+    data = getprop(fdt, f"{IMAGES}/{name}", "data")
     if data is not None:
         return data
-    size = getprop(fdt, path, "data-size")
-    off, pos = getprop(fdt, path, "data-offset"), getprop(fdt, path, "data-position")
-    if size is None or (off is None and pos is None):
+    span = external_span(fdt, len(blob), name)
+    if span is None:
         raise InputError(f"image {name} has no data")
-    length = int.from_bytes(size, "big")
-    if pos is not None:
-        start = int.from_bytes(pos, "big")
-    else:
-        start = ((fdt.totalsize() + 3) & ~3) + int.from_bytes(off, "big")
-    if start + length > len(blob):
-        raise InputError(f"image {name}: external data [{start:#x}, +{length:#x}) lies beyond the end of the file")
+    start, length, _ = span
     return bytes(blob[start:start + length])
 
 

@@ -68,6 +68,25 @@ def test_same_bytes_as_mkimage(token, tmp_path, external):
     assert key.stats.sizes == [51]
 
 
+def test_external_data_at_fixed_positions_stays_there(softhsm, tmp_path):
+    """mkimage -E -p: data at absolute positions; the signed FIT keeps that layout and verifies."""
+    unsigned = make_unsigned_fit(tmp_path / "fit")
+    subprocess.run(["mkimage", "-F", "-E", "-p", "0x10000", str(unsigned)], check=True, capture_output=True,
+                   env=dict(os.environ, SOURCE_DATE_EPOCH=EPOCH))
+    key = softhsm.open_key(softhsm.generate("rsa2048", "dev"))
+    signed = sign_fit(unsigned.read_bytes(), key).blob
+    before, after = tree(unsigned.read_bytes()), tree(signed)
+    for image in ("kernel-1", "fdt-1", "ramdisk-1"):
+        node = f"/images/{image}"
+        assert "data" not in after[node]
+        assert after[node]["data-position"] == before[node]["data-position"]
+        pos = int.from_bytes(after[node]["data-position"], "big")
+        size = int.from_bytes(after[node]["data-size"], "big")
+        assert signed[pos:pos + size] == unsigned.read_bytes()[pos:pos + size]
+    ctl = add_pubkey(empty_dtb(tmp_path / "c.dtb").read_bytes(), key.public_key(), "dev", required="conf")
+    verify_fit(bytes(signed), ctl)
+
+
 def test_input_is_not_modified_and_output_is_reproducible(softhsm, tmp_path):
     unsigned = make_unsigned_fit(tmp_path / "fit")
     before = unsigned.read_bytes()

@@ -9,8 +9,8 @@ import click
 from ..atomic import check_writable, write_file
 from ..errors import UsageError
 from ..formats import ahab
-from .common import emit, load_public_key, output_options, token_options
-from .hab import IN_FILE, OUT_FILE, split_specs
+from .common import IN_FILE, OUT_FILE, emit, load_public_key, output_options, token_options
+from .hab import split_specs
 
 
 def parse_offsets(ctx, param, values):

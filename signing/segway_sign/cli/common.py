@@ -19,6 +19,11 @@ from ..hsm.session import TokenSession
 from ..raw_ec import RawECPublicKey
 
 
+# Option types for files a command reads or writes.
+IN_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+OUT_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
 @dataclass(frozen=True)
 class TokenOptions:
     """--module / --pin-file / --pin-env as given to one subcommand."""

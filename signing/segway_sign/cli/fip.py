@@ -9,8 +9,8 @@ import click
 from ..atomic import check_writable, output_dir, write_file
 from ..errors import UsageError
 from ..formats import fip
-from .common import emit, load_public_key, output_options, token_options
-from .stm32 import IN_FILE, read_pkh
+from .common import IN_FILE, emit, load_public_key, output_options, token_options
+from .stm32 import read_pkh
 
 # Separate-image options, named as fiptool/cert_create name them.
 IMAGE_OPTIONS = ["tos-fw", "tos-fw-extra1", "tos-fw-extra2", "tos-fw-config", "nt-fw", "nt-fw-config",

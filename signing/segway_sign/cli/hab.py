@@ -11,10 +11,7 @@ from ..atomic import check_writable, write_file
 from ..errors import InputError, UsageError
 from ..formats import hab, hab_csf, hab_pki, hab_srk
 from ..reproducible import source_datetime
-from .common import emit, load_certificate, load_public_key, output_options, token_options
-
-IN_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
-OUT_FILE = click.Path(dir_okay=False, path_type=Path)
+from .common import IN_FILE, OUT_FILE, emit, load_certificate, load_public_key, output_options, token_options
 
 
 def split_specs(values) -> list[str]:

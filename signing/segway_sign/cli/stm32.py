@@ -10,10 +10,9 @@ from ..atomic import check_writable, write_file
 from ..errors import UsageError
 from ..formats import stm32
 from ..pki.stm32_fuses import pkh_fuse_words
-from .common import emit, load_public_key, output_options, token_options
+from .common import IN_FILE, emit, load_public_key, output_options, token_options
 
 HEADER_VERSIONS = {"1": stm32.HEADER_V1, "2": stm32.HEADER_V20, "2.0": stm32.HEADER_V20, "2.2": stm32.HEADER_V22}
-IN_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def parse_int(ctx, param, value):

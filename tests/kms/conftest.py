@@ -93,8 +93,12 @@ class Swtpm:
             self.ek_ca_bundle = ((ca / "issuercert.pem").read_bytes()
                                  + (ca / "swtpm-localca-rootca-cert.pem").read_bytes())
         self.port = free_port_pair()
+        self.start()
+
+    def start(self):
+        """Start (or restart, on the same port and state) the TPM simulator."""
         self.proc = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.state}",
              "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
              "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
              "--flags", "not-need-init,startup-clear"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

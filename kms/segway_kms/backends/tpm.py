@@ -17,7 +17,7 @@ import threading
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from tpm2_pytss import ESAPI, TSS2_Exception
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_HT, TPM2_SE, TPMA_OBJECT
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_HT, TPM2_SE, TPMA_OBJECT, TSS2_RC
 from tpm2_pytss.types import (TPM2B_DATA, TPM2B_DIGEST, TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, TPM2B_PRIVATE,
                               TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPMT_SIG_SCHEME, TPMT_SYM_DEF)
 from tpm2_pytss.utils import NoSuchIndex, create_ek_template
@@ -47,6 +47,11 @@ def _spki(public: TPM2B_PUBLIC) -> bytes:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def _connection_lost(exc: TSS2_Exception) -> bool:
+    # TCTI-layer errors (socket/device I/O) and the ESAPI "bad sequence" state they leave behind.
+    return (exc.rc & TSS2_RC.RC_LAYER_MASK) == TSS2_RC.TCTI_RC_LAYER or exc.rc == TSS2_RC.ESYS_RC_BAD_SEQUENCE
+
+
 class TpmBackend:
     name = "tpm"
     supports_attestation = True
@@ -55,19 +60,45 @@ class TpmBackend:
         tcti = cfg.get("tcti")
         if not tcti:
             raise ConfigError("backend: tpm needs 'tcti' (e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321)")
+        self._tcti = tcti
+        self._flush_transient = cfg.get("flush_transient", not tcti.startswith("device:"))
         self._lock = threading.RLock()
         self._srk_handle = int(cfg.get("srk_handle", 0x81000001))
         self._cache: collections.OrderedDict[bytes, ESYS_TR] = collections.OrderedDict()
-        try:
-            self._ectx = ESAPI(tcti)
-        except TSS2_Exception as exc:
-            raise ConfigError(f"cannot open the TPM through {tcti!r}: {exc}") from None
+        self._schemes: dict[tuple, TPMT_SIG_SCHEME] = {}
+        self._persistent: dict[int, ESYS_TR] = {}
+        self._ectx: ESAPI | None = None
         with self._lock:
-            # Without a resource manager, objects left loaded by a killed process fill the TPM's slots.
-            if cfg.get("flush_transient", not tcti.startswith("device:")):
+            try:
+                self._connect()
+            except TSS2_Exception as exc:
+                raise ConfigError(f"cannot open the TPM through {tcti!r}: {exc}") from None
+
+    def _connect(self) -> None:
+        """Open a fresh ESAPI context: at start, and again after the connection to the TPM was lost."""
+        ectx = ESAPI(self._tcti)
+        self._ectx = ectx
+        try:
+            if self._flush_transient:
+                # Without a resource manager, objects left loaded by a killed process (or a dropped
+                # connection) fill the TPM's few object slots.
                 for handle in self._handles(TPM2_HT.TRANSIENT):
-                    self._ectx.flush_context(self._ectx.tr_from_tpmpublic(handle))
+                    ectx.flush_context(ectx.tr_from_tpmpublic(handle))
             self._srk = self._ensure_srk()
+        except BaseException:
+            self._disconnect()
+            raise
+
+    def _disconnect(self) -> None:
+        # Handles of the old context mean nothing in a new one; the TPM may have been reset as well.
+        self._cache.clear()
+        self._persistent.clear()
+        ectx, self._ectx = self._ectx, None
+        if ectx is not None:
+            try:
+                ectx.close()
+            except Exception:  # noqa: BLE001 - the context is being thrown away
+                pass
 
     # -- helpers --------------------------------------------------------------------------------------------
     def _handles(self, kind) -> list[int]:
@@ -84,11 +115,26 @@ class TpmBackend:
         return persistent
 
     def _guard(self, what: str, fn):
+        """Run fn under the lock; if the TPM connection is gone, reconnect and run it once more.
+
+        A TCTI I/O failure leaves the ESAPI context unusable (every later call fails with "bad sequence"),
+        so the context is replaced. An operation that fails twice, or fails for any other TPM reason,
+        becomes a BackendError (UNAVAILABLE to clients; health turns NOT_SERVING until the TPM is back).
+        """
         with self._lock:
-            try:
-                return fn()
-            except TSS2_Exception as exc:
-                raise BackendError(f"TPM error while {what}: {exc}") from None
+            for attempt in (1, 2):
+                try:
+                    if self._ectx is None:
+                        self._connect()
+                        log.warning("reconnected to the TPM through %s", self._tcti)
+                    return fn()
+                except TSS2_Exception as exc:
+                    if _connection_lost(exc):
+                        self._disconnect()
+                        if attempt == 1:
+                            continue
+                        raise BackendError(f"TPM unreachable through {self._tcti} while {what}: {exc}") from None
+                    raise BackendError(f"TPM error while {what}: {exc}") from None
 
     def _evict_cache(self, keep: int):
         while len(self._cache) > keep:
@@ -96,14 +142,18 @@ class TpmBackend:
             self._ectx.flush_context(handle)
 
     def _handle(self, ref: bytes) -> ESYS_TR:
-        desc = json.loads(ref)
-        if desc["t"] == "persistent":
-            if desc["handle"] not in self._handles(TPM2_HT.PERSISTENT):
-                raise NotFound("persistent key missing from the TPM")
-            return self._ectx.tr_from_tpmpublic(desc["handle"])
         handle = self._cache.get(ref)
         if handle is not None:
             self._cache.move_to_end(ref)
+            return handle
+        desc = json.loads(ref)
+        if desc["t"] == "persistent":
+            # Persistent objects take no transient slot; their ESYS_TR stays valid until evicted.
+            handle = self._persistent.get(desc["handle"])
+            if handle is None:
+                if desc["handle"] not in self._handles(TPM2_HT.PERSISTENT):
+                    raise NotFound("persistent key missing from the TPM")
+                handle = self._persistent[desc["handle"]] = self._ectx.tr_from_tpmpublic(desc["handle"])
             return handle
         self._evict_cache(_CACHE_SIZE - 1)
         priv, _ = TPM2B_PRIVATE.unmarshal(bytes.fromhex(desc["priv"]))
@@ -136,19 +186,27 @@ class TpmBackend:
         ref, pub = self._guard("creating a key", create)
         return ref, _spki(pub)
 
+    def _sig_scheme(self, ec: bool, scheme: str, hash_name: str) -> TPMT_SIG_SCHEME:
+        # Built once per combination: tpm2-pytss structure construction costs more than the lookup.
+        key = (ec, scheme, hash_name)
+        sig_scheme = self._schemes.get(key)
+        if sig_scheme is None:
+            alg = TPM2_ALG.ECDSA if ec else (TPM2_ALG.RSAPSS if scheme == "pss" else TPM2_ALG.RSASSA)
+            sig_scheme = TPMT_SIG_SCHEME(scheme=alg)
+            sig_scheme.details.any.hashAlg = _HASH_ALG[hash_name]
+            self._schemes[key] = sig_scheme
+        return sig_scheme
+
     def sign_digest(self, ref: bytes, algorithm: str, digest: bytes, scheme: str) -> bytes:
-        hash_alg = _HASH_ALG[hash_for_digest(digest)]
-        if algorithm.startswith("EC"):
-            sig_scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
-        else:
-            sig_scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.RSAPSS if scheme == "pss" else TPM2_ALG.RSASSA)
-        sig_scheme.details.any.hashAlg = hash_alg
+        ec = algorithm.startswith("EC")
+        hash_name = hash_for_digest(digest)
 
         def sign():
-            sig = self._ectx.sign(self._handle(ref), TPM2B_DIGEST(digest), sig_scheme)
-            if algorithm.startswith("EC"):
-                return encode_dss_signature(int.from_bytes(bytes(sig.signature.ecdsa.signatureR), "big"),
-                                            int.from_bytes(bytes(sig.signature.ecdsa.signatureS), "big"))
+            sig = self._ectx.sign(self._handle(ref), TPM2B_DIGEST(digest), self._sig_scheme(ec, scheme, hash_name))
+            if ec:
+                point = sig.signature.ecdsa
+                return encode_dss_signature(int.from_bytes(bytes(point.signatureR), "big"),
+                                            int.from_bytes(bytes(point.signatureS), "big"))
             return bytes(sig.signature.rsassa.sig)
 
         return self._guard("signing", sign)
@@ -160,6 +218,7 @@ class TpmBackend:
             handle = self._cache.pop(ref, None)
             if handle is not None:
                 self._ectx.flush_context(handle)
+            self._persistent.pop(desc.get("handle"), None)
             if desc["t"] == "persistent" and desc["handle"] in self._handles(TPM2_HT.PERSISTENT):
                 self._ectx.evict_control(ESYS_TR.OWNER, self._ectx.tr_from_tpmpublic(desc["handle"]), desc["handle"])
             # A wrapped blob is useless once the store forgets it; nothing lives in the TPM to delete.
@@ -183,8 +242,12 @@ class TpmBackend:
 
     def close(self) -> None:
         with self._lock:
-            self._evict_cache(0)
-            self._ectx.close()
+            if self._ectx is not None:
+                try:
+                    self._evict_cache(0)
+                except TSS2_Exception:
+                    pass  # the TPM is gone; nothing left to flush
+            self._disconnect()
 
     # -- attestation ----------------------------------------------------------------------------------------
     def _nv_read(self, index: int) -> bytes:

@@ -12,7 +12,7 @@ from segway_kms.backends.keys import private_key_for
 from segway_kms.backends.pkcs11 import Pkcs11Backend
 from segway_kms.backends.soft import SoftwareBackend
 from segway_kms.backends.tpm import TpmBackend
-from segway_kms.errors import ConfigError, NotFound
+from segway_kms.errors import BackendError, ConfigError, NotFound
 
 from ..conftest import SOFTHSM_MODULE
 
@@ -107,5 +107,30 @@ def test_rsa_3072(kind, request):
         digest = hashlib.sha384(b"rsa3072").digest()
         public.verify(backend.sign_digest(ref, "RSA_3072", digest, "pss"), digest,
                       padding.PSS(padding.MGF1(hashes.SHA384()), 48), utils.Prehashed(hashes.SHA384()))
+    finally:
+        backend.close()
+
+
+def test_tpm_reconnects_after_the_tpm_restarts(swtpm):
+    """swtpm stops and comes back on the same state: the backend reports UNAVAILABLE while it is gone and
+    then carries on with the same keys (wrapped blob and persistent) through a new ESAPI context."""
+    backend = TpmBackend({"tcti": swtpm.tcti})
+    try:
+        blob_ref, blob_der = backend.create_key("EC_P256")
+        persistent_ref, persistent_der = backend.create_key("EC_P256", persistent=True)
+        digest = hashlib.sha256(b"before").digest()
+        for ref in (blob_ref, persistent_ref):
+            backend.sign_digest(ref, "EC_P256", digest, "ecdsa")
+        swtpm.stop()
+        with pytest.raises(BackendError, match="unreachable"):
+            backend.sign_digest(blob_ref, "EC_P256", digest, "ecdsa")
+        assert not backend.healthy()
+        swtpm.start()
+        assert backend.healthy()
+        digest = hashlib.sha256(b"after").digest()
+        for ref, der in ((blob_ref, blob_der), (persistent_ref, persistent_der)):
+            serialization.load_der_public_key(der).verify(backend.sign_digest(ref, "EC_P256", digest, "ecdsa"),
+                                                          digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        backend.destroy_key(persistent_ref)
     finally:
         backend.close()

@@ -6,6 +6,11 @@ import socket
 import subprocess
 import sys
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+from segway_kms.api import kms_pb2 as pb
+
 from ..conftest import Daemon, wait_for
 
 
@@ -63,10 +68,23 @@ def test_health_follows_the_backend(tmp_path):
                     health_pb2.HealthCheckRequest(service="segway.kms.v1.Kms"), timeout=10).status
 
         assert status() == health_pb2.HealthCheckResponse.SERVING
+        daemon.ctl("key", "generate", "acme/k", "--algorithm", "EC_P256")
         tpm.stop()  # the TPM goes away: the service reports it and keeps answering
         wait_for(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=30, what="NOT_SERVING")
         r = daemon.ctl("health", check=False)
         assert r.returncode == 1 and b"NOT_SERVING" in r.stdout
+        assert daemon.proc.poll() is None
+        # Sign while the TPM is away: UNAVAILABLE, not a hang or a crash.
+        sig = tmp_path / "k.sig"
+        r = daemon.ctl("key", "sign", "acme/k", "--digest", "00" * 32, "-o", sig, check=False)
+        assert r.returncode != 0 and b"TPM" in r.stderr and b"Traceback" not in r.stderr and not sig.exists()
+        # The TPM comes back (same state, new process): the daemon reconnects without a restart.
+        tpm.start()
+        wait_for(lambda: status() == health_pb2.HealthCheckResponse.SERVING, timeout=30, what="SERVING again")
+        daemon.ctl("key", "sign", "acme/k", "--digest", "11" * 32, "-o", sig)
+        public = serialization.load_der_public_key(daemon.stub().GetPublicKey(pb.KeyRef(name="acme/k")).public_key_der)
+        public.verify(sig.read_bytes(), bytes.fromhex("11" * 32), ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        assert "reconnected to the TPM" in daemon.log.read_text()
         assert daemon.proc.poll() is None
     finally:
         daemon.kill()

@@ -6,9 +6,12 @@ entry, so the state and the audit chain can never disagree after a crash.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -32,18 +35,36 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self.lock = threading.RLock()
+        self._after: list | None = None
 
     @contextlib.contextmanager
     def transaction(self):
-        """Serialised write transaction; commits on success, rolls back on any exception."""
+        """Serialised write transaction; commits on success, rolls back on any exception.
+
+        Callbacks registered with after_commit() run once the commit is durable, still under the lock
+        (so in commit order); a failing callback is logged, the committed transaction stands.
+        """
         with self.lock:
+            self._after = []
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._after = None
                 raise
             self._db.execute("COMMIT")
+            callbacks, self._after = self._after, None
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:  # noqa: BLE001 - the data is committed; the callback's owner recovers
+                    log.exception("after-commit action failed")
+
+    def after_commit(self, callback) -> None:
+        if self._after is None:
+            raise RuntimeError("after_commit() outside a transaction")
+        self._after.append(callback)
 
     def query(self, sql: str, args=()) -> list[tuple]:
         with self.lock:

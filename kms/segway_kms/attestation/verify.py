@@ -17,7 +17,7 @@ def _spki(public: TPM2B_PUBLIC) -> bytes:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _signed_attest(info: bytes, signature: bytes, ak: TPM2B_PUBLIC, kind, nonce: bytes, what: str,
+def check_signed_attest(info: bytes, signature: bytes, ak: TPM2B_PUBLIC, kind, nonce: bytes, what: str,
                    problems: list[str]):
     try:
         sig, _ = TPMT_SIGNATURE.unmarshal(signature)
@@ -33,6 +33,21 @@ def _signed_attest(info: bytes, signature: bytes, ak: TPM2B_PUBLIC, kind, nonce:
     if bytes(attest.extraData) != nonce:
         problems.append(f"{what}: the nonce does not match (replayed evidence)")
     return attest
+
+
+def check_ak(ak_public_area: bytes, pinned_ak_pem: bytes | None, problems: list[str]) -> TPM2B_PUBLIC:
+    """The AK from its TPM2B_PUBLIC: a restricted TPM-generated signing key, the pinned one if given."""
+    ak, _ = TPM2B_PUBLIC.unmarshal(ak_public_area)
+    attrs = ak.publicArea.objectAttributes
+    needed = TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.SENSITIVEDATAORIGIN
+    if attrs & needed != needed:
+        problems.append("the AK is not a restricted, TPM-generated signing key")
+    if pinned_ak_pem is not None:
+        pinned = serialization.load_pem_public_key(pinned_ak_pem).public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if pinned != _spki(ak):
+            problems.append("the AK is not the pinned attestation key")
+    return ak
 
 
 def _chain_ok(cert: x509.Certificate, bundle: list[x509.Certificate]) -> bool:
@@ -58,16 +73,7 @@ def verify_evidence(evidence: dict, nonce: bytes, key_public_der: bytes, pcrs: l
     evidence holds the AttestResponse fields as bytes (pcr_values as {index: digest}).
     """
     problems: list[str] = []
-    ak, _ = TPM2B_PUBLIC.unmarshal(evidence["ak_public_area"])
-    attrs = ak.publicArea.objectAttributes
-    needed = TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.SENSITIVEDATAORIGIN
-    if attrs & needed != needed:
-        problems.append("the AK is not a restricted, TPM-generated signing key")
-    if pinned_ak_pem is not None:
-        pinned = serialization.load_pem_public_key(pinned_ak_pem).public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        if pinned != _spki(ak):
-            problems.append("the AK is not the pinned attestation key")
+    ak = check_ak(evidence["ak_public_area"], pinned_ak_pem, problems)
 
     key_public, _ = TPM2B_PUBLIC.unmarshal(evidence["key_public_area"])
     if _spki(key_public) != key_public_der:
@@ -75,13 +81,13 @@ def verify_evidence(evidence: dict, nonce: bytes, key_public_der: bytes, pcrs: l
     kattrs = key_public.publicArea.objectAttributes
     if not (kattrs & TPMA_OBJECT.FIXEDTPM and kattrs & TPMA_OBJECT.SENSITIVEDATAORIGIN):
         problems.append("the key is not fixed to the TPM or was not generated inside it")
-    certify = _signed_attest(evidence["certify_info"], evidence["certify_signature"], ak, TPM2_ST.ATTEST_CERTIFY,
-                             nonce, "certify", problems)
+    certify = check_signed_attest(evidence["certify_info"], evidence["certify_signature"], ak,
+                                  TPM2_ST.ATTEST_CERTIFY, nonce, "certify", problems)
     if certify is not None and bytes(certify.attested.certify.name) != bytes(key_public.publicArea.get_name()):
         problems.append("certify: the certified name is not the key's name")
 
-    quote = _signed_attest(evidence["quote_info"], evidence["quote_signature"], ak, TPM2_ST.ATTEST_QUOTE,
-                           nonce, "quote", problems)
+    quote = check_signed_attest(evidence["quote_info"], evidence["quote_signature"], ak, TPM2_ST.ATTEST_QUOTE,
+                                nonce, "quote", problems)
     if quote is not None:
         values = evidence["pcr_values"]
         if sorted(values) != sorted(pcrs):

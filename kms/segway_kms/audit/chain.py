@@ -30,10 +30,15 @@ def entry_hash(entry: dict) -> str:
 
 
 class AuditChain:
-    """Appends entries inside the caller's store transaction; sign(digest) signs with the audit key."""
+    """Appends entries inside the caller's store transaction; sign(digest) signs with the audit key.
 
-    def __init__(self, sign: Callable[[bytes], bytes]):
+    With an anchor (audit/anchor.py), each entry hash is extended into the TPM once the transaction commits.
+    """
+
+    def __init__(self, sign: Callable[[bytes], bytes], store=None, anchor=None):
         self._sign = sign
+        self._store = store
+        self.anchor = anchor
 
     def append(self, db, principal: str, op: str, target: str, params: dict) -> dict:
         row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
@@ -44,4 +49,7 @@ class AuditChain:
         entry["sig"] = base64.b64encode(self._sign(bytes.fromhex(entry["hash"]))).decode()
         db.execute("INSERT INTO audit (seq, hash, entry) VALUES (?, ?, ?)",
                    (seq, entry["hash"], canonical(entry).decode()))
+        if self.anchor is not None:
+            anchor, digest = self.anchor, bytes.fromhex(entry["hash"])
+            self._store.after_commit(lambda: anchor.extend(digest))
         return entry

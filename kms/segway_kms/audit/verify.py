@@ -71,3 +71,40 @@ def verify_log(lines: list[str], public_key_pem: bytes, expect_head: str | None 
     if expect_head is not None and prev_hash != expect_head:
         problems.append("the last entry is not the expected head (entries removed from the end)")
     return problems
+
+
+def verify_anchor(lines: list[str], anchor: dict, nonce: bytes, pinned_ak_pem: bytes) -> list[str]:
+    """Check an audit log against its TPM anchor (audit/anchor.py): the NV_Certify is signed by the pinned
+    AK for this nonce, covers the segway anchor index, and holds the value recomputed from every entry."""
+    from tpm2_pytss.constants import TPM2_ALG, TPM2_ST, TPMA_NV
+    from tpm2_pytss.types import TPM2B_NV_PUBLIC
+
+    from segway_kms.attestation.verify import check_ak, check_signed_attest
+    from segway_kms.audit.anchor import ANCHOR_ATTRIBUTES, anchor_values
+
+    problems: list[str] = []
+    try:
+        hashes = []
+        for line in (ln for ln in lines if ln.strip()):
+            entry = json.loads(line)
+            if not hashes and entry.get("seq") != 1:
+                return ["the anchor covers the whole log: export it from seq 1"]
+            hashes.append(bytes.fromhex(entry["hash"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return ["the log has malformed entries: check it without the anchor first"]
+    ak = check_ak(anchor["ak_public_area"], pinned_ak_pem, problems)
+    attest = check_signed_attest(anchor["certify_info"], anchor["certify_signature"], ak, TPM2_ST.ATTEST_NV, nonce,
+                                 "anchor", problems)
+    nv_public, _ = TPM2B_NV_PUBLIC.unmarshal(anchor["nv_public_area"])
+    nv = nv_public.nvPublic
+    steady = nv.attributes & ~(TPMA_NV.WRITTEN | TPMA_NV.READLOCKED | TPMA_NV.WRITELOCKED)
+    if nv.nvIndex != anchor["nv_index"] or steady != ANCHOR_ATTRIBUTES or nv.dataSize != 32 \
+            or nv.nameAlg != TPM2_ALG.SHA256:
+        problems.append("anchor: the NV index is not a segway audit anchor")
+    if attest is not None:
+        certified = attest.attested.nv
+        if bytes(certified.indexName) != bytes(nv.get_name()):
+            problems.append("anchor: the certified NV index is not the one described")
+        if certified.offset != 0 or bytes(certified.nvContents) != anchor_values(hashes)[-1]:
+            problems.append("anchor: the TPM's value does not match the log (entries removed, added or changed)")
+    return problems

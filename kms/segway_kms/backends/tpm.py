@@ -17,11 +17,14 @@ import threading
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from tpm2_pytss import ESAPI, TSS2_Exception
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_HT, TPM2_SE, TPMA_OBJECT, TSS2_RC
-from tpm2_pytss.types import (TPM2B_DATA, TPM2B_DIGEST, TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, TPM2B_PRIVATE,
-                              TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPMT_SIG_SCHEME, TPMT_SYM_DEF)
+from tpm2_pytss.constants import (ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_HT, TPM2_RC, TPM2_SE, TPMA_NV, TPMA_OBJECT,
+                                  TSS2_RC)
+from tpm2_pytss.types import (TPM2B_AUTH, TPM2B_DATA, TPM2B_DIGEST, TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT,
+                              TPM2B_NV_PUBLIC, TPM2B_PRIVATE, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPMS_NV_PUBLIC,
+                              TPMT_SIG_SCHEME, TPMT_SYM_DEF)
 from tpm2_pytss.utils import NoSuchIndex, create_ek_template
 
+from segway_kms.audit.anchor import ANCHOR_ATTRIBUTES, DEFAULT_ANCHOR_INDEX
 from segway_kms.backends.base import check_algorithm, hash_for_digest
 from segway_kms.errors import BackendError, ConfigError, FailedPrecondition, InvalidArgument, NotFound
 
@@ -61,6 +64,8 @@ class TpmBackend:
         if not tcti:
             raise ConfigError("backend: tpm needs 'tcti' (e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321)")
         self._tcti = tcti
+        # NV index of the audit anchor (audit/anchor.py); 0 or null in the config turns the anchor off.
+        self.anchor_index = int(cfg.get("audit_anchor_index", DEFAULT_ANCHOR_INDEX) or 0) or None
         self._flush_transient = cfg.get("flush_transient", not tcti.startswith("device:"))
         self._lock = threading.RLock()
         self._srk_handle = int(cfg.get("srk_handle", 0x81000001))
@@ -248,6 +253,71 @@ class TpmBackend:
                 except TSS2_Exception:
                     pass  # the TPM is gone; nothing left to flush
             self._disconnect()
+
+    # -- audit anchor ---------------------------------------------------------------------------------------
+    def _anchor_index(self, index: int, create: bool):
+        """ESYS_TR of the anchor NV index, defined on first use; None if absent and not created."""
+        tr = self._persistent.get(index)
+        if tr is not None:
+            return tr
+        if index in self._handles(TPM2_HT.NV_INDEX):
+            tr = self._ectx.tr_from_tpmpublic(index)
+            public, _name = self._ectx.nv_read_public(tr)
+            attrs = public.nvPublic.attributes & ~(TPMA_NV.WRITTEN | TPMA_NV.READLOCKED | TPMA_NV.WRITELOCKED)
+            if attrs != ANCHOR_ATTRIBUTES or public.nvPublic.dataSize != 32 \
+                    or public.nvPublic.nameAlg != TPM2_ALG.SHA256:
+                raise FailedPrecondition(f"NV index 0x{index:08x} exists but is not a segway audit anchor")
+        elif create:
+            tr = self._ectx.nv_define_space(TPM2B_AUTH(), TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
+                nvIndex=index, nameAlg=TPM2_ALG.SHA256, attributes=ANCHOR_ATTRIBUTES, dataSize=32)),
+                auth_handle=ESYS_TR.OWNER)
+            log.info("defined the audit anchor NV index 0x%08x", index)
+        else:
+            return None
+        self._persistent[index] = tr
+        return tr
+
+    def anchor_read(self, index: int) -> bytes | None:
+        """The anchor's value: None if the index does not exist, 32 zero bytes before the first extend."""
+        def run():
+            tr = self._anchor_index(index, create=False)
+            if tr is None:
+                return None
+            try:
+                return bytes(self._ectx.nv_read(tr, 32, 0, auth_handle=ESYS_TR.OWNER))
+            except TSS2_Exception as exc:
+                if exc.rc == TPM2_RC.NV_UNINITIALIZED:
+                    return bytes(32)
+                raise
+        return self._guard("reading the audit anchor", run)
+
+    def anchor_extend(self, index: int, data: bytes) -> None:
+        self._guard("extending the audit anchor",
+                    lambda: self._ectx.nv_extend(self._anchor_index(index, create=True), data,
+                                                 auth_handle=ESYS_TR.OWNER))
+
+    def anchor_certify(self, index: int, nonce: bytes) -> dict:
+        """TPM2_NV_Certify of the whole anchor by the attestation key (see attest())."""
+        def run():
+            tr = self._anchor_index(index, create=False)
+            if tr is None:
+                raise FailedPrecondition("the audit anchor does not exist yet")
+            self._evict_cache(_CACHE_SIZE - 1)  # the AK needs an object slot
+            ak, ak_public = self._attestation_key()
+            try:
+                info, signature = self._ectx.nv_certify(
+                    sign_handle=ak, nv_index=tr, qualifying_data=TPM2B_DATA(nonce),
+                    in_scheme=TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL), size=32, offset=0, auth_handle=ESYS_TR.OWNER)
+            except TSS2_Exception as exc:
+                if exc.rc == TPM2_RC.NV_UNINITIALIZED:
+                    raise FailedPrecondition("the audit anchor holds no entries yet") from None
+                raise
+            finally:
+                self._ectx.flush_context(ak)
+            public, _name = self._ectx.nv_read_public(tr)
+            return {"nv_index": index, "nv_public_area": public.marshal(), "certify_info": bytes(info),
+                    "certify_signature": signature.marshal(), "ak_public_area": ak_public.marshal()}
+        return self._guard("certifying the audit anchor", run)
 
     # -- attestation ----------------------------------------------------------------------------------------
     def _nv_read(self, index: int) -> bytes:

@@ -348,15 +348,20 @@ def audit():
     """Export and verify the signed, hash-chained audit log."""
 
 
+ANCHOR_FIELDS = ("nv_public_area", "certify_info", "certify_signature", "ak_public_area")
+
+
 @audit.command("export")
 @click.option("-o", "--output", required=True, help="JSON-lines file.")
 @click.option("--public-key-output", help="Where to write the audit public key (PEM).")
+@click.option("--anchor-output", help="Also fetch the TPM anchor, certified for a fresh nonce (JSON).")
 @click.pass_context
-def audit_export(ctx, output, public_key_output):
+def audit_export(ctx, output, public_key_output, anchor_output):
     """Export the whole audit log."""
     stub, entries, seq = _stub(ctx), [], 1
+    nonce = os.urandom(16) if anchor_output else b""
     while True:
-        resp = stub.ExportAudit(pb.AuditExportRequest(from_seq=seq), timeout=TIMEOUT)
+        resp = stub.ExportAudit(pb.AuditExportRequest(from_seq=seq, anchor_nonce=nonce), timeout=TIMEOUT)
         entries += resp.entries
         if not resp.next_seq:
             break
@@ -364,27 +369,52 @@ def audit_export(ctx, output, public_key_output):
     _write(output, "".join(e + "\n" for e in entries).encode())
     if public_key_output:
         _write(public_key_output, resp.audit_public_key_pem.encode())
+    if anchor_output:
+        doc = {"nonce": nonce.hex(), "nv_index": resp.anchor.nv_index}
+        doc.update({f: getattr(resp.anchor, f).hex() for f in ANCHOR_FIELDS})
+        _write(anchor_output, json.dumps(doc, indent=1).encode() + b"\n")
     click.echo(f"{len(entries)} entries", err=True)
+
+
+def load_anchor(path: str) -> tuple[dict, bytes]:
+    try:
+        doc = json.loads(_read(path))
+        anchor = {f: bytes.fromhex(doc[f]) for f in ANCHOR_FIELDS}
+        anchor["nv_index"] = int(doc["nv_index"])
+        return anchor, bytes.fromhex(doc["nonce"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise click.ClickException(f"{path} is not an anchor file written by 'audit export --anchor-output'") from None
 
 
 @audit.command("verify")
 @click.argument("log_file")
 @click.option("--public-key", required=True, help="Audit public key (PEM).")
 @click.option("--head", help="Hash of the last entry known from an earlier export (detects truncation).")
-def audit_verify(log_file, public_key, head):
+@click.option("--anchor", "anchor_file", help="TPM anchor from 'audit export --anchor-output' (detects truncation "
+              "and rollback); needs --ak.")
+@click.option("--ak", "ak_pem", help="The attestation key enrolled with 'attest enroll' (PEM).")
+def audit_verify(log_file, public_key, head, anchor_file, ak_pem):
     """Check the chain, the signatures and the sequence of an exported audit log."""
-    from segway_kms.audit.verify import verify_log
+    from segway_kms.audit.verify import verify_anchor, verify_log
 
+    if bool(anchor_file) != bool(ak_pem):
+        raise click.UsageError("--anchor and --ak go together: an anchor is only as good as the pinned AK")
+    lines = _read(log_file).decode(errors="replace").splitlines()
     try:
-        problems = verify_log(_read(log_file).decode(errors="replace").splitlines(), _read(public_key),
-                              expect_head=head)
+        problems = verify_log(lines, _read(public_key), expect_head=head)
     except ValueError as exc:
         raise click.ClickException(f"cannot use the public key: {exc}") from None
+    if anchor_file:
+        anchor, nonce = load_anchor(anchor_file)
+        try:
+            problems += verify_anchor(lines, anchor, nonce, _read(ak_pem))
+        except (ValueError, TypeError) as exc:
+            raise click.ClickException(f"{anchor_file}: malformed anchor ({exc})") from None
     for p in problems:
         click.echo(f"FAIL: {p}")
     if problems:
         sys.exit(1)
-    click.echo("audit log OK")
+    click.echo("audit log OK" + (" (anchored in the TPM)" if anchor_file else ""))
 
 
 @main.command("random")

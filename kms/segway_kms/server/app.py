@@ -15,11 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from segway_kms.api import kms_pb2_grpc
+from segway_kms.audit.anchor import AuditAnchor
 from segway_kms.audit.chain import AuditChain
+from segway_kms.audit.denials import DenialAudit
 from segway_kms.backends import open_backend
 from segway_kms.ca.authority import Authority
 from segway_kms.config import Config
-from segway_kms.errors import ConfigError, NotFound
+from segway_kms.errors import ConfigError, FailedPrecondition, NotFound
 from segway_kms.fsutil import atomic_write
 from segway_kms.keyring import Keyring
 from segway_kms.server import notify
@@ -58,7 +60,9 @@ class KmsApp:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         atomic_write(cfg.state_dir / "audit-public.pem", self.audit_public_pem)
         self.keyring.audit = AuditChain(
-            lambda digest: self.keyring.sign_checked(audit_key, audit_version, digest, "ecdsa"))
+            lambda digest: self.keyring.sign_checked(audit_key, audit_version, digest, "ecdsa"),
+            store=self.store, anchor=self._audit_anchor())
+        self.denials = DenialAudit(self.keyring.audit, self.store)
         self.authority = Authority(self.keyring, self.store, dict(cfg.cert_profiles), cfg.crl_days,
                                    publish_dir=cfg.state_dir)
         self.rbac = Rbac(cfg.principals)
@@ -69,6 +73,20 @@ class KmsApp:
         self._tcp_started = False
         self._stop = threading.Event()
         self.tcp_port: int | None = None
+
+    def _audit_anchor(self) -> AuditAnchor | None:
+        index = getattr(self.backend, "anchor_index", None)
+        if not index:
+            log.info("the audit log has no TPM anchor (backend %s)", self.backend.name)
+            return None
+        anchor = AuditAnchor(self.backend, self.store, index)
+        try:
+            anchor.reconcile()
+        except FailedPrecondition as exc:
+            if self.cfg.profile == "release":
+                raise
+            log.error("%s; new entries are not anchored (development profile)", exc)
+        return anchor
 
     def _server(self, interceptor) -> grpc.Server:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.cfg.workers), interceptors=[interceptor],
@@ -85,7 +103,8 @@ class KmsApp:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
             if path.exists():
                 path.unlink()
-            server = self._server(AuthInterceptor(self.rbac, unix_group=listener.group))
+            server = self._server(AuthInterceptor(self.rbac, unix_group=listener.group,
+                                                  on_denied=self.denials.record))
             server.add_insecure_port(f"unix:{path}")
             server.start()
             os.chown(path, -1, gid)
@@ -133,7 +152,8 @@ class KmsApp:
                 return
             creds = grpc.dynamic_ssl_server_credentials(self._tls_configuration(), self._fetch_tls,
                                                         require_client_authentication=True)
-            server = self._server(AuthInterceptor(self.rbac, is_revoked=self.authority.is_revoked))
+            server = self._server(AuthInterceptor(self.rbac, is_revoked=self.authority.is_revoked,
+                                                  on_denied=self.denials.record))
             self.tcp_port = server.add_secure_port(self.cfg.tcp.address, creds)
             server.start()
             self._servers.append(server)

@@ -55,8 +55,9 @@ def principal_from_certificate(pem: bytes) -> tuple[str, int]:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    def __init__(self, rbac, unix_group: str | None = None, is_revoked=None):
+    def __init__(self, rbac, unix_group: str | None = None, is_revoked=None, on_denied=None):
         self._rbac = rbac
+        self._on_denied = on_denied or (lambda principal, method, reason: None)
         self._unix_group = unix_group
         self._is_revoked = is_revoked or (lambda serial: False)
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # one guarded handler per method, built once
@@ -84,6 +85,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         inner = handler.unary_unary
 
         def guarded(request, context):
+            principal = ""
             try:
                 principal = self._principal(context)
                 self._rbac.check(principal, name, request)
@@ -93,6 +95,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 finally:
                     PRINCIPAL.reset(token)
             except errors.KmsError as exc:
+                if isinstance(exc, (errors.PermissionDenied, errors.Unauthenticated)):
+                    self._on_denied(principal, name, str(exc))
                 context.abort(status_for(exc), str(exc))
             except grpc.RpcError:
                 raise

@@ -169,8 +169,19 @@ class KmsServicer(kms_pb2_grpc.KmsServicer):
     def ExportAudit(self, request, context):
         limit = min(request.limit or AUDIT_PAGE, AUDIT_PAGE)
         first = max(1, request.from_seq)
-        rows = self.keyring.store.query("SELECT seq, entry FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?",
-                                        (first, limit + 1))
-        next_seq = rows[limit][0] if len(rows) > limit else 0
+        nonce = request.anchor_nonce
+        anchor = self.keyring.audit.anchor if self.keyring.audit is not None else None
+        if nonce:
+            if not 8 <= len(nonce) <= 32:
+                raise InvalidArgument("the anchor nonce must be 8 to 32 bytes")
+            if anchor is None:
+                raise FailedPrecondition(f"the audit log of this KMS has no TPM anchor (backend {self.backend.name})")
+        store = self.keyring.store
+        # One lock for the page and the certification: the anchor then covers exactly the entries returned.
+        with store.lock:
+            rows = store.query("SELECT seq, entry FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?", (first, limit + 1))
+            next_seq = rows[limit][0] if len(rows) > limit else 0
+            certified = anchor.certify(nonce) if nonce and not next_seq else None
         return pb.AuditExportResponse(entries=[r[1] for r in rows[:limit]], next_seq=next_seq,
-                                      audit_public_key_pem=self.audit_public_pem.decode())
+                                      audit_public_key_pem=self.audit_public_pem.decode(),
+                                      anchor=pb.AuditAnchor(**certified) if certified else None)

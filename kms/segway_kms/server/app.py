@@ -120,20 +120,20 @@ class KmsApp:
         threading.Thread(target=self._monitor, name="health", daemon=True).start()
 
     def _tls_configuration(self):
-        """Key + chain for the mTLS listener; the certificate comes from this KMS's CA and is renewed
-        at half of its lifetime (the key is a software key because gRPC core needs it in memory)."""
-        key_path = self.cfg.state_dir / "tls-server-key.pem"
-        if key_path.exists():
-            key = serialization.load_pem_private_key(key_path.read_bytes(), None)
-        else:
-            key = ec.generate_private_key(ec.SECP256R1())
-            atomic_write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()), mode=0o600)
+        """Key + chain for the mTLS listener. gRPC core needs the key in memory, so it cannot live in the
+        TPM; instead it never touches the disk: a fresh key at every start and every renewal (at half of
+        the certificate's lifetime), certified by this KMS's CA. Clients trust the CA, not the key."""
+        legacy = self.cfg.state_dir / "tls-server-key.pem"  # written by earlier versions
+        if legacy.exists():
+            legacy.unlink()
+        key = ec.generate_private_key(ec.SECP256R1())
         cert = self.authority.issue_tls_server(self.cfg.tcp.server_name, key.public_key())
         self._tls_renew_at = cert.not_valid_before_utc + (cert.not_valid_after_utc - cert.not_valid_before_utc) / 2
         roots = self.authority.certificate().public_bytes(serialization.Encoding.PEM)
         chain = cert.public_bytes(serialization.Encoding.PEM) + self.authority.chain_pem()
-        return grpc.ssl_server_certificate_configuration([(key_path.read_bytes(), chain)], root_certificates=roots)
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return grpc.ssl_server_certificate_configuration([(key_pem, chain)], root_certificates=roots)
 
     def _fetch_tls(self):
         # called by gRPC core at handshakes: None keeps the current configuration

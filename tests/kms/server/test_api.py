@@ -161,6 +161,9 @@ def test_ca_issue_verify_revoke_and_mtls(backend_daemon, tmp_path):
         alice.GenerateKey(pb.GenerateKeyRequest(name="acme/nope", algorithm=pb.EC_P256))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
+    # the listener's key exists only in the daemon's memory: nothing in the state directory holds a private key
+    assert not [f for f in backend_daemon.state.rglob("*") if f.is_file() and b"PRIVATE KEY" in f.read_bytes()]
+
     # a client without a certificate never gets in
     bare = grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(ca_pem),
                                options=[("grpc.ssl_target_name_override", "kms.local")])

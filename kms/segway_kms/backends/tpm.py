@@ -17,11 +17,11 @@ import threading
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from tpm2_pytss import ESAPI, TSS2_Exception
-from tpm2_pytss.constants import (ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_HT, TPM2_RC, TPM2_SE, TPMA_NV, TPMA_OBJECT,
-                                  TSS2_RC)
+from tpm2_pytss.constants import (ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_HT, TPM2_RC, TPM2_RH, TPM2_SE, TPM2_ST, TPMA_NV,
+                                  TPMA_OBJECT, TSS2_RC)
 from tpm2_pytss.types import (TPM2B_AUTH, TPM2B_DATA, TPM2B_DIGEST, TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT,
-                              TPM2B_NV_PUBLIC, TPM2B_PRIVATE, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPMS_NV_PUBLIC,
-                              TPMT_SIG_SCHEME, TPMT_SYM_DEF)
+                              TPM2B_NONCE, TPM2B_NV_PUBLIC, TPM2B_PRIVATE, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE,
+                              TPMS_NV_PUBLIC, TPMT_SIG_SCHEME, TPMT_SYM_DEF, TPMT_TK_HASHCHECK)
 from tpm2_pytss.utils import NoSuchIndex, create_ek_template
 
 from segway_kms.audit.anchor import ANCHOR_ATTRIBUTES, DEFAULT_ANCHOR_INDEX
@@ -71,6 +71,8 @@ class TpmBackend:
         self._srk_handle = int(cfg.get("srk_handle", 0x81000001))
         self._cache: collections.OrderedDict[bytes, ESYS_TR] = collections.OrderedDict()
         self._schemes: dict[tuple, TPMT_SIG_SCHEME] = {}
+        # The NULL hash-check ticket is spelled out: tpm2-pytss 2.x (scarthgap) has no default for it.
+        self._null_ticket = TPMT_TK_HASHCHECK(tag=TPM2_ST.HASHCHECK, hierarchy=TPM2_RH.NULL)
         self._persistent: dict[int, ESYS_TR] = {}
         self._ectx: ESAPI | None = None
         with self._lock:
@@ -207,7 +209,8 @@ class TpmBackend:
         hash_name = hash_for_digest(digest)
 
         def sign():
-            sig = self._ectx.sign(self._handle(ref), TPM2B_DIGEST(digest), self._sig_scheme(ec, scheme, hash_name))
+            sig = self._ectx.sign(self._handle(ref), TPM2B_DIGEST(digest), self._sig_scheme(ec, scheme, hash_name),
+                                  self._null_ticket)
             if ec:
                 point = sig.signature.ecdsa
                 return encode_dss_signature(int.from_bytes(bytes(point.signatureR), "big"),
@@ -369,7 +372,8 @@ class TpmBackend:
                 ek, *_ = self._ectx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
                 session = self._ectx.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY,
                                                         TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG.SHA256)
-                self._ectx.policy_secret(ESYS_TR.ENDORSEMENT, session)
+                # No nonce, cpHash or policyRef, no expiry; tpm2-pytss 2.x has no defaults for them.
+                self._ectx.policy_secret(ESYS_TR.ENDORSEMENT, session, TPM2B_NONCE(), TPM2B_DIGEST(), TPM2B_NONCE(), 0)
                 try:
                     return bytes(self._ectx.activate_credential(ak, ek, blob, secret, session1=ESYS_TR.PASSWORD,
                                                                 session2=session))

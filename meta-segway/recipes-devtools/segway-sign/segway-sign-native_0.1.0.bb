@@ -11,12 +11,13 @@ SEGWAY_SRC_SUBDIR = "signing"
 inherit segway_src python_setuptools_build_meta
 inherit_defer native
 
-# The pyproject pins exact versions for the developers' virtualenv; inside bitbake the
-# scarthgap recipes provide the build backend and the runtime modules.
+# signing/pyproject.toml pins the developers' versions; bitbake builds with scarthgap's setuptools
+# without checking those pins and runs segway-sign with the scarthgap modules below (versions in
+# conf/python/scarthgap-constraints.txt; tests/compat runs the FIT, STM32 and dm-verity tests with them).
 PEP517_BUILD_OPTS = "--skip-dependency-check"
 
-# Runtime modules: cryptography, asn1crypto, pylibfdt (python3-dtc), click and PyYAML come
-# from OE-core; python-pkcs11 0.10.1 from this layer (meta-python has 0.7.0).
+# Runtime modules: cryptography 42, asn1crypto, pylibfdt 1.7.0 (python3-dtc), click 8.1 and PyYAML 6.0.1
+# come from OE-core; python-pkcs11 0.10.1 from this layer (meta-python has 0.7.0).
 DEPENDS += "\
     dtc-native \
     python3-asn1crypto-native \

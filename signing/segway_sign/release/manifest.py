@@ -61,6 +61,9 @@ def tool_versions() -> dict[str, str]:
         v = _version(dist)
         if v:
             tools[dist] = v
+    # dtc's own build (python3-dtc in Yocto) installs the same module as the "libfdt" distribution.
+    if "pylibfdt" not in tools and _version("libfdt"):
+        tools["pylibfdt"] = _version("libfdt")
     return tools
 
 

@@ -113,10 +113,15 @@ def test_disk_built_from_a_release_without_wic(tmp_path, board):
     parts = {p.name: p for p in flash.read_gpt(disk)}
     names = ["boot-a", "boot-b", "rootfs-a", "rootfs-b", "data"]
     if board == "stm32mp1":
-        names = ["fsbl1", "fsbl2", "fip-a", "fip-b"] + names
+        names = ["fsbl1", "fsbl2", "fip-a", "fip-b", "u-boot-env"] + names
         assert parts["fsbl1"].offset == 0x4400
+        # ST's U-Boot finds its environment partition by this name and keeps two 8 KiB copies at its end
+        assert parts["u-boot-env"].size == 512 << 10
+        flash.extract_partition(disk, "u-boot-env", tmp_path / "env.img")
+        assert not any((tmp_path / "env.img").read_bytes())
     else:
-        assert min(p.offset for p in parts.values()) == 4 * MIB
+        # past U-Boot's raw environment: u-boot-fslc at 4 MiB (+4 KiB), u-boot-imx at 7 MiB (+16 KiB)
+        assert min(p.offset for p in parts.values()) == 8 * MIB
         boot = (rel / "imx-boot" / "imx-boot.bin").read_bytes()
         assert disk.read_bytes()[0x8400:0x8400 + len(boot)] == boot
     assert sorted(parts, key=lambda n: parts[n].offset) == names

@@ -233,21 +233,24 @@ def _mib(n: int) -> int:
 
 
 def build_disk(release: Release, board: str, out: Path, allow_unsigned: bool, work: Path) -> list[str]:
-    """The segway A/B layout (meta-segway ``wic/segway-ab.wks.in``) from the release's artifacts:
-    [fsbl1 fsbl2 fip-a fip-b (STM32MP1)] boot-a boot-b (FAT, signed FIT as /fitImage) rootfs-a
-    rootfs-b (dm-verity image) [rootfs-hash] data (empty ext4). On i.MX the signed boot image sits at
-    33 KiB and the first partition at 4 MiB."""
+    """The segway A/B layout (meta-segway ``files/wic/segway-ab.wks.in``) from the release's artifacts:
+    [fsbl1 fsbl2 fip-a fip-b u-boot-env (STM32MP1)] boot-a boot-b (FAT, signed FIT as /fitImage)
+    rootfs-a rootfs-b (dm-verity image) [rootfs-hash] data (empty ext4). On i.MX the signed boot image
+    sits at 33 KiB and the first partition at 8 MiB, past U-Boot's raw environment (4 MiB + 4 KiB with
+    u-boot-fslc, 7 MiB + 16 KiB with u-boot-imx)."""
     rootfs, hashtree = release.verity()
     fit = release.fit()
     parts: list[tuple[str, int, Path | None]] = []
     if board == "stm32mp1":
         tfa = release.boot_artifact("tfa-bl2", (".stm32",), allow_unsigned)
         fip = release.boot_artifact("fip", (".bin",), allow_unsigned)
-        parts += [("fsbl1", 256 << 10, tfa), ("fsbl2", 256 << 10, tfa), ("fip-a", 4 * MIB, fip), ("fip-b", 4 * MIB, fip)]
+        # u-boot-env: the partition ST's U-Boot keeps its (A/B) environment in, found by that name.
+        parts += [("fsbl1", 256 << 10, tfa), ("fsbl2", 256 << 10, tfa), ("fip-a", 4 * MIB, fip), ("fip-b", 4 * MIB, fip),
+                  ("u-boot-env", 512 << 10, None)]
         start = 34 * SECTOR  # ST layout: fsbl1 right after the primary GPT, at 0x4400
     else:
         boot = release.boot_artifact("imx-boot", ("",), allow_unsigned)
-        start = 4 * MIB
+        start = 8 * MIB
     boot_fs = work / "boot.vfat"
     subprocess.run(["mkfs.vfat", "-n", "BOOT", "-C", str(boot_fs), str(64 * 1024)], check=True, capture_output=True)
     subprocess.run(["mcopy", "-i", str(boot_fs), str(fit), "::fitImage"], check=True, capture_output=True)
@@ -275,6 +278,8 @@ def build_disk(release: Release, board: str, out: Path, allow_unsigned: bool, wo
         raise InputError(f"sgdisk could not lay out the disk: {r.stderr.strip() or r.stdout.strip()}")
     placed = []
     for name, offset, size, payload in layout:
+        if payload is None:
+            continue  # left empty (zeros): U-Boot writes its environment there
         _write_at(out, offset, payload, size, payload.name, sparse=True)
         placed.append(f"{payload.name} -> {name}")
     if board != "stm32mp1":

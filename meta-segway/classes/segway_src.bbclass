@@ -19,9 +19,11 @@ inherit_defer ${@'externalsrc' if not d.getVar('SEGWAY_SRC_URI') else ''}
 EXTERNALSRC = "${@'${SEGWAY_REPO_DIR}/${SEGWAY_SRC_SUBDIR}' if not d.getVar('SEGWAY_SRC_URI') else ''}"
 EXTERNALSRC_BUILD = "${@'${WORKDIR}/build' if not d.getVar('SEGWAY_SRC_URI') else ''}"
 
-SRC_URI = "${SEGWAY_SRC_URI}"
+# An explicit destsuffix: scarthgap unpacks a git URI into ${WORKDIR}/git, wrynose into
+# ${UNPACKDIR}/${BP}.
+SRC_URI = "${@'${SEGWAY_SRC_URI};destsuffix=segway-src' if d.getVar('SEGWAY_SRC_URI') else ''}"
 SRCREV = "${@d.getVar('SEGWAY_SRCREV') or 'INVALID'}"
-S = "${@'${WORKDIR}/git/${SEGWAY_SRC_SUBDIR}' if d.getVar('SEGWAY_SRC_URI') else '${EXTERNALSRC}'}"
+S = "${@'${UNPACKDIR}/segway-src/${SEGWAY_SRC_SUBDIR}' if d.getVar('SEGWAY_SRC_URI') else '${EXTERNALSRC}'}"
 
 python () {
     if d.getVar('SEGWAY_SRC_URI') and not d.getVar('SEGWAY_SRCREV'):

@@ -21,7 +21,7 @@ SRC_URI:append:segway = " \
 "
 # The writeable-variable list of the locked environment is a C define, not a Kconfig symbol:
 # force-include it into every U-Boot object (KCFLAGS is added to KBUILD_CFLAGS by U-Boot's Makefile).
-SEGWAY_UBOOT_KCFLAGS = "${@'-include ${WORKDIR}/segway-env-flags.h' if d.getVar('SEGWAY_UBOOT_CONSOLE_LOCKED') == '1' else ''}"
+SEGWAY_UBOOT_KCFLAGS = "${@'-include ${UNPACKDIR}/segway-env-flags.h' if d.getVar('SEGWAY_UBOOT_CONSOLE_LOCKED') == '1' else ''}"
 EXTRA_OEMAKE:append:segway = " KCFLAGS='${SEGWAY_UBOOT_KCFLAGS}'"
 
 python do_segway_uboot_pubkey() {

@@ -43,7 +43,7 @@ def test_layer_conf_evaluates():
     layer_conf = LAYER / "conf" / "layer.conf"
     d = evaluate([layer_conf], {"LAYERDIR": str(LAYER), "BBPATH": "", "BBFILES": "", "BBFILES_DYNAMIC": ""})
     assert d.getVar("BBFILE_COLLECTIONS").split() == ["segway"]
-    assert d.getVar("LAYERSERIES_COMPAT_segway").split() == ["scarthgap"]
+    assert d.getVar("LAYERSERIES_COMPAT_segway").split() == ["scarthgap", "wrynose"]
     depends = set(d.getVar("LAYERDEPENDS_segway").split())
     assert {"core", "openembedded-layer", "meta-python", "meta-arm", "tpm-layer"} <= depends
     dynamic = d.getVar("BBFILES_DYNAMIC").split()

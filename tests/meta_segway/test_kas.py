@@ -19,6 +19,10 @@ KAS_FILES = sorted(KAS_DIR.glob("*.yml"))
 MACHINE_FILES = {"qemuarm64.yml": "qemuarm64-secureboot", "qemuarm.yml": "qemuarm-secureboot",
                  "stm32mp157.yml": "stm32mp15-disco", "imx8mm.yml": "imx8mm-lpddr4-evk"}
 FRAGMENTS = ["signing-hsm.yml", "testimage.yml", "release.yml", "ci.yml"]
+# Yocto wrynose instead of scarthgap: a fragment for the QEMU machines and a file for the i.MX8M.
+WRYNOSE = {("qemuarm64.yml", "wrynose.yml"): "qemuarm64-secureboot",
+           ("qemuarm.yml", "wrynose.yml"): "qemuarm-secureboot",
+           ("wrynose-imx8mm.yml",): "imx8mm-lpddr4-evk"}
 SECRETS = ("PKCS11_PROXY_SOCKET", "PKCS11_PROXY_TLS_PSK_FILE", "SEGWAY_HSM_PIN_FILE", "SEGWAY_PKCS11_MODULE",
            "P11_KIT_SERVER_ADDRESS")
 
@@ -48,7 +52,7 @@ def compose(*names):
 
 
 def test_expected_files():
-    assert {p.name for p in KAS_FILES} == {"base.yml", *MACHINE_FILES, *FRAGMENTS}
+    assert {p.name for p in KAS_FILES} == {"base.yml", *MACHINE_FILES, *FRAGMENTS, "wrynose.yml", "wrynose-imx8mm.yml"}
 
 
 @pytest.mark.parametrize("path", KAS_FILES, ids=lambda p: p.name)
@@ -84,6 +88,30 @@ def test_composed_configuration(machine_file, fragments):
         env = config["env"]
         for secret in SECRETS:
             assert secret in env and env[secret] is None, "%s must pass through with a null value" % secret
+
+
+@pytest.mark.parametrize("files", sorted(WRYNOSE), ids=":".join)
+def test_wrynose_configuration(files):
+    """bitbake, openembedded-core and meta-yocto replace poky; every repository is pinned, and
+    the layer set is the scarthgap one."""
+    config, missing = compose(*files)
+    assert missing == []
+    jsonschema.validate(config, CONFIGSCHEMA)
+    assert config["machine"] == WRYNOSE[files]
+    assert config["defaults"]["repos"]["branch"] == "wrynose"
+    repos = config["repos"]
+    assert repos["poky"]["url"].endswith("/meta-yocto") and repos["poky"]["layers"]["meta"] == "disabled"
+    assert repos["bitbake"]["layers"] == {".": "disabled"}
+    assert "meta" in repos["openembedded-core"]["layers"]
+    for name, repo in repos.items():
+        if name != "meta-segway":
+            assert re.fullmatch(r"[0-9a-f]{40}", repo.get("commit", "")), "%s is not pinned by commit" % name
+    scarthgap, _ = compose(files[0] if files[0] != "wrynose-imx8mm.yml" else "imx8mm.yml")
+
+    def enabled(cfg):
+        return {layer for repo in cfg["repos"].values() for layer, value in (repo or {}).get("layers", {}).items()
+                if value != "disabled"}
+    assert enabled(config) == enabled(scarthgap)
 
 
 def test_base_layers_satisfy_layerdepends():

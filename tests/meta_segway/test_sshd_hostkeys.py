@@ -30,7 +30,7 @@ def install_append(tmp_path):
         shutil.copy(f, workdir)
     config = dest / "etc/ssh/sshd_config_readonly"
     config.write_text("Include /etc/ssh/sshd_config.d/*.conf\nUsePAM no\n" + OE_READONLY_HOSTKEYS)
-    d = evaluate([APPEND], {"OVERRIDES": "segway", "PN": "openssh", "D": str(dest), "WORKDIR": str(workdir), "sysconfdir": "/etc", "localstatedir": "/var",
+    d = evaluate([APPEND], {"OVERRIDES": "segway", "PN": "openssh", "D": str(dest), "WORKDIR": str(workdir), "UNPACKDIR": str(workdir), "sysconfdir": "/etc", "localstatedir": "/var",
                             "systemd_system_unitdir": "/usr/lib/systemd/system"})
     for node in statements(APPEND):
         if isinstance(node, bb.parse.ast.MethodNode):
@@ -94,4 +94,4 @@ def test_key_generation_waits_for_the_data_partition(tmp_path):
     packaged = d.getVar("FILES:openssh-sshd") or ""
     assert "/etc/default/ssh" in packaged and "sshdgenkeys.service.d/segway-data.conf" in packaged
     # /data is the writable partition of the image's disk layout.
-    assert re.search(r"^part /data .*--fstype=ext4", (LAYER / "wic/segway-ab.wks.in").read_text(), re.M)
+    assert re.search(r"^part /data .*--fstype=ext4", (LAYER / "files/wic/segway-ab.wks.in").read_text(), re.M)

@@ -7,10 +7,10 @@ LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
 
 SRC_URI = "file://segwayverity"
-S = "${WORKDIR}"
+S = "${UNPACKDIR}"
 
 do_install() {
-    install -D -m 0755 ${WORKDIR}/segwayverity ${D}/init.d/85-segwayverity
+    install -D -m 0755 ${UNPACKDIR}/segwayverity ${D}/init.d/85-segwayverity
 }
 
 PACKAGE_ARCH = "${MACHINE_ARCH}"

@@ -12,17 +12,22 @@ SRC_URI = "\
     file://tee-supplicant-hardening.conf \
     file://segway-hardening.tmpfiles \
 "
-S = "${WORKDIR}"
+S = "${UNPACKDIR}"
 
 inherit allarch features_check
 REQUIRED_DISTRO_FEATURES = "systemd"
 
+# Owner of OP-TEE's REE file system: meta-arm's optee-client runs tee-supplicant as root on
+# scarthgap and as its own user "teesuppl" from wrynose on.
+SEGWAY_TEE_SUPPL_USER ?= "${@'root' if 'scarthgap' in (d.getVar('LAYERSERIES_CORENAMES') or '').split() else 'teesuppl'}"
+
 do_install() {
-    install -D -m 0644 ${WORKDIR}/90-segway.conf ${D}${sysconfdir}/sysctl.d/90-segway.conf
-    install -D -m 0644 ${WORKDIR}/segway-sshd.conf ${D}${sysconfdir}/ssh/sshd_config.d/00-segway.conf
-    install -D -m 0644 ${WORKDIR}/tee-supplicant-hardening.conf \
+    install -D -m 0644 ${UNPACKDIR}/90-segway.conf ${D}${sysconfdir}/sysctl.d/90-segway.conf
+    install -D -m 0644 ${UNPACKDIR}/segway-sshd.conf ${D}${sysconfdir}/ssh/sshd_config.d/00-segway.conf
+    install -D -m 0644 ${UNPACKDIR}/tee-supplicant-hardening.conf \
         ${D}${systemd_system_unitdir}/tee-supplicant@.service.d/segway-hardening.conf
-    install -D -m 0644 ${WORKDIR}/segway-hardening.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/segway-hardening.conf
+    install -D -m 0644 ${UNPACKDIR}/segway-hardening.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/segway-hardening.conf
+    sed -i -e 's:@TEE_SUPPL_USER@:${SEGWAY_TEE_SUPPL_USER}:g' ${D}${nonarch_libdir}/tmpfiles.d/segway-hardening.conf
 }
 
 FILES:${PN} += "\

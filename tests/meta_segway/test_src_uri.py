@@ -13,8 +13,18 @@ CLASS_FILE_DIRS = {
     "segway_kernel": LAYER / "recipes-kernel/linux/files",
     "segway_uboot": LAYER / "recipes-bsp/u-boot/files",
 }
-# Machine overrides (FILESOVERRIDES) of the kas machines that have their own files/<override>/.
-MACHINE_OVERRIDES = ("qemuall", "stm32mp15common", "mx8mm")
+# The FILESOVERRIDES entries of each kas machine that have their own files/<override>/ (checked with
+# bitbake -e against the pinned layers: meta-freescale filters the bare "mx8mm" override out, and
+# segway-ab-boot-ok adds mx8mm-u-boot-imx when u-boot-imx is the bootloader).
+MACHINE_FILE_OVERRIDES = {
+    "qemuarm64-secureboot": ("qemuall",),
+    "qemuarm-secureboot": ("qemuall",),
+    "stm32mp15-disco": ("stm32mp15common",),
+    "stm32mp15-eval": ("stm32mp15common",),
+    "imx8mm-lpddr4-evk (u-boot-fslc)": ("mx8mm-generic-bsp",),
+    "imx8mm-lpddr4-evk (u-boot-imx)": ("mx8mm-generic-bsp", "mx8mm-u-boot-imx"),
+}
+MACHINE_OVERRIDES = tuple(sorted({o for overrides in MACHINE_FILE_OVERRIDES.values() for o in overrides}))
 
 
 def search_dirs(path):
@@ -70,3 +80,12 @@ def test_every_shipped_file_is_used():
         if f.is_file() and "recipes-" in str(f.relative_to(LAYER)) and not f.name.endswith(
                 (".bb", ".bbappend", ".inc")):
             assert f.name in used, "%s is not referenced by any SRC_URI" % f.relative_to(LAYER)
+
+
+@pytest.mark.parametrize("machine", sorted(MACHINE_FILE_OVERRIDES))
+def test_every_machine_finds_its_uboot_environment_description(machine):
+    """fw_env.config exists only per machine: each kas machine must find one through its own overrides."""
+    recipe = LAYER / "recipes-bsp/segway-ab/segway-ab-boot-ok_1.0.bb"
+    found = [d / o / "fw_env.config" for d in search_dirs(recipe) for o in MACHINE_FILE_OVERRIDES[machine]
+             if (d / o / "fw_env.config").is_file()]
+    assert found, "%s: no fw_env.config under files/{%s}/" % (machine, ",".join(MACHINE_FILE_OVERRIDES[machine]))

@@ -36,3 +36,50 @@ def read_fragment(path: Path) -> dict[str, str | None]:
             value = re.sub(r"\\(.)", r"\1", value[1:-1])
         options[m.group(1)] = value
     return options
+
+
+# U-Boot recipes the layer appends to (named by PN, as in data/uboot-vendor-trees.yaml), with the
+# overrides under which each one's boot command fragment applies.
+UBOOT_APPENDS = {
+    "u-boot": ("recipes-bsp/u-boot/u-boot_%.bbappend", "segway:qemuall"),
+    "u-boot-stm32mp": ("dynamic-layers/stm-st-stm32mp/recipes-bsp/u-boot/u-boot-stm32mp_%.bbappend", "segway"),
+    "u-boot-fslc": ("dynamic-layers/freescale-layer/recipes-bsp/u-boot/u-boot-fslc_%.bbappend", "segway"),
+    "u-boot-imx": ("dynamic-layers/freescale-layer/recipes-bsp/u-boot/u-boot-imx_%.bbappend", "segway"),
+}
+UBOOT_FILES = LAYER / "recipes-bsp/u-boot/files"
+
+
+def vendor_trees() -> dict:
+    """The pinned facts of the U-Boot trees the kas machines build (data/uboot-vendor-trees.yaml)."""
+    import yaml
+    return yaml.safe_load((Path(__file__).parent / "data" / "uboot-vendor-trees.yaml").read_text())
+
+
+def recipe_fragments(recipe: str, console_locked: bool = True) -> list[Path]:
+    """The fragments segway_uboot.bbclass and the recipe's bbappend put into SRC_URI, in order,
+    as bitbake's parser evaluates them (the inherit is followed by hand: it names our class)."""
+    from .layer import evaluate
+    append, overrides = UBOOT_APPENDS[recipe]
+    append = LAYER / append
+    d = evaluate([LAYER / "classes/segway_uboot.bbclass", append],
+                 {"OVERRIDES": overrides, "SEGWAY_LAYERDIR": str(LAYER), "UNPACKDIR": "/unpack",
+                  "SEGWAY_UBOOT_CONSOLE_LOCKED": "1" if console_locked else "0"})
+    found = []
+    for uri in d.getVar("SRC_URI").split():
+        name = uri.removeprefix("file://")
+        if not name.endswith(".cfg"):
+            continue
+        paths = [p for p in (append.parent / "files" / name, UBOOT_FILES / name) if p.is_file()]
+        if not paths:
+            raise FileNotFoundError("%s: %s not in the layer" % (append.name, name))
+        found.append(paths[0])
+    return found
+
+
+def merged_options(recipe: str, console_locked: bool = True) -> dict[str, str | None]:
+    """The options of the recipe's fragments merged in SRC_URI order (later fragments win, as
+    with merge_config.sh)."""
+    options: dict[str, str | None] = {}
+    for path in recipe_fragments(recipe, console_locked):
+        options.update(read_fragment(path))
+    return options

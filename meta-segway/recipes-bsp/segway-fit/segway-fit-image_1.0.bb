@@ -17,8 +17,13 @@ PACKAGE_ARCH = "${MACHINE_ARCH}"
 SEGWAY_INITRAMFS_IMAGE ?= "segway-initramfs"
 SEGWAY_FIT_NAME ?= "segway-fit-${MACHINE}.itb"
 SEGWAY_AB_SLOTS ?= "a b"
-# kernel_noload lets U-Boot boot the kernel in place, so no per-board load address is needed.
-SEGWAY_FIT_KERNEL_TYPE ?= "kernel_noload"
+# arm64: U-Boot copies the Image to a 2 MiB-aligned load address (0x40400000 is 4 MiB into RAM on
+# QEMU virt and on i.MX8M, below the FIT the boot commands load at 0x48000000/0x60000000). A
+# kernel_noload Image would be moved by U-Boot itself (booti_setup): to the base of RAM before
+# v2025.01, to the next 2 MiB boundary in place from v2025.01 on, over the initramfs behind it.
+# 32-bit arm: the zImage is position independent and decompresses itself, so it runs in place.
+SEGWAY_FIT_KERNEL_TYPE ?= "${@'kernel' if d.getVar('TARGET_ARCH') == 'aarch64' else 'kernel_noload'}"
+SEGWAY_FIT_KERNEL_LOAD ?= "${@'0x40400000' if d.getVar('TARGET_ARCH') == 'aarch64' else '0'}"
 SEGWAY_FIT_KERNEL_COMPRESSION ?= "none"
 SEGWAY_FIT_ARCH ?= "${@'arm64' if d.getVar('TARGET_ARCH') == 'aarch64' else 'arm'}"
 
@@ -92,7 +97,8 @@ python do_compile() {
            '            type = "%s";' % d.getVar("SEGWAY_FIT_KERNEL_TYPE"),
            '            arch = "%s";' % arch, '            os = "linux";',
            '            compression = "%s";' % d.getVar("SEGWAY_FIT_KERNEL_COMPRESSION"),
-           '            load = <0>;', '            entry = <0>;',
+           '            load = <%s>;' % d.getVar("SEGWAY_FIT_KERNEL_LOAD"),
+           '            entry = <%s>;' % d.getVar("SEGWAY_FIT_KERNEL_LOAD"),
            '            hash-1 { algo = "sha256"; };', '        };',
            '        ramdisk-1 {', '            description = "segway initramfs";',
            '            data = /incbin/("%s");' % initramfs,

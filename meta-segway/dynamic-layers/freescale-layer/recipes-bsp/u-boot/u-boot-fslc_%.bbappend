@@ -5,3 +5,47 @@ inherit segway_uboot
 
 FILESEXTRAPATHS:prepend:segway := "${THISDIR}/files:"
 SRC_URI:append:segway = " file://segway-imx-boot.cfg"
+
+# With UBOOT_PROVIDES_BOOT_CONTAINER = "1" (meta-freescale's imx-boot-container, the default for
+# imx8mm-lpddr4-evk) binman packs flash.bin in do_compile, before segway_uboot puts the FIT key
+# into u-boot.dtb. Run the same make again so binman repacks flash.bin from the keyed DTB, then
+# refuse a flash.bin whose control DTB has no key: U-Boot from it would boot unsigned FITs.
+do_segway_fslc_repack() {
+    unset LDFLAGS
+    unset CFLAGS
+    unset CPPFLAGS
+    for config in ${UBOOT_MACHINE}; do
+        oe_runmake -C ${S} O=${B}/${config} ${UBOOT_MAKE_TARGET}
+    done
+}
+do_segway_fslc_repack[doc] = "Repack flash.bin with binman after the FIT key went into U-Boot's DTB"
+
+python do_segway_fslc_check_flash_bin() {
+    import glob
+    import os
+    if "segway" not in (d.getVar("DISTROOVERRIDES") or "").split(":"):
+        return
+    if d.getVar("SEGWAY_SIGN_MODE") == "deferred" or d.getVar("UBOOT_PROVIDES_BOOT_CONTAINER") != "1":
+        return
+    # The key node of the control DTB is named key-<key-name-hint> (U-Boot's /signature node).
+    marker = ("key-%s" % d.getVar("SEGWAY_FIT_KEY_NAME")).encode() + b"\0"
+    images = glob.glob(os.path.join(d.getVar("B"), "*", "flash.bin"))
+    if not images:
+        bb.fatal("segway-uboot: no flash.bin under %s" % d.getVar("B"))
+    for image in images:
+        with open(image, "rb") as f:
+            if marker not in f.read():
+                bb.fatal("segway-uboot: %s carries no FIT key (%s); U-Boot from it would boot unsigned FITs"
+                         % (image, marker[:-1].decode()))
+}
+do_segway_fslc_check_flash_bin[vardeps] += "SEGWAY_SIGN_MODE SEGWAY_FIT_KEY_NAME UBOOT_PROVIDES_BOOT_CONTAINER"
+do_segway_fslc_check_flash_bin[doc] = "Refuse a flash.bin whose U-Boot DTB lacks the FIT key"
+
+python () {
+    # Only the boot container needs repacking; other i.MX machines deploy u-boot.bin directly.
+    if "segway" not in (d.getVar("DISTROOVERRIDES") or "").split(":"):
+        return
+    if d.getVar("UBOOT_PROVIDES_BOOT_CONTAINER") == "1" and d.getVar("SEGWAY_SIGN_MODE") != "deferred":
+        bb.build.addtask("do_segway_fslc_repack", "do_deploy", "do_segway_uboot_pubkey", d)
+        bb.build.addtask("do_segway_fslc_check_flash_bin", "do_deploy", "do_segway_fslc_repack", d)
+}

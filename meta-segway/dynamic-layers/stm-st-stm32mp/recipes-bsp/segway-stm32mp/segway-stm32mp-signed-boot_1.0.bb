@@ -27,8 +27,10 @@ do_compile[depends] += " \
 "
 do_compile[cleandirs] = "${B} ${SEGWAY_SIGN_PLAN_DIR}"
 
-SEGWAY_STM32_FSBL_GLOB ?= "arm-trusted-firmware/tf-a-*-optee-*.stm32"
-SEGWAY_STM32_FIP_GLOB ?= "fip/fip-*-optee-*.bin"
+# ST's deploy names at the pinned commit: tf-a-<dt>-<config>.stm32 for every TF_A_CONFIG (boot
+# devices; debug-* copies are not signed) and fip-<dt>-optee.bin (fip-utils-stm32mp.bbclass).
+SEGWAY_STM32_FSBL_GLOB ?= "arm-trusted-firmware/tf-a-*.stm32"
+SEGWAY_STM32_FIP_GLOB ?= "fip/fip-*-optee*.bin"
 
 python do_compile() {
     import glob

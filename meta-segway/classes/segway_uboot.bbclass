@@ -56,7 +56,14 @@ python do_segway_uboot_pubkey() {
                     shutil.copyfile(keyed, copy)
         nodtb = os.path.join(bdir, "u-boot-nodtb.bin")
         config = os.path.join(bdir, ".config")
-        separate = os.path.isfile(config) and "CONFIG_OF_SEPARATE=y" in open(config).read()
+        config_text = open(config).read() if os.path.isfile(config) else ""
+        separate = "CONFIG_OF_SEPARATE=y" in config_text
+        if "CONFIG_OF_BOARD=y" in config_text and d.getVar("SEGWAY_UBOOT_OF_BOARD_KEYED") != "1":
+            # U-Boot runs with the DTB the previous stage hands over (QEMU's own on the QEMU machines),
+            # not with the keyed u-boot.dtb: without the key there, bootm does not enforce signatures.
+            bb.warn("segway-uboot: %s uses CONFIG_OF_BOARD; the FIT key is enforced only if the DTB "
+                    "handed to U-Boot carries it (set SEGWAY_UBOOT_OF_BOARD_KEYED = \"1\" where it does)"
+                    % d.getVar("MACHINE"))
         if separate and os.path.isfile(nodtb):
             with open(nodtb, "rb") as f:
                 image = f.read() + keyed_bytes

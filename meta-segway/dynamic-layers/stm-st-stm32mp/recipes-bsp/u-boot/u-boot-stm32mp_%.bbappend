@@ -33,3 +33,5 @@ python do_segway_stm32mp_keyed_dtb() {
 do_segway_stm32mp_keyed_dtb[vardeps] += "SEGWAY_SIGN_MODE UBOOT_DEVICETREE"
 do_segway_stm32mp_keyed_dtb[doc] = "Put the keyed control DTB where the FIP takes U-Boot's DTB from"
 addtask segway_stm32mp_keyed_dtb after do_segway_uboot_pubkey before do_deploy
+# The keyed DTB is the one TF-A hands to U-Boot (OF_BOARD): see do_segway_stm32mp_keyed_dtb.
+SEGWAY_UBOOT_OF_BOARD_KEYED = "1"

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 NSPAWN = "systemd-nspawn"
+REPO = Path(__file__).resolve().parents[3]  # the project checkout, where .venv lives
 
 
 def unavailable_reason() -> str | None:
@@ -48,7 +49,9 @@ class Machine:
     def start(self, timeout: float = 90.0) -> "Machine":
         self.rootdir.mkdir(parents=True, exist_ok=True)
         nspawn = [NSPAWN, "--directory", str(self.rootdir), "--volatile=overlay", "--register=no", "--keep-unit",
-                  "--link-journal=no", f"--machine={self.name}", "--console=pipe", "--boot",
+                  "--link-journal=no", f"--machine={self.name}", "--console=pipe",
+                  # nspawn puts a fresh tmpfs on /tmp: a checkout (and its .venv) under /tmp would vanish
+                  f"--bind-ro={REPO}", "--boot",
                   # booting only to basic.target keeps the host's enabled services (databases, sshd) out
                   "--", f"--unit={self.target}"]
         # `unshare` and `sh` exec into nspawn, so self.proc.pid is nspawn's PID

@@ -142,7 +142,10 @@ def kmsd(tmp_path_factory):
             machine.path(d).mkdir(parents=True, exist_ok=True)
         unit = Kmsd(machine, workdir)
         unit.configure(tpm_backend(tpm))
-        unit.set_dropin("50-test-venv.conf", f"[Service]\nExecStart=\nExecStart={VENV_KMSD} --config {CONFIG}\n")
+        # PrivateTmp hides a checkout under /tmp or /var/tmp from the service: bind it back, read-only.
+        bind = f"BindReadOnlyPaths={REPO}\n" if str(REPO).startswith(("/tmp/", "/var/tmp/")) else ""
+        unit.set_dropin("50-test-venv.conf",
+                        f"[Service]\nExecStart=\nExecStart={VENV_KMSD} --config {CONFIG}\n{bind}")
         unit.swtpm = tpm
         yield unit
     finally:

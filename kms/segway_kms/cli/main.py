@@ -282,6 +282,14 @@ def attest_key(ctx, name, pcrs, output):
     _write(output, json.dumps(doc, indent=1).encode() + b"\n")
 
 
+def _fail_on(problems: list[str]) -> None:
+    """Print each problem a verifier found as a FAIL line and exit 1 if there was any."""
+    for p in problems:
+        click.echo(f"FAIL: {p}")
+    if problems:
+        sys.exit(1)
+
+
 def load_evidence(path: str) -> tuple[dict, bytes, bytes, list[int]]:
     try:
         doc = json.loads(_read(path))
@@ -306,10 +314,7 @@ def attest_verify(evidence, ek_ca, ak_pem):
                                    pinned_ak_pem=_read(ak_pem) if ak_pem else None)
     except (ValueError, TypeError) as exc:
         raise click.ClickException(f"{evidence}: malformed evidence ({exc})") from None
-    for p in problems:
-        click.echo(f"FAIL: {p}")
-    if problems:
-        sys.exit(1)
+    _fail_on(problems)
     click.echo("attestation OK")
 
 
@@ -328,10 +333,7 @@ def attest_enroll(ctx, evidence, ek_ca, output):
     if not ev.get("ek_public_area") or not ev.get("ek_certificate_der"):
         raise click.ClickException("the evidence carries no EK certificate: nothing to enrol against")
     problems = verify_evidence(ev, nonce, key_der, pcrs, ek_ca_bundle=_read(ek_ca))
-    for p in problems:
-        click.echo(f"FAIL: {p}")
-    if problems:
-        sys.exit(1)
+    _fail_on(problems)
     secret, blob, encrypted = enroll.challenge(ev)
     answer = _call(ctx, "ActivateCredential", pb.ActivateCredentialRequest(credential_blob=blob,
                                                                          encrypted_secret=encrypted)).secret
@@ -410,10 +412,7 @@ def audit_verify(log_file, public_key, head, anchor_file, ak_pem):
             problems += verify_anchor(lines, anchor, nonce, _read(ak_pem))
         except (ValueError, TypeError) as exc:
             raise click.ClickException(f"{anchor_file}: malformed anchor ({exc})") from None
-    for p in problems:
-        click.echo(f"FAIL: {p}")
-    if problems:
-        sys.exit(1)
+    _fail_on(problems)
     click.echo("audit log OK" + (" (anchored in the TPM)" if anchor_file else ""))
 
 

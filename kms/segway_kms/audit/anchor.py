@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from tpm2_pytss.constants import TPM2_NT, TPMA_NV
+from tpm2_pytss.constants import TPM2_ALG, TPM2_NT, TPMA_NV
 
 from segway_kms.errors import FailedPrecondition
 
@@ -25,6 +25,14 @@ ZERO = bytes(32)
 # handle registry (0x01800000-0x01BFFFFF).
 DEFAULT_ANCHOR_INDEX = 0x01800100
 ANCHOR_ATTRIBUTES = TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.NO_DA | (TPM2_NT.EXTEND << TPMA_NV.TPM2_NT_SHIFT)
+# Attributes the TPM sets and clears itself as the index is used.
+_STATE_ATTRIBUTES = TPMA_NV.WRITTEN | TPMA_NV.READLOCKED | TPMA_NV.WRITELOCKED
+
+
+def is_anchor_index(nv_public) -> bool:
+    """Whether a TPMS_NV_PUBLIC describes an index defined as the audit anchor (any index, any state)."""
+    return (nv_public.attributes & ~_STATE_ATTRIBUTES == ANCHOR_ATTRIBUTES and nv_public.dataSize == 32
+            and nv_public.nameAlg == TPM2_ALG.SHA256)
 
 
 def anchor_values(entry_hashes: list[bytes]) -> list[bytes]:

@@ -76,11 +76,11 @@ def verify_log(lines: list[str], public_key_pem: bytes, expect_head: str | None 
 def verify_anchor(lines: list[str], anchor: dict, nonce: bytes, pinned_ak_pem: bytes) -> list[str]:
     """Check an audit log against its TPM anchor (audit/anchor.py): the NV_Certify is signed by the pinned
     AK for this nonce, covers the segway anchor index, and holds the value recomputed from every entry."""
-    from tpm2_pytss.constants import TPM2_ALG, TPM2_ST, TPMA_NV
+    from tpm2_pytss.constants import TPM2_ST
     from tpm2_pytss.types import TPM2B_NV_PUBLIC
 
     from segway_kms.attestation.verify import check_ak, check_signed_attest
-    from segway_kms.audit.anchor import ANCHOR_ATTRIBUTES, anchor_values
+    from segway_kms.audit.anchor import anchor_values, is_anchor_index
 
     problems: list[str] = []
     try:
@@ -97,9 +97,7 @@ def verify_anchor(lines: list[str], anchor: dict, nonce: bytes, pinned_ak_pem: b
                                  "anchor", problems)
     nv_public, _ = TPM2B_NV_PUBLIC.unmarshal(anchor["nv_public_area"])
     nv = nv_public.nvPublic
-    steady = nv.attributes & ~(TPMA_NV.WRITTEN | TPMA_NV.READLOCKED | TPMA_NV.WRITELOCKED)
-    if nv.nvIndex != anchor["nv_index"] or steady != ANCHOR_ATTRIBUTES or nv.dataSize != 32 \
-            or nv.nameAlg != TPM2_ALG.SHA256:
+    if nv.nvIndex != anchor["nv_index"] or not is_anchor_index(nv):
         problems.append("anchor: the NV index is not a segway audit anchor")
     if attest is not None:
         certified = attest.attested.nv

@@ -17,14 +17,14 @@ import threading
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from tpm2_pytss import ESAPI, TSS2_Exception
-from tpm2_pytss.constants import (ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_HT, TPM2_RC, TPM2_RH, TPM2_SE, TPM2_ST, TPMA_NV,
+from tpm2_pytss.constants import (ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_HT, TPM2_RC, TPM2_RH, TPM2_SE, TPM2_ST,
                                   TPMA_OBJECT, TSS2_RC)
 from tpm2_pytss.types import (TPM2B_AUTH, TPM2B_DATA, TPM2B_DIGEST, TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT,
                               TPM2B_NONCE, TPM2B_NV_PUBLIC, TPM2B_PRIVATE, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE,
                               TPMS_NV_PUBLIC, TPMT_SIG_SCHEME, TPMT_SYM_DEF, TPMT_TK_HASHCHECK)
 from tpm2_pytss.utils import NoSuchIndex, create_ek_template
 
-from segway_kms.audit.anchor import ANCHOR_ATTRIBUTES, DEFAULT_ANCHOR_INDEX
+from segway_kms.audit.anchor import ANCHOR_ATTRIBUTES, DEFAULT_ANCHOR_INDEX, is_anchor_index
 from segway_kms.backends.base import check_algorithm, hash_for_digest
 from segway_kms.errors import BackendError, ConfigError, FailedPrecondition, InvalidArgument, NotFound
 
@@ -266,9 +266,7 @@ class TpmBackend:
         if index in self._handles(TPM2_HT.NV_INDEX):
             tr = self._ectx.tr_from_tpmpublic(index)
             public, _name = self._ectx.nv_read_public(tr)
-            attrs = public.nvPublic.attributes & ~(TPMA_NV.WRITTEN | TPMA_NV.READLOCKED | TPMA_NV.WRITELOCKED)
-            if attrs != ANCHOR_ATTRIBUTES or public.nvPublic.dataSize != 32 \
-                    or public.nvPublic.nameAlg != TPM2_ALG.SHA256:
+            if not is_anchor_index(public.nvPublic):
                 raise FailedPrecondition(f"NV index 0x{index:08x} exists but is not a segway audit anchor")
         elif create:
             tr = self._ectx.nv_define_space(TPM2B_AUTH(), TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(

@@ -55,15 +55,19 @@ def _version(dist: str) -> str | None:
         return None
 
 
+# Recorded name -> the distributions that provide it; dtc's own build (python3-dtc in Yocto) installs
+# pylibfdt as the "libfdt" distribution.
+TOOL_DISTRIBUTIONS = {name: (name,) for name in ("segway-sign", "cryptography", "asn1crypto", "python-pkcs11",
+                                                 "PyYAML")}
+TOOL_DISTRIBUTIONS["pylibfdt"] = ("pylibfdt", "libfdt")
+
+
 def tool_versions() -> dict[str, str]:
     tools = {"python": platform.python_version()}
-    for dist in ("segway-sign", "cryptography", "asn1crypto", "python-pkcs11", "PyYAML", "pylibfdt"):
-        v = _version(dist)
+    for name, dists in TOOL_DISTRIBUTIONS.items():
+        v = next(filter(None, map(_version, dists)), None)
         if v:
-            tools[dist] = v
-    # dtc's own build (python3-dtc in Yocto) installs the same module as the "libfdt" distribution.
-    if "pylibfdt" not in tools and _version("libfdt"):
-        tools["pylibfdt"] = _version("libfdt")
+            tools[name] = v
     return tools
 
 

@@ -50,7 +50,7 @@ SEGWAY_WIC_FIRST_ALIGN ?= "4096"
 # the ROM code finds fsbl1/fsbl2 and TF-A BL2 finds metadata1/2 and fip-a/fip-b by GPT name and UUID)
 # with the segway-signed FSBL and FIP, and the environment partition ST's U-Boot names in
 # u-boot,mmc-env-partition ("u-boot-env"; fw_env.config of segway-ab-boot-ok reads it).
-SEGWAY_WIC_STM32_DT = "${@(d.getVar('STM32MP_DEVICETREE') or '').split()[0] if (d.getVar('STM32MP_DEVICETREE') or '').split() else ''}"
+SEGWAY_WIC_STM32_DT = "${@((d.getVar('STM32MP_DEVICETREE') or '').split() or [''])[0]}"
 SEGWAY_WIC_STM32_FSBL ?= "${DEPLOY_DIR_IMAGE}/segway-signed/tf-a-${SEGWAY_WIC_STM32_DT}-sdcard_Signed.stm32"
 SEGWAY_WIC_STM32_FIP ?= "${DEPLOY_DIR_IMAGE}/segway-signed/fip-${SEGWAY_WIC_STM32_DT}-optee_Signed.bin"
 SEGWAY_WIC_STM32_METADATA ?= "${DEPLOY_DIR_IMAGE}/arm-trusted-firmware/metadata.bin"

@@ -12,7 +12,7 @@ from ..formats.fit import sign_fit
 from ..formats.fit_keys import add_pubkey as add_pubkey_node
 from ..formats.fit_keys import algo_for_key
 from ..formats.fit_verify import verify_fit
-from .common import emit, output_options, token_options
+from .common import emit, load_public_key, output_options, token_options
 from .progress import DelayedProgress
 
 _ALGOS = [f"{h},{c}" for h in ("sha1", "sha256", "sha384", "sha512")
@@ -69,7 +69,8 @@ def sign(key_uri, in_path, out_path, configs, key_name_hint, algo, padding_name,
 
 
 @group.command("add-pubkey")
-@click.option("--key", "key_uri", required=True, metavar="URI", help="PKCS#11 URI of the key (public half is read).")
+@click.option("--key", "key_spec", required=True, metavar="URI|FILE",
+              help="PKCS#11 URI of the key (its public half is read), or a PEM/DER public key or certificate.")
 @click.option("--dtb", "dtb_path", required=True, type=click.Path(path_type=Path), help="U-Boot control DTB.")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="DTB to write.")
 @click.option("--key-name-hint", required=True, metavar="H", help="Key name (node key-<H> for RSA).")
@@ -78,11 +79,14 @@ def sign(key_uri, in_path, out_path, configs, key_name_hint, algo, padding_name,
 @click.option("--algo", type=click.Choice(_ALGOS), help="Algo string (default from the key, sha256).")
 @token_options
 @output_options
-def add_pubkey(key_uri, dtb_path, out_path, key_name_hint, required, algo, token, force, as_json):
-    """Write the key node mkimage -K writes into a U-Boot control DTB."""
+def add_pubkey(key_spec, dtb_path, out_path, key_name_hint, required, algo, token, force, as_json):
+    """Write the key node mkimage -K writes into a U-Boot control DTB.
+
+    Only the public key is needed, so a certificate works without the token (builds that defer
+    signing still ship a U-Boot that enforces the release key)."""
     check_writable(out_path, force)
     dtb = read_input(dtb_path)
-    public = token.open_key(key_uri).public_key()
+    public = load_public_key(key_spec, token)
     algo = algo or algo_for_key(public)
     out = add_pubkey_node(dtb, public, key_name_hint, algo, required)
     write_file(out_path, out, force)

@@ -160,3 +160,42 @@ def test_init_dev_is_idempotent(tmp_path):
     assert stat.S_IMODE((d / "user.pin").stat().st_mode) == 0o600
     assert run_cli(["token", "init-dev", "--dir", str(d)]).returncode == 0
     assert (d / "user.pin").read_text() == pin
+
+
+def test_add_pubkey_from_certificate_needs_no_token(signing, tmp_path):
+    """A build that defers signing keys U-Boot from the public certificate alone: the node is the
+    one the token's key gives, and it verifies what the token signed."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    tok, uri, unsigned = signing
+    public = tok.open_key(uri).public_key()
+    issuer = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fit")]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")])).public_key(public)
+            .serial_number(7).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(issuer, hashes.SHA256()))
+    cert_path = tmp_path / "fit.crt"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    dtb = empty_dtb(tmp_path / "e.dtb")
+    from_token, from_cert = tmp_path / "token.dtb", tmp_path / "cert.dtb"
+    res = run_cli(["fit", "add-pubkey", "--key", uri, "--dtb", str(dtb), "--out", str(from_token),
+                   "--key-name-hint", "dev", "--pin-file", str(tok.pin_file)], tok)
+    assert res.returncode == 0, res.stderr.decode()
+    # No token module and no PIN in this environment.
+    res = run_cli(["fit", "add-pubkey", "--key", str(cert_path), "--dtb", str(dtb), "--out", str(from_cert),
+                   "--key-name-hint", "dev"], env={"SEGWAY_PKCS11_MODULE": str(tmp_path / "no-such-module.so")})
+    assert res.returncode == 0, res.stderr.decode()
+    assert from_cert.read_bytes() == from_token.read_bytes()
+    signed = tmp_path / "signed.itb"
+    assert _sign(tok, uri, unsigned, signed, "--pin-file", str(tok.pin_file)).returncode == 0
+    ok = run_cli(["fit", "verify", "--dtb", str(from_cert), "--in", str(signed)])
+    assert ok.returncode == 0, ok.stderr.decode()
+    failed(run_cli(["fit", "add-pubkey", "--key", str(tmp_path / "missing.crt"), "--dtb", str(dtb),
+                    "--out", str(tmp_path / "x.dtb"), "--key-name-hint", "dev"]), "missing.crt", code=2)
+    assert not (tmp_path / "x.dtb").exists()

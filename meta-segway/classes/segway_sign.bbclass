@@ -10,6 +10,10 @@
 #  - in SEGWAY_SIGN_MODE = "deferred" copies the unsigned input to the output path and records
 #    a plan entry that the release signing job consumes (segway-sign release --plan).
 #
+# segway_add_fit_pubkey(d, dtb, output) puts the FIT public key into a U-Boot control DTB from
+# the pinned certificate, in both modes: only public material is needed, and a deferred build
+# must still ship a U-Boot that enforces the release key (the release job never re-keys U-Boot).
+#
 # Tasks that sign must list the certificate fingerprint in their vardeps, e.g.
 #   do_segway_sign[vardeps] += "${@segway_cert_vardeps('SEGWAY_FIT_CERT')}"
 # so a key rotation behind an unchanged URI changes the task hash and re-signs.
@@ -81,7 +85,6 @@ def segway_sign(d, kind, argv, inputs, output, cert_var=None):
     deferred mode, copy inputs[0] to output and record the plan entry."""
     import os
     import shutil
-    import subprocess
 
     mode = d.getVar("SEGWAY_SIGN_MODE")
     if mode not in ("hsm", "deferred"):
@@ -102,22 +105,44 @@ def segway_sign(d, kind, argv, inputs, output, cert_var=None):
                  "Add it or use SEGWAY_SIGN_MODE = \"deferred\"." % (kind, d.getVar(cert_var), cert_var))
 
     env = segway_sign_environment(d)
-    cmd = ["segway-sign"] + argv + segway_token_args(env)
+    segway_run_tool(d, kind, ["segway-sign"] + argv + segway_token_args(env), env, output, lock=True)
+
+def segway_run_tool(d, kind, cmd, env, output, lock=False):
+    """Run segway-sign; fail the task on a non-zero exit or a missing/empty output."""
+    import os
+    import subprocess
     if os.path.exists(output):
         os.unlink(output)
     bb.note("Running: %s" % " ".join(cmd))
-    lock = bb.utils.lockfile(d.getVar("SEGWAY_SIGN_LOCK"))
+    lockfile = bb.utils.lockfile(d.getVar("SEGWAY_SIGN_LOCK")) if lock else None
     try:
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, text=True)
     finally:
-        bb.utils.unlockfile(lock)
+        if lockfile:
+            bb.utils.unlockfile(lockfile)
     if proc.stdout:
         bb.note(proc.stdout.strip())
     if proc.returncode != 0:
         bb.fatal("segway-sign %s failed (exit %d): %s" % (kind, proc.returncode, (proc.stdout or "").strip().splitlines()[-1:]))
     if not os.path.isfile(output) or os.path.getsize(output) == 0:
         bb.fatal("segway-sign %s reported success but %s was not written" % (kind, output))
+
+def segway_add_fit_pubkey(d, dtb, output):
+    """Write dtb with the FIT public key of SEGWAY_FIT_CERT (required = "conf") to output."""
+    import os
+    cert = d.getVar("SEGWAY_FIT_CERT")
+    if not os.path.isfile(dtb) or os.path.getsize(dtb) == 0:
+        bb.fatal("segway-sign fit-pubkey: input %s is missing or empty" % dtb)
+    if d.getVar(segway_cert_vardeps("SEGWAY_FIT_CERT")) == "none":
+        bb.fatal("segway-sign fit-pubkey: certificate %s (SEGWAY_FIT_CERT) not found; U-Boot would boot "
+                 "unsigned FITs without it, in either signing mode" % cert)
+    cmd = ["segway-sign", "fit", "add-pubkey", "--key", cert, "--dtb", dtb, "--out", output,
+           "--key-name-hint", d.getVar("SEGWAY_FIT_KEY_NAME"), "--required", "conf"]
+    # Public material only: no token variables in this environment.
+    env = {"PATH": d.getVar("PATH"), "HOME": d.getVar("WORKDIR"), "LC_ALL": "C.UTF-8",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    segway_run_tool(d, "fit-pubkey", cmd, env, output)
 
 # Deploy this recipe's plan entries with the artifacts (deferred mode).
 segway_sign_deploy_plan[doc] = "Deploy the signing plan entries recorded in deferred mode"

@@ -3,8 +3,8 @@
 # - Kconfig fragments: FIT signature verification (legacy images off), boot counting for A/B,
 #   altbootcmd switching boot_slot (set from preboot), and in the release flavour a locked
 #   console (no autoboot interruption, only the A/B variables writeable in the stored env).
-# - do_segway_uboot_pubkey: after compiling, the FIT public key from the PKI (token) is added to
-#   U-Boot's control DTB with required = "conf", and u-boot.bin is re-assembled from
+# - do_segway_uboot_pubkey: after compiling, the FIT public key from the pinned certificate
+#   (SEGWAY_FIT_CERT, both signing modes) is added to U-Boot's control DTB with required = "conf", and u-boot.bin is re-assembled from
 #   u-boot-nodtb.bin + the keyed DTB. Every copy of the original DTB in the build tree
 #   (dts/dt.dtb, arch/arm/dts/<board>.dtb) is replaced so packers such as imx-mkimage pick up
 #   the DTB that carries the key.
@@ -41,11 +41,7 @@ python do_segway_uboot_pubkey() {
         with open(dtb, "rb") as f:
             original = f.read()
         keyed = os.path.join(bdir, "u-boot-segway-pubkey.dtb")
-        argv = ["fit", "add-pubkey", "--key", d.getVar("SEGWAY_FIT_KEY_URI"), "--dtb", dtb, "--out", keyed,
-                "--key-name-hint", d.getVar("SEGWAY_FIT_KEY_NAME"), "--required", "conf"]
-        segway_sign(d, "fit-pubkey", argv, [dtb], keyed, "SEGWAY_FIT_CERT")
-        if d.getVar("SEGWAY_SIGN_MODE") == "deferred":
-            continue
+        segway_add_fit_pubkey(d, dtb, keyed)
         with open(keyed, "rb") as f:
             keyed_bytes = f.read()
         for copy in [dtb, os.path.join(bdir, "dts", "dt.dtb")] + glob.glob(os.path.join(bdir, "arch", "*", "dts", "*.dtb")):
@@ -72,8 +68,7 @@ python do_segway_uboot_pubkey() {
                     f.write(image)
                 os.replace(target + ".tmp", target)
 }
-do_segway_uboot_pubkey[vardeps] += "SEGWAY_SIGN_MODE SEGWAY_FIT_KEY_URI SEGWAY_FIT_KEY_NAME ${@segway_cert_vardeps('SEGWAY_FIT_CERT')}"
-do_segway_uboot_pubkey[cleandirs] = "${SEGWAY_SIGN_PLAN_DIR}"
+do_segway_uboot_pubkey[vardeps] += "SEGWAY_FIT_KEY_NAME SEGWAY_UBOOT_OF_BOARD_KEYED ${@segway_cert_vardeps('SEGWAY_FIT_CERT')}"
 do_segway_uboot_pubkey[doc] = "Add the FIT public key (required = conf) to U-Boot's control DTB"
 addtask segway_uboot_pubkey after do_compile before do_install do_deploy
 

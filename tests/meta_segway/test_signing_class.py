@@ -75,6 +75,8 @@ def test_every_signing_task_depends_on_a_fingerprint():
     for path in metadata_files():
         text = path.read_text()
         calls = re.findall(r'segway_sign\(d, "[a-z0-9-]+", .*?"(SEGWAY_[A-Z0-9_]+_CERT)"\)', text, re.S)
+        if "segway_add_fit_pubkey(d," in text and path.name != "segway_sign.bbclass":
+            calls.append("SEGWAY_FIT_CERT")
         for cert_var in calls:
             assert "segway_cert_vardeps('%s')" % cert_var in text, "%s: no vardeps on %s" % (path.name, cert_var)
 
@@ -186,3 +188,39 @@ def test_hsm_mode_passes_token_options_and_lock(tmp_path, fatal):
     assert (tmp_path / "argv").read_text().split() == ["fit", "sign", "--in", "in", "--module", "/lib/p11.so",
                                                       "--pin-file", "/run/pin"]
     assert out.read_text() == "signed\n"
+
+
+@pytest.mark.parametrize("mode", ["hsm", "deferred"])
+def test_fit_pubkey_comes_from_the_certificate_in_both_modes(tmp_path, fatal, mode):
+    """U-Boot gets the FIT key from the pinned certificate with the real segway-sign, without any
+    token variable, also when signing is deferred (the release job does not re-key U-Boot)."""
+    import os
+    import shutil
+    import subprocess
+
+    import libfdt
+
+    f, d = signing_datastore(tmp_path, mode)
+    d.setVar("PATH", os.path.dirname(shutil.which("segway-sign")) + ":/usr/bin:/bin")
+    d.setVar("SEGWAY_FIT_KEY_NAME", "fit-dev")
+    origenv = datastore(SEGWAY_HSM_PIN_FILE="/run/pin", SEGWAY_PKCS11_MODULE=str(tmp_path / "no-module.so"))
+    d.setVar("BB_ORIGENV", origenv)
+    d.setVar("SEGWAY_SIGN_ENV_VARS", "SEGWAY_HSM_PIN_FILE SEGWAY_PKCS11_MODULE")
+    dtb = tmp_path / "u-boot.dtb"
+    subprocess.run(["dtc", "-I", "dts", "-O", "dtb", "-o", str(dtb), "-"], input=b"/dts-v1/; / { model = \"q\"; };",
+                   check=True)
+    out = tmp_path / "keyed.dtb"
+    f["segway_add_fit_pubkey"](d, str(dtb), str(out))
+    fdt = libfdt.Fdt(out.read_bytes())
+    node = fdt.path_offset("/signature/fit-dev")
+    assert fdt.getprop(node, "required").as_str() == "conf"
+    assert fdt.getprop(node, "algo").as_str() == "sha256,ecdsa256"
+    assert not (tmp_path / "plan").exists()  # nothing left for the release job to do
+
+
+def test_fit_pubkey_fails_without_certificate(tmp_path, fatal):
+    f, d = signing_datastore(tmp_path, "deferred", cert_present=False)
+    (tmp_path / "in.dtb").write_bytes(b"x")
+    with pytest.raises(Fatal, match="SEGWAY_FIT_CERT"):
+        f["segway_add_fit_pubkey"](d, str(tmp_path / "in.dtb"), str(tmp_path / "out.dtb"))
+    assert not (tmp_path / "out.dtb").exists()

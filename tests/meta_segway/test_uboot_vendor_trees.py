@@ -273,10 +273,10 @@ def test_stm32mp_fip_gets_the_keyed_control_dtb(tmp_path, machine):
     fip_dtb.write_bytes(b"plain")
     stm32_keyed_dtb_run(tmp_path, trees)
     assert fip_dtb.read_bytes() == b"keyed"
-    # Deferred signing has no key yet: nothing is touched.
+    # Deferred signing keys U-Boot from the certificate too: the FIP still gets the key.
     fip_dtb.write_bytes(b"plain")
     stm32_keyed_dtb_run(tmp_path, trees, mode="deferred")
-    assert fip_dtb.read_bytes() == b"plain"
+    assert fip_dtb.read_bytes() == b"keyed"
 
 
 def test_stm32mp_keyed_dtb_refuses_what_it_cannot_key(tmp_path):
@@ -307,18 +307,23 @@ def test_fslc_flash_bin_without_the_fit_key_is_refused(tmp_path):
     check = python_task(LAYER / UBOOT_APPENDS["u-boot-fslc"][0], "do_segway_fslc_check_flash_bin")
     image = tmp_path / TREES["u-boot-fslc"]["machines"]["imx8mm-lpddr4-evk"]["defconfig"] / "flash.bin"
     image.parent.mkdir()
-    image.write_bytes(b"\xd0\x0d\xfe\xed signature\0key-other\0")
-    with pytest.raises(bb.BBHandledException):
+    begin = b"\0\0\0\1"  # FDT_BEGIN_NODE
+    for unkeyed in (begin + b"key-other\0", begin + b"other\0", b"comment: key-segway-fit\0"):
+        image.write_bytes(b"\xd0\x0d\xfe\xed" + begin + b"signature\0" + unkeyed)
+        with pytest.raises(bb.BBHandledException):
+            check(fslc_datastore(tmp_path))
+    for keyed in (b"key-segway-fit\0", b"segway-fit\0"):  # RSA and ECDSA key node names
+        image.write_bytes(b"\xd0\x0d\xfe\xed" + begin + b"signature\0" + begin + keyed)
         check(fslc_datastore(tmp_path))
-    image.write_bytes(b"\xd0\x0d\xfe\xed signature\0key-segway-fit\0")
-    check(fslc_datastore(tmp_path))
-    # Nothing to check without a boot container or before the deferred signing job ran.
+        check(fslc_datastore(tmp_path, SEGWAY_SIGN_MODE="deferred"))
+    # Nothing to check without a boot container.
     image.write_bytes(b"unkeyed")
     check(fslc_datastore(tmp_path, UBOOT_PROVIDES_BOOT_CONTAINER="0"))
-    check(fslc_datastore(tmp_path, SEGWAY_SIGN_MODE="deferred"))
+    with pytest.raises(bb.BBHandledException):
+        check(fslc_datastore(tmp_path, SEGWAY_SIGN_MODE="deferred"))
 
 
-@pytest.mark.parametrize("container,mode,added", [("1", "sign", True), ("0", "sign", False), ("1", "deferred", False)])
+@pytest.mark.parametrize("container,mode,added", [("1", "sign", True), ("0", "sign", False), ("1", "deferred", True)])
 def test_fslc_repacks_flash_bin_after_keying(tmp_path, container, mode, added):
     anonymous = python_task(LAYER / UBOOT_APPENDS["u-boot-fslc"][0], "__anonymous")
     d = fslc_datastore(tmp_path, UBOOT_PROVIDES_BOOT_CONTAINER=container, SEGWAY_SIGN_MODE=mode)

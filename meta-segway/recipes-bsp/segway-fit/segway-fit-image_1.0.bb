@@ -134,16 +134,13 @@ python do_compile() {
     if d.getVar("SEGWAY_SIGN_MODE") == "deferred":
         return
 
-    # Independent check with U-Boot's own verifier: a DTB holding only the public key, marked
-    # required, must accept the FIT.
+    # Independent check with U-Boot's own verifier: a DTB holding only the public key of the
+    # pinned certificate, marked required, must accept the FIT the token signed.
     with open(os.path.join(b, "empty.dts"), "w") as f:
         f.write("/dts-v1/;\n/ {\n};\n")
     run(["dtc", "-I", "dts", "-O", "dtb", "-o", "empty.dtb", "empty.dts"])
     pubkey = os.path.join(b, "pubkey.dtb")
-    segway_sign(d, "fit-pubkey", ["fit", "add-pubkey", "--key", d.getVar("SEGWAY_FIT_KEY_URI"),
-                                  "--dtb", os.path.join(b, "empty.dtb"), "--out", pubkey,
-                                  "--key-name-hint", d.getVar("SEGWAY_FIT_KEY_NAME"), "--required", "conf"],
-                [os.path.join(b, "empty.dtb")], pubkey, "SEGWAY_FIT_CERT")
+    segway_add_fit_pubkey(d, os.path.join(b, "empty.dtb"), pubkey)
     run(["uboot-fit_check_sign", "-f", signed, "-k", pubkey])
 }
 do_compile[vardeps] += "SEGWAY_SIGN_MODE SEGWAY_FIT_KEY_URI SEGWAY_FIT_KEY_NAME SEGWAY_FIT_SIGN_ALGO \

@@ -25,27 +25,30 @@ python do_segway_fslc_check_flash_bin() {
     import os
     if "segway" not in (d.getVar("DISTROOVERRIDES") or "").split(":"):
         return
-    if d.getVar("SEGWAY_SIGN_MODE") == "deferred" or d.getVar("UBOOT_PROVIDES_BOOT_CONTAINER") != "1":
+    if d.getVar("UBOOT_PROVIDES_BOOT_CONTAINER") != "1":
         return
-    # The key node of the control DTB is named key-<key-name-hint> (U-Boot's /signature node).
-    marker = ("key-%s" % d.getVar("SEGWAY_FIT_KEY_NAME")).encode() + b"\0"
+    # The key node under /signature is key-<hint> for RSA and <hint> for ECDSA; in the DTB's
+    # structure block a node starts with the FDT_BEGIN_NODE token and its NUL-terminated name.
+    hint = d.getVar("SEGWAY_FIT_KEY_NAME")
+    markers = [b"\0\0\0\1" + name.encode() + b"\0" for name in ("key-" + hint, hint)]
     images = glob.glob(os.path.join(d.getVar("B"), "*", "flash.bin"))
     if not images:
         bb.fatal("segway-uboot: no flash.bin under %s" % d.getVar("B"))
     for image in images:
         with open(image, "rb") as f:
-            if marker not in f.read():
-                bb.fatal("segway-uboot: %s carries no FIT key (%s); U-Boot from it would boot unsigned FITs"
-                         % (image, marker[:-1].decode()))
+            data = f.read()
+        if not any(marker in data for marker in markers):
+            bb.fatal("segway-uboot: %s carries no FIT key (%s); U-Boot from it would boot unsigned FITs"
+                     % (image, hint))
 }
-do_segway_fslc_check_flash_bin[vardeps] += "SEGWAY_SIGN_MODE SEGWAY_FIT_KEY_NAME UBOOT_PROVIDES_BOOT_CONTAINER"
+do_segway_fslc_check_flash_bin[vardeps] += "SEGWAY_FIT_KEY_NAME UBOOT_PROVIDES_BOOT_CONTAINER"
 do_segway_fslc_check_flash_bin[doc] = "Refuse a flash.bin whose U-Boot DTB lacks the FIT key"
 
 python () {
     # Only the boot container needs repacking; other i.MX machines deploy u-boot.bin directly.
     if "segway" not in (d.getVar("DISTROOVERRIDES") or "").split(":"):
         return
-    if d.getVar("UBOOT_PROVIDES_BOOT_CONTAINER") == "1" and d.getVar("SEGWAY_SIGN_MODE") != "deferred":
+    if d.getVar("UBOOT_PROVIDES_BOOT_CONTAINER") == "1":
         bb.build.addtask("do_segway_fslc_repack", "do_deploy", "do_segway_uboot_pubkey", d)
         bb.build.addtask("do_segway_fslc_check_flash_bin", "do_deploy", "do_segway_fslc_repack", d)
 }

@@ -15,8 +15,6 @@ python do_segway_stm32mp_keyed_dtb() {
     import shutil
     if "segway" not in (d.getVar("DISTROOVERRIDES") or "").split(":"):
         return
-    if d.getVar("SEGWAY_SIGN_MODE") == "deferred":
-        return
     trees = (d.getVar("UBOOT_DEVICETREE") or "").split()
     if len(trees) != 1:
         bb.fatal("segway-uboot: the FIT key goes into one U-Boot device tree; UBOOT_DEVICETREE is '%s'" % " ".join(trees))
@@ -30,7 +28,7 @@ python do_segway_stm32mp_keyed_dtb() {
         shutil.copyfile(keyed, target + ".tmp")
         os.replace(target + ".tmp", target)
 }
-do_segway_stm32mp_keyed_dtb[vardeps] += "SEGWAY_SIGN_MODE UBOOT_DEVICETREE"
+do_segway_stm32mp_keyed_dtb[vardeps] += "UBOOT_DEVICETREE"
 do_segway_stm32mp_keyed_dtb[doc] = "Put the keyed control DTB where the FIP takes U-Boot's DTB from"
 addtask segway_stm32mp_keyed_dtb after do_segway_uboot_pubkey before do_deploy
 # The keyed DTB is the one TF-A hands to U-Boot (OF_BOARD): see do_segway_stm32mp_keyed_dtb.

@@ -68,12 +68,17 @@ def _require_arch(arch: str) -> Machine:
         raise QemuError(f"unknown arch {arch!r} (expected one of {', '.join(MACHINES)})") from None
 
 
-def qemu_argv(arch: str, *, memory: str = DEFAULT_MEMORY, machine_opts: str = "") -> list[str]:
-    """QEMU command line shared by the DTB dump and the boot (they must match)."""
+def qemu_argv(arch: str, *, memory: str = DEFAULT_MEMORY, machine_opts: str = "",
+              machine_args: Sequence[str] | None = None) -> list[str]:
+    """QEMU command line shared by the DTB dump and the boot (they must match).
+
+    ``machine_args`` replaces the default machine, CPU, CPU count and RAM options, e.g. with a
+    Yocto machine's runqemu options (``QB_MACHINE``, ``QB_CPU``, ``QB_SMP``, ``QB_MEM``)."""
     m = _require_arch(arch)
-    machine = "virt" + (f",{machine_opts}" if machine_opts else "")
-    return [m.qemu, "-M", machine, "-cpu", m.cpu, "-smp", "1", "-m", memory, "-nographic",
-            "-bios", str(m.bios)]
+    if machine_args is None:
+        machine = "virt" + (f",{machine_opts}" if machine_opts else "")
+        machine_args = ["-M", machine, "-cpu", m.cpu, "-smp", "1", "-m", memory]
+    return [m.qemu, *machine_args, "-nographic", "-bios", str(m.bios)]
 
 
 def dump_control_dtb(arch: str, out: Path, *, memory: str = DEFAULT_MEMORY) -> Path:
@@ -138,6 +143,7 @@ class UBoot:
         memory: str = DEFAULT_MEMORY,
         marker: str = USERSPACE_MARKER,
         extra_args: Sequence[str] = (),
+        machine_args: Sequence[str] | None = None,
     ) -> None:
         self.arch = arch
         _require_arch(arch)
@@ -150,6 +156,7 @@ class UBoot:
         self.memory = memory
         self.marker = marker
         self.extra_args = list(extra_args)
+        self.machine_args = list(machine_args) if machine_args is not None else None
         self.proc: subprocess.Popen | None = None
         self._buf = bytearray()
         self._log_fh = None
@@ -160,7 +167,7 @@ class UBoot:
 
     # -- process handling -----------------------------------------------------------------
     def argv(self) -> list[str]:
-        argv = qemu_argv(self.arch, memory=self.memory)
+        argv = qemu_argv(self.arch, memory=self.memory, machine_args=self.machine_args)
         # One serial port on stdio, no monitor multiplexed into it; a guest reboot (panic=-1)
         # ends QEMU instead of looping back into U-Boot.
         argv += ["-monitor", "none", "-serial", "stdio", "-no-reboot", "-dtb", str(self.control_dtb)]
@@ -356,14 +363,16 @@ class UBoot:
 
 
 def check_fit(arch: str, control_dtb: Path, fit: Path, conf: str = "conf-1", *,
-              fit_addr: int = FIT_ADDR, log_path: Path | None = None) -> UBootResult:
+              fit_addr: int = FIT_ADDR, log_path: Path | None = None,
+              machine_args: Sequence[str] | None = None) -> UBootResult:
     """Ask U-Boot to load and verify ``fit#conf`` without jumping into it (``bootm start``).
 
     ``bootm start`` runs the find-OS and find-other stages (kernel, ramdisk, fdt with their
     configuration-signature and hash checks) and returns to the prompt, so QEMU stops as soon as
     U-Boot has answered. Works for any payload, e.g. a tiny FIT on the 32-bit ``arm`` U-Boot.
     """
-    with UBoot(arch, control_dtb, fit, fit_addr=fit_addr, log_path=log_path) as uboot:
+    with UBoot(arch, control_dtb, fit, fit_addr=fit_addr, log_path=log_path,
+               machine_args=machine_args) as uboot:
         uboot.run([f"bootm start {fit_addr:#x}#{conf}"])
     return uboot.result()  # after close(): includes QEMU's last output
 

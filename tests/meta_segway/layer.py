@@ -65,9 +65,10 @@ def statements(path: Path):
     return group
 
 
-def evaluate(paths, preset: dict[str, str] | None = None):
-    """A datastore holding the assignments of paths (in order) on top of preset. include, require
-    and inherit statements are not followed: they name files of other layers."""
+def evaluate(paths, preset: dict[str, str] | None = None, shell_functions: bool = False):
+    """A datastore holding the assignments of paths (in order) on top of preset, and with
+    shell_functions their shell functions (do_compile() { ... }). include, require and inherit
+    statements are not followed: they name files of other layers."""
     bb = import_bb()
     d = bb.data.init()
     for key, value in (preset or {}).items():
@@ -75,6 +76,8 @@ def evaluate(paths, preset: dict[str, str] | None = None):
     for path in paths:
         for node in statements(path):
             if isinstance(node, (bb.parse.ast.DataNode, bb.parse.ast.ExportNode, bb.parse.ast.UnsetNode)):
+                node.eval(d)
+            elif shell_functions and isinstance(node, bb.parse.ast.MethodNode) and not node.python:
                 node.eval(d)
     return d
 
@@ -92,3 +95,16 @@ def inline_python(text: str) -> list[str]:
             j += 1
         found.append(text[match.end():j - 1])
     return found
+
+
+def python_task(path: Path, name: str, namespace: dict | None = None):
+    """A python task of a recipe file, compiled as bitbake runs it (body with d in scope).
+    ``namespace`` adds the class functions the task calls."""
+    import os
+    bb = import_bb()
+    for node in statements(path):
+        if isinstance(node, bb.parse.ast.MethodNode) and node.python and node.func_name == name:
+            scope = {"bb": bb, "os": os, **(namespace or {})}
+            exec(compile("def %s(d):\n%s\n" % (name, "\n".join(node.body)), str(path), "exec"), scope)
+            return scope[name]
+    raise AssertionError("%s: no python task %s" % (path.name, name))

@@ -5,7 +5,6 @@ read from those trees; these tests need none of them and fail when our fragments
 files or the kas pins drift away from what was checked."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .layer import KAS_DIR, LAYER, evaluate, import_bb, statements
+from .layer import KAS_DIR, LAYER, evaluate, import_bb, python_task, statements
 from .uboot_config import (UBOOT_APPENDS, UBOOT_FILES, merged_options, read_fragment, recipe_fragments,
                            vendor_trees)
 
@@ -232,17 +231,6 @@ def test_our_preboot_replaces_the_vendor_one_and_vendor_overrides_are_named(tree
     for mode in TREES[tree]["defaults"]["board_sets_preboot"]:
         assert mode in comment, mode
     assert TREES[tree]["defaults"]["board_sets_bootcmd"] is False
-
-
-def python_task(path: Path, name: str):
-    """A python task of a recipe file, compiled as bitbake runs it (body with d in scope)."""
-    bb = import_bb()
-    for node in statements(path):
-        if isinstance(node, bb.parse.ast.MethodNode) and node.python and node.func_name == name:
-            namespace = {"bb": bb, "os": os}
-            exec(compile("def %s(d):\n%s\n" % (name, "\n".join(node.body)), str(path), "exec"), namespace)
-            return namespace[name]
-    raise AssertionError("%s: no python task %s" % (path.name, name))
 
 
 def test_stm32mp_keyed_dtb_runs_between_keying_and_deploy():

@@ -3,3 +3,5 @@
 inherit segway_uboot
 
 SRC_URI:append:segway:qemuall = " file://segway-qemu-boot.cfg"
+# The device tree QEMU hands to U-Boot carries the FIT key (segway-qemu-dtb, passed by runqemu).
+SEGWAY_UBOOT_OF_BOARD_KEYED:qemuall = "${SEGWAY_QEMU_KEYED_DTB}"

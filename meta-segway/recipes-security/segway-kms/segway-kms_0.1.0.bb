@@ -18,10 +18,12 @@ PEP517_BUILD_OPTS = "--skip-dependency-check"
 DEPENDS += "python3-grpcio-tools-native"
 
 # The unit and the example configuration come from kms/conf/; the recipe adds a drop-in and a
-# tmpfiles entry for the read-only root with its writable data partition.
+# tmpfiles entry for the read-only root with its writable data partition, and a udev rule that
+# lets the daemon's group open /dev/tee<N> for the PKCS#11 TA backend.
 SRC_URI:append = " \
     file://segway-kmsd-image.conf \
     file://segway-kms.tmpfiles \
+    file://70-segway-kms-tee.rules \
 "
 
 # profile written into segway-kms.yaml: "release" images refuse development-only shortcuts.
@@ -40,6 +42,8 @@ do_install:append() {
     install -D -m 0644 ${UNPACKDIR}/segway-kmsd-image.conf \
         ${D}${systemd_system_unitdir}/segway-kmsd.service.d/segway-image.conf
     install -D -m 0644 ${UNPACKDIR}/segway-kms.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/segway-kms.conf
+    install -D -m 0644 ${UNPACKDIR}/70-segway-kms-tee.rules \
+        ${D}${nonarch_base_libdir}/udev/rules.d/70-segway-kms-tee.rules
     install -d -m 0750 ${D}${sysconfdir}/segway-kms
     sed -e 's|^profile: .*|profile: ${SEGWAY_KMS_PROFILE}|' \
         -e 's|^state_dir: .*|state_dir: /data/segway-kms|' \
@@ -53,6 +57,7 @@ FILES:${PN} += "\
     ${systemd_system_unitdir}/segway-kmsd.service \
     ${systemd_system_unitdir}/segway-kmsd.service.d/segway-image.conf \
     ${nonarch_libdir}/tmpfiles.d/segway-kms.conf \
+    ${nonarch_base_libdir}/udev/rules.d/70-segway-kms-tee.rules \
 "
 CONFFILES:${PN} = "${sysconfdir}/segway-kms/segway-kms.yaml"
 
@@ -61,6 +66,7 @@ CONFFILES:${PN} = "${sysconfdir}/segway-kms/segway-kms.yaml"
 # checking. Of Python's own modules the code needs sqlite3 (key store) and asyncio (concurrent.futures
 # for the gRPC server); json, datetime, netclient and the rest arrive with python3-protobuf.
 RDEPENDS:${PN} += "\
+    acl \
     optee-client \
     python3-asyncio \
     python3-click \

@@ -6,6 +6,7 @@ stop, the sandbox seen from inside the service's namespace, systemd-analyze's ex
 image's drop-in that moves the state to /data."""
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -343,3 +344,29 @@ def test_pkcs11_backend_in_the_sandbox(kmsd, tmp_path):
         kmsd.set_dropin("70-test-softhsm.conf", None)
         kmsd.configure(tpm_backend(kmsd.swtpm))
         kmsd.systemctl("stop", UNIT, check=False)
+
+
+def test_tee_device_rule_lets_the_service_user_in(kmsd):
+    """The image's udev rule for /dev/tee<N>: its RUN command, run as udev runs it, lets the service
+    user open a root-only device (meta-arm's scarthgap optee-client installs no rule), and nobody else."""
+    rule = (RECIPE_FILES / "70-segway-kms-tee.rules").read_text()
+    [line] = [ln for ln in rule.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert 'SUBSYSTEM=="tee"' in line and 'ACTION=="add|change"' in line
+    # The kernel names the TEE client devices tee<N> and the supplicant's teepriv<N>
+    # (drivers/tee/tee_core.c); only the client devices match.
+    pattern = re.search(r'KERNEL=="([^"]+)"', line).group(1)
+    assert [fnmatch.fnmatchcase(n, pattern) for n in ("tee0", "tee1", "teepriv0")] == [True, True, False]
+    command = re.search(r'RUN\+="([^"]+)"', line).group(1)
+    node = "/dev/tee0"
+    kmsd.machine.run("sh", "-c", f"rm -f {node}; mknod -m 0600 {node} c 1 3")  # /dev/null's numbers
+    _restart(kmsd)
+    try:
+        opens = f": > {node}"
+        assert kmsd.in_service_namespace(opens, user="segway-kms").returncode != 0
+        kmsd.machine.run("sh", "-c", command.replace("$devnode", node))
+        assert kmsd.in_service_namespace(opens, user="segway-kms").returncode == 0
+        assert kmsd.in_service_namespace(opens, user="nobody").returncode != 0
+        assert kmsd.machine.run("stat", "--format=%U:%G", node).stdout.strip() == "root:root"
+        assert "group:segway-kms:rw-" in kmsd.machine.run("getfacl", "-p", node).stdout
+    finally:
+        kmsd.machine.run("rm", "-f", node)

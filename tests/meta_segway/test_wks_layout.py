@@ -119,3 +119,20 @@ def test_imx8mm_boot_container_and_environment_clearance(bootloader):
     assert container["sourceparams"] == "file=/deploy/%s-imx8mm-lpddr4-evk.signed" % d.getVar("SEGWAY_IMX_BOOT_IMAGE")
     env = vendor_trees()["trees"][bootloader]["env"]
     assert int(parts[1]["align"]) * 1024 >= env["offset"] + env["size"]
+
+
+def test_stm32_release_plan_takes_what_the_build_deploys():
+    """A deferred build's release job reads ST's deploy names for the one device tree the build keys
+    (UBOOT_DEVICETREE of the pinned tree), and the FWU metadata the wks puts in metadata1/2."""
+    import yaml
+
+    from .layer import REPO
+
+    [dt] = vendor_trees()["trees"]["u-boot-stm32mp"]["machines"]["stm32mp15-disco"]["device_trees"]
+    plan = yaml.safe_load((REPO / "conf/signing/stm32mp157.yaml").read_text())
+    inputs = {step["id"]: step["inputs"] for step in plan["steps"]}
+    assert inputs["tfa-bl2"]["image"] == ST_FSBL_NAME.format(dt=dt)
+    assert inputs["fip"]["fip"] == ST_FIP_NAME.format(dt=dt)
+    parts = {p["part-name"]: p for p in _layout("stm32mp15common", STM32MP_DEVICETREE=dt) if "part-name" in p}
+    assert parts["metadata1"]["sourceparams"] == parts["metadata2"]["sourceparams"] == \
+        "file=/deploy/" + inputs["fwu-metadata"]["metadata"]

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import struct
 import subprocess
 import sys
+import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -16,15 +20,34 @@ sys.path.insert(0, str(REPO / "tests" / "signing" / "release"))
 
 from release_fixtures import FileKeys, make_deploy, plan_doc, write_plan  # noqa: E402
 from segway_dev import fitbuild  # noqa: E402
+from segway_sign.errors import InputError  # noqa: E402
 from segway_sign.formats import stm32  # noqa: E402
 from segway_sign.release import flash, steps  # noqa: E402
 from segway_sign.release.plan import load_plan  # noqa: E402
 from segway_sign.release.runner import run_release  # noqa: E402
 
 MIB = 1 << 20
-PARTS = {"stm32mp1": [("fsbl1", 256 << 10), ("fsbl2", 256 << 10), ("fip-a", 2 * MIB), ("fip-b", 2 * MIB),
+PARTS = {"stm32mp1": [("fsbl1", 256 << 10), ("fsbl2", 256 << 10), ("metadata1", 256 << 10), ("metadata2", 256 << 10),
+                      ("fip-a", 2 * MIB), ("fip-b", 2 * MIB),
                       ("bootfs", 8 * MIB), ("rootfs", 4 * MIB), ("rootfs-hash", 1 * MIB)],
          "imx": [("bootfs", 8 * MIB), ("rootfs", 4 * MIB), ("rootfs-hash", 1 * MIB)]}
+
+
+# The build's ST first-stage layout (segway-image.bb, after ST's wks): FIP partition type and the
+# unique GUIDs of fip-a/fip-b, which TF-A's FWU metadata names.
+IMAGE_RECIPE = (REPO / "meta-segway/recipes-core/images/segway-image.bb").read_text()
+FIP_TYPE, FIP_A_UUID = re.search(r"--part-name=fip-a .*?--part-type (\S+) .*?--uuid (\S+)", IMAGE_RECIPE).groups()
+FIP_B_UUID = re.search(r"--part-name=fip-b .*?--uuid (\S+)", IMAGE_RECIPE).group(1)
+
+
+def fwu_metadata_bin(banks=(FIP_A_UUID, FIP_B_UUID), active=0, version=1) -> bytes:
+    """PSA FWU metadata v1 (Arm DEN0118; TF-A include/drivers/fwu/fwu_metadata.h): one image, the FIP,
+    in two banks; UUIDs in GUID byte order; CRC-32 over everything after it; padded as ST's is."""
+    body = struct.pack("<III", version, active, active)
+    body += uuid.UUID(FIP_TYPE).bytes_le + uuid.uuid4().bytes_le
+    for bank in banks:
+        body += uuid.UUID(bank).bytes_le + struct.pack("<II", 1, 0)
+    return (struct.pack("<I", zlib.crc32(body)) + body).ljust(4096, b"\0")
 
 
 def make_wic(path: Path, board: str, fit_name: str, work: Path) -> None:
@@ -49,9 +72,10 @@ def make_wic(path: Path, board: str, fit_name: str, work: Path) -> None:
     subprocess.run(["bmaptool", "create", "-o", str(path) + ".bmap", str(path)], check=True)
 
 
-def make_release(tmp: Path, board: str, with_wic: bool = True) -> tuple[Path, Path]:
+def make_release(tmp: Path, board: str, with_wic: bool = True, metadata: bytes | None = None) -> tuple[Path, Path]:
     """A signed release; ``with_wic``: the build's wic is in it (else: the deferred-build shape, an
-    appended verity image and no disk image)."""
+    appended verity image and no disk image). STM32MP1 releases carry TF-A's FWU metadata
+    (``metadata``, default: valid for the build's FIP partitions; b"" leaves the step out)."""
     deploy = make_deploy(tmp)
     fitbuild.build_tiny_fit(deploy / "fitImage", arch="arm64")
     (deploy / "fitImage.its").unlink()
@@ -77,6 +101,10 @@ def make_release(tmp: Path, board: str, with_wic: bool = True) -> tuple[Path, Pa
         doc["steps"] += [{"id": "tfa-bl2", "type": "stm32", "key": "stm32-rot",
                           "inputs": {"image": "tf-a-stm32mp157c-dk2.stm32"}},
                          {"id": "fip", "type": "fip", "key": "fip-rot", "inputs": {"fip": "fip-stm32mp157c-dk2.bin"}}]
+        metadata = fwu_metadata_bin() if metadata is None else metadata
+        if metadata:
+            (deploy / "metadata.bin").write_bytes(metadata)
+            doc["steps"] += [{"id": "fwu-metadata", "type": "copy", "inputs": {"metadata": "metadata.bin"}}]
     else:
         # Stand-in: the HAB step type is not wired into releases yet; "copy" marks it as unsigned.
         (deploy / "imx-boot.bin").write_bytes(os.urandom(900000))
@@ -101,6 +129,27 @@ def imx_release(tmp_path):
     return make_release(tmp_path, "imx")
 
 
+def sgdisk_info(disk: Path, number: int) -> dict[str, str]:
+    out = subprocess.run(["sgdisk", "-i", str(number), str(disk)], capture_output=True, text=True, check=True).stdout
+    return dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+
+
+@pytest.mark.parametrize("metadata,error", [
+    (b"", "the release has no 'fwu-metadata' step"),
+    (bytes(b ^ 0xFF if i == 20 else b for i, b in enumerate(fwu_metadata_bin())), "FWU metadata CRC-32 does not match"),
+    (fwu_metadata_bin(version=2), "FWU metadata version 2 is not supported"),
+    (b"\0" * 40, "FWU metadata is 40 bytes"),
+])
+def test_stm32_disk_needs_valid_fwu_metadata(tmp_path, metadata, error):
+    """ST's TF-A boots with firmware update on (meta-st-stm32mp's "fw-update"): no disk without metadata."""
+    rel, certs = make_release(tmp_path, "stm32mp1", with_wic=False, metadata=metadata)
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(InputError, match=re.escape(error)):
+        flash.signed_disk(flash.Release.open(rel, certs), "stm32mp1", tmp_path / "d.wic", False, work)
+    assert not (tmp_path / "d.wic").exists()
+
+
 @pytest.mark.parametrize("board", ["stm32mp1", "imx"])
 def test_disk_built_from_a_release_without_wic(tmp_path, board):
     """Deferred builds deploy no wic: the segway A/B disk is laid out from the release itself."""
@@ -113,8 +162,20 @@ def test_disk_built_from_a_release_without_wic(tmp_path, board):
     parts = {p.name: p for p in flash.read_gpt(disk)}
     names = ["boot-a", "boot-b", "rootfs-a", "rootfs-b", "data"]
     if board == "stm32mp1":
-        names = ["fsbl1", "fsbl2", "fip-a", "fip-b", "u-boot-env"] + names
+        names = ["fsbl1", "fsbl2", "metadata1", "metadata2", "fip-a", "fip-b", "u-boot-env"] + names
         assert parts["fsbl1"].offset == 0x4400
+        # ST's offsets (FlashLayout_sdcard_*.tsv): TF-A finds the metadata by name and each FIP bank by
+        # the partition GUID the metadata names; sgdisk reads the table back.
+        assert [parts[n].offset for n in names[:5]] == [0x4400, 0x44400, 0x84400, 0xC4400, 0x104400]
+        for name, guid in (("fip-a", FIP_A_UUID), ("fip-b", FIP_B_UUID)):
+            info = sgdisk_info(disk, names.index(name) + 1)
+            assert info["Partition GUID code"].startswith(FIP_TYPE.upper()), info
+            assert info["Partition unique GUID"] == guid.upper(), info
+        for name in ("metadata1", "metadata2"):
+            assert sgdisk_info(disk, names.index(name) + 1)["Partition GUID code"].startswith(
+                "8DA63339-0007-60C0-C436-083AC8230908")  # sgdisk 8301: Linux reserved, as --part-type 0x8301
+            flash.extract_partition(disk, name, tmp_path / f"{name}.img")
+            assert (tmp_path / f"{name}.img").read_bytes()[:4096] == (rel / "fwu-metadata" / "metadata.bin").read_bytes()
         # ST's U-Boot finds its environment partition by this name and keeps two 8 KiB copies at its end
         assert parts["u-boot-env"].size == 512 << 10
         flash.extract_partition(disk, "u-boot-env", tmp_path / "env.img")
@@ -182,7 +243,9 @@ def test_stm32_dry_run_prints_the_flash_layout(stm32_release, target, fsbl1, fsb
     assert by_name["fsbl-boot"] == ["-", "0x01", "fsbl-boot", "Binary", "none", "0x0", "tf-a-stm32mp157c-dk2.stm32"]
     assert by_name["fsbl1"][4:] == [ip, fsbl1, "tf-a-stm32mp157c-dk2.stm32"]
     assert by_name["fsbl2"][4:] == [ip, fsbl2, "tf-a-stm32mp157c-dk2.stm32"]
-    assert by_name["fip-a"][3:] == ["FIP", ip, "0x00084400", "fip-stm32mp157c-dk2.bin"]
+    assert by_name["metadata1"][3:] == ["FWU_MDATA", ip, "0x00084400", "metadata.bin"]
+    assert by_name["metadata2"][3:] == ["FWU_MDATA", ip, "0x000c4400", "metadata.bin"]
+    assert by_name["fip-a"][3:] == ["FIP", ip, "0x00104400", "fip-stm32mp157c-dk2.bin"]
     assert by_name["rootfs"][6] == "rootfs.ext4" and by_name["rootfs-hash"][6] == "rootfs.hashtree"
     assert by_name["bootfs"][3:] == ["FileSystem", ip, by_name["bootfs"][5], "bootfs.img"]
     assert f"would run: (cd {rel}-flash && STM32_Programmer_CLI -c port=usb1 -w flashlayout_{target}.tsv)" in out

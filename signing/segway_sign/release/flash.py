@@ -22,6 +22,7 @@ import click
 
 from ..atomic import output_dir
 from ..errors import InputError, SegwayError, UsageError
+from ..formats import fwu_metadata as fwu
 from .verify import load_certs_dir, verify_release
 
 SECTOR = 512
@@ -35,6 +36,12 @@ KERNEL_NAMES = ("kernel", "kernel-a", "kernel-b", "fit")
 SIGNED_BOOT_TYPES = {"stm32", "fip", "hab", "ahab"}
 # i.MX8M Mini/Quad: the ROM reads the boot image 33 KiB into the SD card / eMMC user area.
 IMX8M_BOOT_OFFSET = 33 * 1024
+# STM32MP1 first stage as in ST's wks (meta-st-stm32mp wic/sdcard-stm32mp157f-*-optee-1GB.wks.in) and
+# segway-image.bb: the FIP banks' partition type, and sgdisk's code for the other raw partitions.
+STM32_FIP_TYPE = "19D5DF83-11B0-457B-BE2C-7559C13142A5"
+RAW_PARTITION_TYPE = "8301"
+# The release step carrying TF-A's FWU metadata (meta-st-stm32mp's "fw-update" feature, on by default).
+FWU_METADATA_STEP = "fwu-metadata"
 
 
 @dataclass
@@ -125,6 +132,14 @@ class Release:
 
     def fit(self) -> Path:
         return self.path / "kernel-fit" / self.steps["kernel-fit"]["details"]["fit"]
+
+    def fwu_metadata(self) -> tuple[Path, fwu.FwuMetadata]:
+        """TF-A's FWU metadata: the file and what it says (one image, the FIP, in two banks)."""
+        if FWU_METADATA_STEP not in self.steps:
+            raise InputError(f"the release has no '{FWU_METADATA_STEP}' step: TF-A with firmware update "
+                             "(meta-st-stm32mp's 'fw-update') boots only from a disk with metadata1/metadata2")
+        path = self.one(FWU_METADATA_STEP, ".bin")
+        return path, fwu.parse(path.read_bytes())
 
     def wic(self) -> Path:
         return self.one("disk", ".wic")
@@ -234,19 +249,28 @@ def _mib(n: int) -> int:
 
 def build_disk(release: Release, board: str, out: Path, allow_unsigned: bool, work: Path) -> list[str]:
     """The segway A/B layout (meta-segway ``files/wic/segway-ab.wks.in``) from the release's artifacts:
-    [fsbl1 fsbl2 fip-a fip-b u-boot-env (STM32MP1)] boot-a boot-b (FAT, signed FIT as /fitImage)
+    [fsbl1 fsbl2 metadata1 metadata2 fip-a fip-b u-boot-env (STM32MP1)] boot-a boot-b (FAT, signed FIT as /fitImage)
     rootfs-a rootfs-b (dm-verity image) [rootfs-hash] data (empty ext4). On i.MX the signed boot image
     sits at 33 KiB and the first partition at 8 MiB, past U-Boot's raw environment (4 MiB + 4 KiB with
     u-boot-fslc, 7 MiB + 16 KiB with u-boot-imx)."""
     rootfs, hashtree = release.verity()
     fit = release.fit()
-    parts: list[tuple[str, int, Path | None]] = []
+    # name, size, payload, partition type (None: sgdisk's default), unique GUID (None: random)
+    parts: list[tuple[str, int, Path | None, str | None, str | None]] = []
     if board == "stm32mp1":
         tfa = release.boot_artifact("tfa-bl2", (".stm32",), allow_unsigned)
         fip = release.boot_artifact("fip", (".bin",), allow_unsigned)
+        metadata, md = release.fwu_metadata()
+        if len(md.images) != 1 or len(md.images[0].bank_uuids) != 2:
+            raise InputError("the FWU metadata must describe one image (the FIP) in two banks")
+        # TF-A finds metadata1/metadata2 by name and each FIP bank by the unique GUID the metadata names.
+        bank_a, bank_b = (str(u).upper() for u in md.images[0].bank_uuids)
+        raw = RAW_PARTITION_TYPE
         # u-boot-env: the partition ST's U-Boot keeps its (A/B) environment in, found by that name.
-        parts += [("fsbl1", 256 << 10, tfa), ("fsbl2", 256 << 10, tfa), ("fip-a", 4 * MIB, fip), ("fip-b", 4 * MIB, fip),
-                  ("u-boot-env", 512 << 10, None)]
+        parts += [("fsbl1", 256 << 10, tfa, raw, None), ("fsbl2", 256 << 10, tfa, raw, None),
+                  ("metadata1", 256 << 10, metadata, raw, None), ("metadata2", 256 << 10, metadata, raw, None),
+                  ("fip-a", 4 * MIB, fip, STM32_FIP_TYPE, bank_a), ("fip-b", 4 * MIB, fip, STM32_FIP_TYPE, bank_b),
+                  ("u-boot-env", 512 << 10, None, raw, None)]
         start = 34 * SECTOR  # ST layout: fsbl1 right after the primary GPT, at 0x4400
     else:
         boot = release.boot_artifact("imx-boot", ("",), allow_unsigned)
@@ -256,28 +280,31 @@ def build_disk(release: Release, board: str, out: Path, allow_unsigned: bool, wo
     subprocess.run(["mcopy", "-i", str(boot_fs), str(fit), "::fitImage"], check=True, capture_output=True)
     data_fs = work / "data.ext4"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "data", str(data_fs), "256M"], check=True, capture_output=True)
-    parts += [("boot-a", 64 * MIB, boot_fs), ("boot-b", 64 * MIB, boot_fs),
-              ("rootfs-a", _mib(rootfs.stat().st_size), rootfs), ("rootfs-b", _mib(rootfs.stat().st_size), rootfs)]
+    rootfs_size = _mib(rootfs.stat().st_size)
+    parts += [("boot-a", 64 * MIB, boot_fs, None, None), ("boot-b", 64 * MIB, boot_fs, None, None),
+              ("rootfs-a", rootfs_size, rootfs, None, None), ("rootfs-b", rootfs_size, rootfs, None, None)]
     if hashtree is not None:
-        parts.append(("rootfs-hash", _mib(hashtree.stat().st_size), hashtree))
-    parts.append(("data", 256 * MIB, data_fs))
+        parts.append(("rootfs-hash", _mib(hashtree.stat().st_size), hashtree, None, None))
+    parts.append(("data", 256 * MIB, data_fs, None, None))
     layout, pos = [], start
-    for name, size, payload in parts:
+    for name, size, payload, ptype, guid in parts:
         if name in ("boot-a",):
             pos = _mib(pos)  # file systems start on MiB boundaries, as wic's --align does
-        layout.append((name, pos, size, payload))
+        layout.append((name, pos, size, payload, ptype, guid))
         pos += size
     total = _mib(pos) + MIB  # room for the backup GPT
     with open(out, "wb") as f:
         f.truncate(total)
     args = ["sgdisk", "-a", "1"]
-    for i, (name, offset, size, _) in enumerate(layout, 1):
+    for i, (name, offset, size, _, ptype, guid) in enumerate(layout, 1):
         args += [f"-n{i}:{offset // SECTOR}:{(offset + size) // SECTOR - 1}", f"-c{i}:{name}"]
+        args += [f"-t{i}:{ptype}"] if ptype else []
+        args += [f"-u{i}:{guid}"] if guid else []
     r = subprocess.run(args + [str(out)], capture_output=True, text=True)
     if r.returncode:
         raise InputError(f"sgdisk could not lay out the disk: {r.stderr.strip() or r.stdout.strip()}")
     placed = []
-    for name, offset, size, payload in layout:
+    for name, offset, size, payload, _, _ in layout:
         if payload is None:
             continue  # left empty (zeros): U-Boot writes its environment there
         _write_at(out, offset, payload, size, payload.name, sparse=True)
@@ -331,6 +358,9 @@ def stm32mp1_flashlayout(release: Release, target: str, allow_unsigned: bool, wi
     ident = 0x04
     sources = {"fsbl1": (tfa, "Binary"), "fsbl2": (tfa, "Binary"), "fip-a": (fip, "FIP"), "fip": (fip, "FIP"),
                "fip-b": (fip, "FIP"), "kernel": (release.fit(), "Binary")}
+    if FWU_METADATA_STEP in release.steps:
+        metadata = release.fwu_metadata()[0]
+        sources.update({n: (metadata, "FWU_MDATA") for n in ("metadata1", "metadata2")})
     sources.update({n: (rootfs, "System") for n in ROOTFS_NAMES})
     sources.update({n: (f"{n}.img", "FileSystem") for n in BOOT_NAMES})
     if hashtree is not None:

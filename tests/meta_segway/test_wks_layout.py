@@ -136,3 +136,19 @@ def test_stm32_release_plan_takes_what_the_build_deploys():
     parts = {p["part-name"]: p for p in _layout("stm32mp15common", STM32MP_DEVICETREE=dt) if "part-name" in p}
     assert parts["metadata1"]["sourceparams"] == parts["metadata2"]["sourceparams"] == \
         "file=/deploy/" + inputs["fwu-metadata"]["metadata"]
+
+
+@pytest.mark.parametrize("container,provider", [("1", "virtual/bootloader"), ("0", "imx-boot")])
+def test_imx_signing_takes_the_container_from_its_one_provider(container, provider):
+    """u-boot-fslc's binman (UBOOT_PROVIDES_BOOT_CONTAINER = "1", meta-freescale's i.MX8M default) and
+    NXP's imx-boot both deploy "imx-boot": the signing recipe waits for the one that builds it, and the
+    release plan of a deferred build reads the same name."""
+    import yaml
+
+    from .layer import REPO
+
+    d = evaluate([IMX_RECIPE], {"MACHINE": "imx8mm-lpddr4-evk", "UBOOT_PROVIDES_BOOT_CONTAINER": container})
+    assert d.getVarFlag("do_compile", "depends").split() == ["%s:do_deploy" % provider]
+    plan = yaml.safe_load((REPO / "conf/signing/imx8mm.yaml").read_text())
+    [step] = [s for s in plan["steps"] if s["id"] == "imx-boot"]
+    assert step["inputs"]["image"] == d.getVar("SEGWAY_IMX_BOOT_IMAGE") == "imx-boot"

@@ -20,7 +20,11 @@ do_patch[noexec] = "1"
 do_configure[noexec] = "1"
 do_install[noexec] = "1"
 
-do_compile[depends] += "imx-boot:do_deploy"
+# The boot container comes from U-Boot's own binman (u-boot-fslc with UBOOT_PROVIDES_BOOT_CONTAINER,
+# meta-freescale's default for i.MX8M) or from NXP's imx-mkimage (imx-boot, with u-boot-imx). Both
+# deploy it as "imx-boot"; only one of them may run, or both would deploy that name.
+SEGWAY_IMX_BOOT_PROVIDER = "${@'virtual/bootloader' if d.getVar('UBOOT_PROVIDES_BOOT_CONTAINER') == '1' else 'imx-boot'}"
+do_compile[depends] += "${SEGWAY_IMX_BOOT_PROVIDER}:do_deploy"
 do_compile[cleandirs] = "${B} ${SEGWAY_SIGN_PLAN_DIR}"
 
 SEGWAY_IMX_BOOT_IMAGE ?= "imx-boot"

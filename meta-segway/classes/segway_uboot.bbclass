@@ -71,7 +71,3 @@ python do_segway_uboot_pubkey() {
 do_segway_uboot_pubkey[vardeps] += "SEGWAY_FIT_KEY_NAME SEGWAY_UBOOT_OF_BOARD_KEYED ${@segway_cert_vardeps('SEGWAY_FIT_CERT')}"
 do_segway_uboot_pubkey[doc] = "Add the FIT public key (required = conf) to U-Boot's control DTB"
 addtask segway_uboot_pubkey after do_compile before do_install do_deploy
-
-do_deploy:append:segway() {
-    segway_sign_deploy_plan
-}

@@ -1,7 +1,7 @@
 SUMMARY = "Signed FIT with the kernel, device trees and the verity initramfs"
 DESCRIPTION = "Packs the kernel, the machine's device trees (with the hardened kernel command line \
                in /chosen) and segway-initramfs into one FIT and signs its configurations with segway-sign. \
-               The signature is checked with U-Boot's fit_check_sign against a public-key DTB made from the token."
+               The signature is checked with U-Boot's fit_check_sign against a public-key DTB made from the pinned certificate."
 HOMEPAGE = "https://example.org/segway"
 SECTION = "bsp"
 LICENSE = "MIT"

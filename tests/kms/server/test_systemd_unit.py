@@ -370,3 +370,37 @@ def test_tee_device_rule_lets_the_service_user_in(kmsd):
         assert "group:segway-kms:rw-" in kmsd.machine.run("getfacl", "-p", node).stdout
     finally:
         kmsd.machine.run("rm", "-f", node)
+
+
+def test_oeqa_kms_cases_pass_against_the_unit(kmsd):
+    """meta-segway's oeqa KMS cases (what testimage runs on the device) run against this daemon under
+    systemd, with OE's test API stood in by tests/oeqa_cases.py: their commands, socket and
+    expected output are those of the real segway-kmsctl and segway-kmsd."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import oeqa_cases
+
+    ctl = kmsd.machine.path("/usr/local/bin/segway-kmsctl")
+    ctl.parent.mkdir(parents=True, exist_ok=True)
+    ctl.write_text('#!/bin/sh\nexec %s -c "from segway_kms.cli.main import run; run()" "$@"\n' % sys.executable)
+    ctl.chmod(0o755)
+
+    def shell(cmd: str, timeout: float) -> tuple[int, str]:
+        r = kmsd.machine.run("sh", "-c", cmd, check=False, timeout=timeout,
+                             env={"PATH": "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"})
+        return r.returncode, r.stdout + r.stderr
+
+    try:
+        _restart(kmsd)
+        cases = REPO / "meta-segway/lib/oeqa/runtime/cases/segway_kms.py"
+        outcomes = oeqa_cases.run_cases(cases, oeqa_cases.Target(shell), packages={"segway-kms"})
+        assert outcomes == {"segway_kms.SegwayKmsTest.test_kms_health": "pass",
+                            "segway_kms.SegwayKmsTest.test_kms_sign_round_trip": "pass"}, outcomes
+        # The round trip cleans up after itself: its key is destroyed (the record stays for the audit).
+        status, listing = shell("segway-kmsctl --socket /run/segway-kms/admin.sock key list oeqa", 60)
+        assert status == 0 and [line.split("\t")[:3] for line in listing.splitlines()] == [
+            ["oeqa/roundtrip", "EC_P256", "DESTROYED"]], listing
+        # Without the package the cases skip, as on an image without segway-kms.
+        skipped = oeqa_cases.run_cases(cases, oeqa_cases.Target(shell), packages=set())
+        assert all(v.startswith("skip") for v in skipped.values()), skipped
+    finally:
+        ctl.unlink(missing_ok=True)

@@ -82,11 +82,8 @@ python do_compile() {
             run(["fdtput", "-t", "s", dst, "/chosen", "bootargs",
                  "%s root=PARTLABEL=rootfs-%s segway.slot=%s" % (cmdline, slot, slot)])
             dtbs.append((name, slot, dst))
-    if not dtbs:
-        # QEMU machines get their DTB from QEMU; U-Boot passes the command line (development
-        # stand-in only: it is not covered by the signature there).
-        with open(os.path.join(b, "bootargs"), "w") as f:
-            f.write(cmdline + "\n")
+    # No device trees (QEMU): the kernel takes the tree TF-A and OP-TEE completed at run time, and
+    # the command line is compiled into U-Boot's boot command (u-boot_%.bbappend).
 
     arch = d.getVar("SEGWAY_FIT_ARCH")
     its = ['/dts-v1/;', '/ {',
@@ -153,9 +150,6 @@ do_deploy() {
     ln -sf ${SEGWAY_FIT_NAME} ${DEPLOYDIR}/fitImage-segway
     if [ -f ${B}/pubkey.dtb ]; then
         install -m 0644 ${B}/pubkey.dtb ${DEPLOYDIR}/segway-fit-pubkey-${MACHINE}.dtb
-    fi
-    if [ -f ${B}/bootargs ]; then
-        install -m 0644 ${B}/bootargs ${DEPLOYDIR}/segway-bootargs-${MACHINE}.txt
     fi
     segway_sign_deploy_plan
 }

@@ -357,6 +357,9 @@ def test_tee_device_rule_lets_the_service_user_in(kmsd):
     pattern = re.search(r'KERNEL=="([^"]+)"', line).group(1)
     assert [fnmatch.fnmatchcase(n, pattern) for n in ("tee0", "tee1", "teepriv0")] == [True, True, False]
     command = re.search(r'RUN\+="([^"]+)"', line).group(1)
+    # devtmpfs holds ACL entries only with tmpfs POSIX ACLs in the image's kernel.
+    fragment = (REPO / "meta-segway/recipes-kernel/linux/files/segway-optee-ftpm.cfg").read_text().splitlines()
+    assert "CONFIG_TMPFS_POSIX_ACL=y" in fragment
     node = "/dev/tee0"
     kmsd.machine.run("sh", "-c", f"rm -f {node}; mknod -m 0600 {node} c 1 3")  # /dev/null's numbers
     _restart(kmsd)

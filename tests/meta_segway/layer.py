@@ -108,3 +108,17 @@ def python_task(path: Path, name: str, namespace: dict | None = None):
             exec(compile("def %s(d):\n%s\n" % (name, "\n".join(node.body)), str(path), "exec"), scope)
             return scope[name]
     raise AssertionError("%s: no python task %s" % (path.name, name))
+
+
+def segway_sign_bindir() -> str:
+    """The directory holding the segway-sign this interpreter runs (the project's venv), for a
+    task's PATH: the tests do not rely on the caller's PATH."""
+    import os
+    import sys
+    here = Path(sys.executable).parent
+    if (here / "segway-sign").is_file():
+        return str(here)
+    import shutil
+    found = shutil.which("segway-sign")
+    assert found, "segway-sign is not installed next to %s nor on PATH" % sys.executable
+    return os.path.dirname(found)

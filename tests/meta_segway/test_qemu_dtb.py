@@ -20,7 +20,7 @@ import yaml
 
 from segway_dev import fitbuild, qemu
 
-from .layer import LAYER, evaluate, import_bb, python_task, statements
+from .layer import LAYER, evaluate, import_bb, python_task, segway_sign_bindir, statements
 
 RECIPE = LAYER / "recipes-bsp/segway-qemu-dtb/segway-qemu-dtb_1.0.bb"
 QEMU_INC = LAYER / "conf/distro/include/segway-qemu.inc"
@@ -106,10 +106,8 @@ def keydir(tmp_path_factory) -> Path:
 def build_recipe(tmp_path: Path, series: str, machine: str, keydir: Path):
     """Run segway-qemu-dtb's do_compile, key task and do_deploy for machine; return the datastore."""
     namespace = class_namespace()
-    tool = shutil.which("segway-sign")
-    assert tool, "segway-sign is not on PATH"
     d = machine_datastore(machine, series, WORKDIR=str(tmp_path / "work"), DEPLOYDIR=str(tmp_path / "deploy"),
-                          PATH="%s:/usr/bin:/bin" % os.path.dirname(tool),
+                          PATH="%s:/usr/bin:/bin" % segway_sign_bindir(),
                           SEGWAY_FIT_CERT=str(keydir / f"{KEY_NAME}.crt"), SEGWAY_FIT_KEY_NAME=KEY_NAME)
     d.setVar("SEGWAY_CERT_FP_SEGWAY_FIT_CERT", namespace["segway_cert_fingerprint"](d, "SEGWAY_FIT_CERT"))
     b = Path(d.getVar("B"))

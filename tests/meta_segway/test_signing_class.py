@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .layer import LAYER, evaluate, import_bb, metadata_files, statements
+from .layer import LAYER, evaluate, import_bb, metadata_files, segway_sign_bindir, statements
 
 CLASSES = LAYER / "classes"
 
@@ -194,14 +194,12 @@ def test_hsm_mode_passes_token_options_and_lock(tmp_path, fatal):
 def test_fit_pubkey_comes_from_the_certificate_in_both_modes(tmp_path, fatal, mode):
     """U-Boot gets the FIT key from the pinned certificate with the real segway-sign, without any
     token variable, also when signing is deferred (the release job does not re-key U-Boot)."""
-    import os
-    import shutil
     import subprocess
 
     import libfdt
 
     f, d = signing_datastore(tmp_path, mode)
-    d.setVar("PATH", os.path.dirname(shutil.which("segway-sign")) + ":/usr/bin:/bin")
+    d.setVar("PATH", segway_sign_bindir() + ":/usr/bin:/bin")
     d.setVar("SEGWAY_FIT_KEY_NAME", "fit-dev")
     origenv = datastore(SEGWAY_HSM_PIN_FILE="/run/pin", SEGWAY_PKCS11_MODULE=str(tmp_path / "no-module.so"))
     d.setVar("BB_ORIGENV", origenv)

@@ -247,6 +247,18 @@ def _mib(n: int) -> int:
     return -(-n // MIB) * MIB
 
 
+@dataclass
+class _NewPartition:
+    """A partition of a disk laid out by :func:`build_disk`."""
+
+    name: str
+    size: int
+    payload: Path | None  # None: left empty (zeros)
+    type: str | None = None  # sgdisk type code or GUID; None: sgdisk's default
+    guid: str | None = None  # unique partition GUID; None: random
+    offset: int = 0  # set when laid out
+
+
 def build_disk(release: Release, board: str, out: Path, allow_unsigned: bool, work: Path) -> list[str]:
     """The segway A/B layout (meta-segway ``files/wic/segway-ab.wks.in``) from the release's artifacts:
     [fsbl1 fsbl2 metadata1 metadata2 fip-a fip-b u-boot-env (STM32MP1)] boot-a boot-b (FAT, signed FIT as /fitImage)
@@ -255,22 +267,21 @@ def build_disk(release: Release, board: str, out: Path, allow_unsigned: bool, wo
     u-boot-fslc, 7 MiB + 16 KiB with u-boot-imx)."""
     rootfs, hashtree = release.verity()
     fit = release.fit()
-    # name, size, payload, partition type (None: sgdisk's default), unique GUID (None: random)
-    parts: list[tuple[str, int, Path | None, str | None, str | None]] = []
+    parts: list[_NewPartition] = []
     if board == "stm32mp1":
         tfa = release.boot_artifact("tfa-bl2", (".stm32",), allow_unsigned)
         fip = release.boot_artifact("fip", (".bin",), allow_unsigned)
-        metadata, md = release.fwu_metadata()
-        if len(md.images) != 1 or len(md.images[0].bank_uuids) != 2:
-            raise InputError("the FWU metadata must describe one image (the FIP) in two banks")
+        metadata, md = release.fwu_metadata()  # parsed as one image (the FIP) in two banks
         # TF-A finds metadata1/metadata2 by name and each FIP bank by the unique GUID the metadata names.
         bank_a, bank_b = (str(u).upper() for u in md.images[0].bank_uuids)
         raw = RAW_PARTITION_TYPE
         # u-boot-env: the partition ST's U-Boot keeps its (A/B) environment in, found by that name.
-        parts += [("fsbl1", 256 << 10, tfa, raw, None), ("fsbl2", 256 << 10, tfa, raw, None),
-                  ("metadata1", 256 << 10, metadata, raw, None), ("metadata2", 256 << 10, metadata, raw, None),
-                  ("fip-a", 4 * MIB, fip, STM32_FIP_TYPE, bank_a), ("fip-b", 4 * MIB, fip, STM32_FIP_TYPE, bank_b),
-                  ("u-boot-env", 512 << 10, None, raw, None)]
+        parts += [_NewPartition("fsbl1", 256 << 10, tfa, raw), _NewPartition("fsbl2", 256 << 10, tfa, raw),
+                  _NewPartition("metadata1", 256 << 10, metadata, raw),
+                  _NewPartition("metadata2", 256 << 10, metadata, raw),
+                  _NewPartition("fip-a", 4 * MIB, fip, STM32_FIP_TYPE, bank_a),
+                  _NewPartition("fip-b", 4 * MIB, fip, STM32_FIP_TYPE, bank_b),
+                  _NewPartition("u-boot-env", 512 << 10, None, raw)]
         start = 34 * SECTOR  # ST layout: fsbl1 right after the primary GPT, at 0x4400
     else:
         boot = release.boot_artifact("imx-boot", ("",), allow_unsigned)
@@ -281,34 +292,34 @@ def build_disk(release: Release, board: str, out: Path, allow_unsigned: bool, wo
     data_fs = work / "data.ext4"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "data", str(data_fs), "256M"], check=True, capture_output=True)
     rootfs_size = _mib(rootfs.stat().st_size)
-    parts += [("boot-a", 64 * MIB, boot_fs, None, None), ("boot-b", 64 * MIB, boot_fs, None, None),
-              ("rootfs-a", rootfs_size, rootfs, None, None), ("rootfs-b", rootfs_size, rootfs, None, None)]
+    parts += [_NewPartition("boot-a", 64 * MIB, boot_fs), _NewPartition("boot-b", 64 * MIB, boot_fs),
+              _NewPartition("rootfs-a", rootfs_size, rootfs), _NewPartition("rootfs-b", rootfs_size, rootfs)]
     if hashtree is not None:
-        parts.append(("rootfs-hash", _mib(hashtree.stat().st_size), hashtree, None, None))
-    parts.append(("data", 256 * MIB, data_fs, None, None))
-    layout, pos = [], start
-    for name, size, payload, ptype, guid in parts:
-        if name in ("boot-a",):
+        parts.append(_NewPartition("rootfs-hash", _mib(hashtree.stat().st_size), hashtree))
+    parts.append(_NewPartition("data", 256 * MIB, data_fs))
+    pos = start
+    for part in parts:
+        if part.name == "boot-a":
             pos = _mib(pos)  # file systems start on MiB boundaries, as wic's --align does
-        layout.append((name, pos, size, payload, ptype, guid))
-        pos += size
+        part.offset = pos
+        pos += part.size
     total = _mib(pos) + MIB  # room for the backup GPT
     with open(out, "wb") as f:
         f.truncate(total)
     args = ["sgdisk", "-a", "1"]
-    for i, (name, offset, size, _, ptype, guid) in enumerate(layout, 1):
-        args += [f"-n{i}:{offset // SECTOR}:{(offset + size) // SECTOR - 1}", f"-c{i}:{name}"]
-        args += [f"-t{i}:{ptype}"] if ptype else []
-        args += [f"-u{i}:{guid}"] if guid else []
+    for i, part in enumerate(parts, 1):
+        args += [f"-n{i}:{part.offset // SECTOR}:{(part.offset + part.size) // SECTOR - 1}", f"-c{i}:{part.name}"]
+        args += [f"-t{i}:{part.type}"] if part.type else []
+        args += [f"-u{i}:{part.guid}"] if part.guid else []
     r = subprocess.run(args + [str(out)], capture_output=True, text=True)
     if r.returncode:
         raise InputError(f"sgdisk could not lay out the disk: {r.stderr.strip() or r.stdout.strip()}")
     placed = []
-    for name, offset, size, payload, _, _ in layout:
-        if payload is None:
+    for part in parts:
+        if part.payload is None:
             continue  # left empty (zeros): U-Boot writes its environment there
-        _write_at(out, offset, payload, size, payload.name, sparse=True)
-        placed.append(f"{payload.name} -> {name}")
+        _write_at(out, part.offset, part.payload, part.size, part.payload.name, sparse=True)
+        placed.append(f"{part.payload.name} -> {part.name}")
     if board != "stm32mp1":
         _write_at(out, IMX8M_BOOT_OFFSET, boot, start - IMX8M_BOOT_OFFSET, boot.name, sparse=True)
         placed.append(f"{boot.name} -> offset {IMX8M_BOOT_OFFSET:#x}")

@@ -27,16 +27,20 @@ SEGWAY_SIGN_PLAN_DIR ?= "${WORKDIR}/segway-signing-plan"
 
 SEGWAY_SIGN_MODE[doc] = "hsm: sign with the PKCS#11 token during the build; deferred: emit unsigned artifacts and a signing plan"
 
-def segway_sign_environment(d):
-    """Environment for segway-sign: the task's PATH plus the token variables from the
-    environment bitbake was started in (BB_ORIGENV)."""
-    import os
-    env = {
+def segway_tool_environment(d):
+    """Environment for segway-sign with public material only: the task's PATH, nothing else."""
+    return {
         "PATH": d.getVar("PATH"),
         "HOME": d.getVar("WORKDIR"),
         "LC_ALL": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+
+def segway_sign_environment(d):
+    """Environment for segway-sign: segway_tool_environment plus the token variables from the
+    environment bitbake was started in (BB_ORIGENV)."""
+    import os
+    env = segway_tool_environment(d)
     origenv = d.getVar("BB_ORIGENV", False)
     for name in (d.getVar("SEGWAY_SIGN_ENV_VARS") or "").split():
         value = origenv.getVar(name) if origenv else None
@@ -89,9 +93,7 @@ def segway_sign(d, kind, argv, inputs, output, cert_var=None):
     mode = d.getVar("SEGWAY_SIGN_MODE")
     if mode not in ("hsm", "deferred"):
         bb.fatal("SEGWAY_SIGN_MODE must be 'hsm' or 'deferred', not %r" % mode)
-    for path in inputs:
-        if not os.path.isfile(path) or os.path.getsize(path) == 0:
-            bb.fatal("segway-sign %s: input %s is missing or empty" % (kind, path))
+    segway_require_inputs(kind, inputs)
 
     if mode == "deferred":
         if output != inputs[0]:
@@ -106,6 +108,12 @@ def segway_sign(d, kind, argv, inputs, output, cert_var=None):
 
     env = segway_sign_environment(d)
     segway_run_tool(d, kind, ["segway-sign"] + argv + segway_token_args(env), env, output, lock=True)
+
+def segway_require_inputs(kind, inputs):
+    import os
+    for path in inputs:
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            bb.fatal("segway-sign %s: input %s is missing or empty" % (kind, path))
 
 def segway_run_tool(d, kind, cmd, env, output, lock=False):
     """Run segway-sign; fail the task on a non-zero exit or a missing/empty output."""
@@ -130,19 +138,14 @@ def segway_run_tool(d, kind, cmd, env, output, lock=False):
 
 def segway_add_fit_pubkey(d, dtb, output):
     """Write dtb with the FIT public key of SEGWAY_FIT_CERT (required = "conf") to output."""
-    import os
     cert = d.getVar("SEGWAY_FIT_CERT")
-    if not os.path.isfile(dtb) or os.path.getsize(dtb) == 0:
-        bb.fatal("segway-sign fit-pubkey: input %s is missing or empty" % dtb)
+    segway_require_inputs("fit-pubkey", [dtb])
     if d.getVar(segway_cert_vardeps("SEGWAY_FIT_CERT")) == "none":
         bb.fatal("segway-sign fit-pubkey: certificate %s (SEGWAY_FIT_CERT) not found; U-Boot would boot "
                  "unsigned FITs without it, in either signing mode" % cert)
     cmd = ["segway-sign", "fit", "add-pubkey", "--key", cert, "--dtb", dtb, "--out", output,
            "--key-name-hint", d.getVar("SEGWAY_FIT_KEY_NAME"), "--required", "conf"]
-    # Public material only: no token variables in this environment.
-    env = {"PATH": d.getVar("PATH"), "HOME": d.getVar("WORKDIR"), "LC_ALL": "C.UTF-8",
-           "PYTHONDONTWRITEBYTECODE": "1"}
-    segway_run_tool(d, "fit-pubkey", cmd, env, output)
+    segway_run_tool(d, "fit-pubkey", cmd, segway_tool_environment(d), output)
 
 # Deploy this recipe's plan entries with the artifacts (deferred mode).
 segway_sign_deploy_plan[doc] = "Deploy the signing plan entries recorded in deferred mode"

@@ -4,10 +4,10 @@
 #   altbootcmd switching boot_slot (set from preboot), and in the release flavour a locked
 #   console (no autoboot interruption, only the A/B variables writeable in the stored env).
 # - do_segway_uboot_pubkey: after compiling, the FIT public key from the pinned certificate
-#   (SEGWAY_FIT_CERT, both signing modes) is added to U-Boot's control DTB with required = "conf", and u-boot.bin is re-assembled from
-#   u-boot-nodtb.bin + the keyed DTB. Every copy of the original DTB in the build tree
-#   (dts/dt.dtb, arch/arm/dts/<board>.dtb) is replaced so packers such as imx-mkimage pick up
-#   the DTB that carries the key.
+#   (SEGWAY_FIT_CERT, both signing modes) is added to U-Boot's control DTB with required = "conf",
+#   and u-boot.bin is re-assembled from u-boot-nodtb.bin + the keyed DTB. Every copy of the
+#   original DTB in the build tree (dts/dt.dtb, arch/arm/dts/<board>.dtb) is replaced so packers
+#   such as imx-mkimage pick up the DTB that carries the key.
 
 inherit segway_sign
 

@@ -122,3 +122,16 @@ def segway_sign_bindir() -> str:
     found = shutil.which("segway-sign")
     assert found, "segway-sign is not installed next to %s nor on PATH" % sys.executable
     return os.path.dirname(found)
+
+
+def class_functions(*names: str) -> dict:
+    """The ``def`` functions of classes (file names under meta-segway/classes), as bitbake's method
+    pool holds them, in one namespace with ``bb``."""
+    bb = import_bb()
+    namespace = {"bb": bb}
+    for name in names:
+        path = LAYER / "classes" / name
+        for node in statements(path):
+            if isinstance(node, bb.parse.ast.PythonMethodNode):
+                exec(compile("\n".join(node.body), str(path), "exec"), namespace)
+    return namespace

@@ -18,29 +18,19 @@ import libfdt
 import pytest
 import yaml
 
+from fit_fixtures import pem_key_pair
 from segway_dev import fitbuild, qemu
+from segway_sign.formats import fit_tree
 
-from .layer import LAYER, evaluate, import_bb, python_task, segway_sign_bindir, statements
+from .layer import LAYER, class_functions, evaluate, import_bb, python_task, segway_sign_bindir
 
 RECIPE = LAYER / "recipes-bsp/segway-qemu-dtb/segway-qemu-dtb_1.0.bb"
 QEMU_INC = LAYER / "conf/distro/include/segway-qemu.inc"
 UBOOT_APPEND = LAYER / "recipes-bsp/u-boot/u-boot_%.bbappend"
-CLASSES = LAYER / "classes"
 PINNED = yaml.safe_load((Path(__file__).parent / "data/qemu-machines.yaml").read_text())
 CASES = [(series, machine) for series, machines in PINNED.items() for machine in machines]
 QB_VARS = ("QB_SYSTEM_NAME", "QB_MACHINE", "QB_CPU", "QB_SMP", "QB_MEM")
 KEY_NAME = "dev"
-
-
-def class_namespace():
-    """The functions of segway_sign.bbclass and segway_cert.bbclass, as bitbake's method pool has them."""
-    bb = import_bb()
-    namespace = {"bb": bb}
-    for name in ("segway_cert.bbclass", "segway_sign.bbclass"):
-        for node in statements(CLASSES / name):
-            if isinstance(node, bb.parse.ast.PythonMethodNode):
-                exec(compile("\n".join(node.body), str(CLASSES / name), "exec"), namespace)
-    return namespace
 
 
 def machine_datastore(machine: str, series: str = "scarthgap", **values):
@@ -95,17 +85,13 @@ def run_shell_task(d, name: str, cwd: Path) -> None:
 def keydir(tmp_path_factory) -> Path:
     """PEM RSA key + self-signed certificate: mkimage signs with the key, the recipe reads the cert."""
     keydir = tmp_path_factory.mktemp("keys")
-    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
-                    "-out", str(keydir / f"{KEY_NAME}.key")], check=True, capture_output=True)
-    subprocess.run(["openssl", "req", "-batch", "-new", "-x509", "-key", str(keydir / f"{KEY_NAME}.key"),
-                    "-subj", "/CN=fit", "-days", "30", "-out", str(keydir / f"{KEY_NAME}.crt")],
-                   check=True, capture_output=True)
+    pem_key_pair(keydir, KEY_NAME)
     return keydir
 
 
 def build_recipe(tmp_path: Path, series: str, machine: str, keydir: Path):
     """Run segway-qemu-dtb's do_compile, key task and do_deploy for machine; return the datastore."""
-    namespace = class_namespace()
+    namespace = class_functions("segway_cert.bbclass", "segway_sign.bbclass")
     d = machine_datastore(machine, series, WORKDIR=str(tmp_path / "work"), DEPLOYDIR=str(tmp_path / "deploy"),
                           PATH="%s:/usr/bin:/bin" % segway_sign_bindir(),
                           SEGWAY_FIT_CERT=str(keydir / f"{KEY_NAME}.crt"), SEGWAY_FIT_KEY_NAME=KEY_NAME)
@@ -138,9 +124,8 @@ def test_uboot_enforces_the_key_in_the_deployed_tree(tmp_path, keydir, series, m
     fdt = libfdt.Fdt(deployed.read_bytes())
     assert fdt.getprop(0, "compatible").as_str() == "linux,dummy-virt"
     assert fdt.getprop(fdt.path_offset("/signature/key-%s" % KEY_NAME), "required").as_str() == "conf"
-    cpus = fdt.path_offset("/cpus")
     smp = int(re.search(r"-smp (\d+)", d.getVar("QB_SMP")).group(1))
-    assert sum(1 for name in _subnodes(fdt, cpus) if name.startswith("cpu@")) == smp
+    assert sum(1 for name in fit_tree.subnodes(fdt, "/cpus") if name.startswith("cpu@")) == smp
 
     unsigned = fitbuild.build_tiny_fit(tmp_path / "unsigned.itb", arch=arch, key_name_hint=KEY_NAME,
                                        source_date_epoch=1700000000)
@@ -156,13 +141,6 @@ def test_uboot_enforces_the_key_in_the_deployed_tree(tmp_path, keydir, series, m
     # Control: QEMU's own tree has no key, and the same U-Boot takes the unsigned FIT.
     open_door = qemu.check_fit(arch, plain, unsigned, machine_args=margs, log_path=tmp_path / "plain.log")
     assert open_door.statuses == [0] and not open_door.refusals, open_door.summary()
-
-
-def _subnodes(fdt, parent):
-    node = fdt.first_subnode(parent, [libfdt.NOTFOUND])
-    while node >= 0:
-        yield fdt.get_name(node)
-        node = fdt.next_subnode(node, [libfdt.NOTFOUND])
 
 
 def _layers(series: str) -> Path | None:

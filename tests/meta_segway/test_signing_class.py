@@ -15,19 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .layer import LAYER, evaluate, import_bb, metadata_files, segway_sign_bindir, statements
+from .layer import LAYER, class_functions, evaluate, import_bb, metadata_files, segway_sign_bindir
 
 CLASSES = LAYER / "classes"
-
-
-def class_functions(*names):
-    bb = import_bb()
-    namespace = {"bb": bb}
-    for name in names:
-        for node in statements(CLASSES / name):
-            if isinstance(node, bb.parse.ast.PythonMethodNode):
-                exec(compile("\n".join(node.body), str(CLASSES / name), "exec"), namespace)
-    return namespace
 
 
 def make_cert(path):

@@ -62,8 +62,9 @@ def _shim_modules() -> dict[str, types.ModuleType]:
 
 def load_case_module(path: Path) -> types.ModuleType:
     """Import a case file (its module name is the file's stem, as oeqa names it) with the stand-ins."""
-    saved = {name: sys.modules.get(name) for name in _shim_modules()}
-    sys.modules.update(_shim_modules())
+    shims = _shim_modules()
+    saved = {name: sys.modules.get(name) for name in shims}
+    sys.modules.update(shims)
     try:
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)

@@ -1,6 +1,6 @@
 """Debian bookworm arm64 boot media: cloud kernel, its modules and a busybox initramfs.
 
-The packages are fetched once with ``apt-get download`` into ``<repo>/.cache/arm64`` using private
+The packages are fetched once with ``apt-get download`` into the cache (``cache.cache_dir("arm64")``) using private
 apt lists and state (``Dir::State::status=/dev/null``), so the host's dpkg configuration is never
 touched, and extracted with ``dpkg-deb -x``.
 """
@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Union
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "arm64"
+from . import cache
+
 KERNEL_META_PACKAGE = "linux-image-cloud-arm64"
 BUSYBOX_PACKAGE = "busybox-static"
 USERSPACE_MARKER = "SEGWAY-USERSPACE-OK"
@@ -124,7 +124,7 @@ def _download(cache_dir: Path) -> dict:
 
 def fetch_boot_media(cache_dir: Path | None = None) -> BootMedia:
     """Return the cached arm64 boot media, downloading and extracting it on first use."""
-    cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
+    cache_dir = Path(cache_dir or cache.cache_dir("arm64"))
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / ".lock", "w") as lock:
         # Parallel test sessions share the cache; only one of them downloads.

@@ -6,6 +6,7 @@ development token included, so the demo is repeatable and touches nothing else.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import shutil
@@ -33,15 +34,41 @@ def run(*args: str, env: dict | None = None) -> str:
     for line in (res.stdout + res.stderr).strip().splitlines():
         print(f"  {line}")
     if res.returncode != 0:
-        sys.exit(f"demo: segway-sign {args[0]} {args[1] if len(args) > 1 else ''} failed")
+        raise DemoError(f"segway-sign {args[0]} {args[1] if len(args) > 1 else ''} failed (output above)")
     return res.stdout
+
+
+class DemoError(RuntimeError):
+    """Something the demo needs is missing or failed; one line says what."""
+
+
+# What the demo runs, and the Debian package (scripts/apt-packages.txt) that brings it.
+REQUIRED_TOOLS = {
+    "qemu-system-aarch64": "qemu-system-arm",
+    "mkimage": "u-boot-tools",
+    "apt-get": "apt",
+    "dpkg-deb": "dpkg",
+    "softhsm2-util": "softhsm2",
+}
+
+
+def preflight() -> None:
+    """Fail at once, naming the fix, instead of after the ceremony."""
+    if not SEGWAY_SIGN.is_file():
+        raise DemoError(f"{SEGWAY_SIGN} is missing: run it as 'bash scripts/demo' (scripts/bootstrap installs it)")
+    missing = [f"{tool} (apt: {pkg})" for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None]
+    if not qemu.MACHINES["arm64"].bios.is_file():
+        missing.append(f"{qemu.MACHINES['arm64'].bios} (apt: u-boot-qemu)")
+    if missing:
+        raise DemoError("missing: " + ", ".join(missing) + "; run scripts/bootstrap or install them")
 
 
 def console_lines(log: str, *needles: str) -> list[str]:
     return [line.strip() for line in log.splitlines() if any(n in line for n in needles)]
 
 
-def main() -> int:
+def demo() -> int:
+    preflight()
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
@@ -102,6 +129,23 @@ def main() -> int:
     kernel-signed.itb     the signed FIT          u-boot-control.dtb  control DTB with the key
     boot-signed.log       U-Boot + Linux console  boot-tampered.log   the refusal""")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="scripts/demo",
+        description="Sign a Linux FIT in a development SoftHSM token and boot it with Debian's U-Boot "
+                    f"in QEMU, then show a tampered FIT refused. Recreates {OUT.relative_to(REPO)}/.",
+    ).parse_args(argv)
+    try:
+        return demo()
+    except (DemoError, OSError, qemu.QemuError, bootmedia.BootMediaError, fitbuild.FitBuildError,
+            fit_attacks.FitAttackError) as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("demo: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

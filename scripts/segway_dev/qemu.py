@@ -78,7 +78,10 @@ def qemu_argv(arch: str, *, memory: str = DEFAULT_MEMORY, machine_opts: str = ""
     if machine_args is None:
         machine = "virt" + (f",{machine_opts}" if machine_opts else "")
         machine_args = ["-M", machine, "-cpu", m.cpu, "-smp", "1", "-m", memory]
-    return [m.qemu, *machine_args, "-nographic", "-bios", str(m.bios)]
+    # No NIC: nothing here boots over the network, and virt's default virtio NIC would make QEMU load
+    # an iPXE option ROM (efi-virtio.rom, package ipxe-qemu). PCI devices are not in the tree, so
+    # the dumped DTB is the same either way.
+    return [m.qemu, *machine_args, "-nographic", "-nic", "none", "-bios", str(m.bios)]
 
 
 def dump_control_dtb(arch: str, out: Path, *, memory: str = DEFAULT_MEMORY) -> Path:
@@ -88,10 +91,16 @@ def dump_control_dtb(arch: str, out: Path, *, memory: str = DEFAULT_MEMORY) -> P
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     argv = qemu_argv(arch, memory=memory, machine_opts=f"dumpdtb={tmp}")
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                              stdin=subprocess.DEVNULL)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                                  stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise QemuError(f"{argv[0]} is not installed (apt: qemu-system-arm)") from None
+        except subprocess.TimeoutExpired:
+            raise QemuError(f"{argv[0]} did not dump the device tree within 120 s") from None
         if proc.returncode != 0 or not tmp.is_file():
-            raise QemuError(f"{argv[0]} could not dump the device tree: {proc.stderr.strip()}")
+            why = " / ".join(line.strip() for line in proc.stderr.splitlines() if line.strip())
+            raise QemuError(f"{argv[0]} could not dump the device tree: {why or f'exit {proc.returncode}'}")
         os.replace(tmp, out)
     finally:
         if tmp.exists():
@@ -187,7 +196,7 @@ class UBoot:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         except FileNotFoundError as exc:
-            raise QemuError(f"{self.argv()[0]} is not installed") from exc
+            raise QemuError(f"{self.argv()[0]} is not installed (apt: qemu-system-arm)") from exc
         os.set_blocking(self.proc.stdout.fileno(), False)
         deadline = time.monotonic() + timeout
         pos = self._wait_for([_AUTOBOOT, _PROMPT], 0, deadline)

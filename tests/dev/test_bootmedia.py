@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from segway_dev import bootmedia
+from segway_dev import bootmedia, cache
 
 EM_AARCH64 = 183
 
@@ -22,7 +22,7 @@ def _cpio(archive_gz, *args: str) -> str:
 def test_fetch_is_cached_and_idempotent(boot_media):
     again = bootmedia.fetch_boot_media()
     assert again == boot_media
-    assert boot_media.kernel_image.is_relative_to(bootmedia.DEFAULT_CACHE_DIR)
+    assert boot_media.kernel_image.is_relative_to(cache.cache_dir("arm64"))
 
 
 def test_kernel_image_is_a_raw_arm64_image(boot_media):

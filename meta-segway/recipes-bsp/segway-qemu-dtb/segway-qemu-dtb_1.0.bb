@@ -20,10 +20,11 @@ PACKAGE_ARCH = "${MACHINE_ARCH}"
 # The runqemu options that shape the generated tree: machine properties (secure=on adds the
 # secure-world nodes), CPU, CPU count, RAM, firmware present (with -bios the aarch64 virt machine
 # drops the PL061 GPIO), and runqemu's two serial ports. Devices runqemu adds on PCI
-# (QB_OPT_APPEND, network, graphics) are not in the tree.
+# (QB_OPT_APPEND, network, graphics) are not in the tree, so the dump runs without a NIC and
+# needs no option ROM.
 SEGWAY_QEMU_DUMPDTB_ARGS = "${QB_MACHINE},dumpdtb=${B}/qemu-virt.dtb ${QB_CPU} ${QB_SMP} ${QB_MEM} \
                             -bios ${B}/firmware-placeholder.bin -serial null -serial null \
-                            -display none -monitor none"
+                            -display none -monitor none -nic none"
 
 B = "${WORKDIR}/build"
 do_compile[cleandirs] = "${B}"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from segway_dev import bootmedia, fitbuild, qemu
+from segway_dev import bootmedia, cache, fitbuild, qemu
 from segway_sign.formats import fit as fit_format
 from segway_sign.formats import fit_keys, verity
 from segway_sign.release import fitprep, steps
@@ -31,7 +31,7 @@ from segway_sign.release.runner import run_release
 pytestmark = pytest.mark.qemu
 
 REPO = Path(__file__).resolve().parents[3]
-CACHE = REPO / ".cache" / "arm64-dmsetup"
+CACHE = cache.cache_dir("arm64-dmsetup")
 ROOT_MARKER = "SEGWAY-VERITY-ROOT-OK"
 DMSETUP_PACKAGES = ("dmsetup", "libdevmapper1.02.1", "libc6", "libselinux1", "libudev1", "libpcre2-8-0")
 

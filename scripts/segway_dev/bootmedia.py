@@ -66,7 +66,9 @@ def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
         raise BootMediaError(f"{argv[0]} is not installed") from exc
     except subprocess.CalledProcessError as exc:
         detail = (exc.stderr or exc.stdout or "").strip().splitlines()
-        raise BootMediaError(f"{' '.join(argv[:3])} failed: {detail[-1] if detail else exc}") from exc
+        # Name the program and its subcommand, not the private apt options in between.
+        what = " ".join(a for a in argv if not a.startswith("-") and "=" not in a)[:60]
+        raise BootMediaError(f"{what} failed: {detail[-1] if detail else exc}") from exc
 
 
 def _resolve_kernel_package(apt: list[str]) -> str:
@@ -82,7 +84,8 @@ def _download(cache_dir: Path) -> dict:
     for sub in ("lists/partial", "cache/archives/partial"):
         (apt_dir / sub).mkdir(parents=True, exist_ok=True)
     apt = _apt_options(apt_dir)
-    _run(["apt-get", *apt, "-qq", "update"])
+    # --error-on=any: an unreachable source fails here, not later as "no packages found".
+    _run(["apt-get", *apt, "-qq", "--error-on=any", "update"])
     kernel_pkg = _resolve_kernel_package(apt)
     debs = cache_dir / "debs"
     shutil.rmtree(debs, ignore_errors=True)

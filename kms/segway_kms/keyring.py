@@ -204,12 +204,11 @@ class Keyring:
     def sign(self, name: str, version: int, digest: bytes, scheme: str) -> tuple[bytes, int]:
         record = self.get(name)
         self._usable(record, for_signing=True)
-        number = version or record.primary_version
-        if number != record.primary_version:
-            raise FailedPrecondition(f"version {number} of {name} is kept for verification only")
+        v = record.version(version)  # NotFound for a version the key never had
+        if v.version != record.primary_version:
+            raise FailedPrecondition(f"version {v.version} of {name} is kept for verification only")
         hash_for_digest(digest)
-        return self.sign_checked(record, record.version(number), digest,
-                                  scheme_for(record.algorithm, scheme)), number
+        return self.sign_checked(record, v, digest, scheme_for(record.algorithm, scheme)), v.version
 
     def verify(self, name: str, version: int, digest: bytes, signature: bytes, scheme: str) -> bool:
         record = self.get(name)

@@ -9,6 +9,7 @@ import yaml
 from segway_kms.errors import ConfigError
 
 ROLES = ("user", "operator", "admin")
+MAX_VALIDITY_DAYS = 36500  # certificate lifetimes: 100 years at most, so that dates stay well before 9999
 
 
 @dataclasses.dataclass
@@ -89,9 +90,14 @@ def parse(data: dict, base: Path | None = None) -> Config:
         profiles[name] = Profile(name=name, ekus=list(p.get("ekus", [])), san_patterns=list(p.get("san_patterns", [])),
                                  max_days=int(p.get("max_days", 365)),
                                  key_types=list(p.get("key_types", ["EC_P256", "EC_P384", "RSA_2048", "RSA_3072"])))
+        if not 1 <= profiles[name].max_days <= MAX_VALIDITY_DAYS:
+            raise ConfigError(f"cert_profiles.{name}.max_days must be 1 to {MAX_VALIDITY_DAYS}")
+    crl_days = int(data.get("crl_days", 7))
+    if not 1 <= crl_days <= 3650:
+        raise ConfigError("crl_days must be 1 to 3650")
     return Config(profile=profile, state_dir=state_dir, backend=backend, unix=unix, tcp=tcp, principals=principals,
                   cert_profiles=profiles, max_request_bytes=int(data.get("max_request_bytes", 64 * 1024)),
-                  workers=int(data.get("workers", 16)), crl_days=int(data.get("crl_days", 7)),
+                  workers=int(data.get("workers", 16)), crl_days=crl_days,
                   health_interval=float(data.get("health_interval", 5.0)))
 
 

@@ -9,9 +9,9 @@ import time
 
 from segway_kms.backends.base import check_algorithm, hash_for_digest
 from segway_kms.backends.keys import private_key_for, verify_digest
-from segway_kms.errors import AlreadyExists, BackendError, FailedPrecondition, InvalidArgument, NotFound
+from segway_kms.errors import AlreadyExists, BackendError, FailedPrecondition, InvalidArgument, NotFound, clip
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # whole name (fullmatch)
 SYSTEM_TENANT = "_system"  # internal keys (CA, audit); clients cannot name it
 USAGES = ("sign", "verify")
 
@@ -46,8 +46,8 @@ class KeyRecord:
 
 
 def tenant_of(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidArgument(f"key name must be '<tenant>/<name>' (lowercase tenant), not {name!r}")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise InvalidArgument(f"key name must be '<tenant>/<name>' (lowercase tenant), not '{clip(name)}'")
     return name.split("/", 1)[0]
 
 
@@ -99,10 +99,10 @@ class Keyring:
     def _create(self, principal: str, name: str, tenant: str, algorithm: str, usage: list[str], expires: int,
                 persistent: bool = False, extra_audit=None) -> KeyRecord:
         check_algorithm(algorithm)
-        usage = list(usage) or ["sign", "verify"]
+        usage = list(dict.fromkeys(usage)) or ["sign", "verify"]  # each usage once, in the order given
         bad = [u for u in usage if u not in USAGES]
         if bad:
-            raise InvalidArgument(f"unknown key usage {bad[0]!r} (use sign, verify)")
+            raise InvalidArgument(f"unknown key usage '{clip(bad[0])}' (use sign, verify)")
         if expires and expires <= time.time():
             raise InvalidArgument("expiry lies in the past")
         if self.store.query("SELECT 1 FROM keys WHERE name = ?", (name,)):

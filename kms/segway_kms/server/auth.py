@@ -4,6 +4,10 @@ On a Unix socket the principal is "group:<socket group>": only members of that g
 (the directory and socket permissions do the authentication). Over TCP the principal is taken from the
 verified mTLS client certificate: its first SAN (e-mail, DNS or URI), else its CN; certificates revoked
 by the KMS's own CA are refused.
+
+No request ends in a traceback: requests with a malformed field (server/validate.py) are INVALID_ARGUMENT,
+and every error detail is one line of bounded length. Only a fault of the service itself is INTERNAL,
+logged with its traceback.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import grpc
 from cryptography import x509
 
 from segway_kms import errors
+from segway_kms.server import validate
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,12 @@ _STATUS = {
     errors.ConfigError: grpc.StatusCode.INTERNAL,
 }
 SERVICE_PREFIX = "/segway.kms.v1.Kms/"
+MAX_DETAIL = 512  # characters of an error detail (the grpc-message header; clients cap metadata at 8 KiB)
+
+
+def detail(exc: Exception) -> str:
+    """The error detail sent to the client: one line, at most MAX_DETAIL characters."""
+    return errors.clip(str(exc), MAX_DETAIL)
 
 
 def status_for(exc: errors.KmsError) -> grpc.StatusCode:
@@ -88,6 +99,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             principal = ""
             try:
                 principal = self._principal(context)
+                validate.check(name, request)
                 self._rbac.check(principal, name, request)
                 token = PRINCIPAL.set(principal)
                 try:
@@ -96,8 +108,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     PRINCIPAL.reset(token)
             except errors.KmsError as exc:
                 if isinstance(exc, (errors.PermissionDenied, errors.Unauthenticated)):
-                    self._on_denied(principal, name, str(exc))
-                context.abort(status_for(exc), str(exc))
+                    self._on_denied(principal, name, detail(exc))
+                context.abort(status_for(exc), detail(exc))
             except grpc.RpcError:
                 raise
             except Exception:  # noqa: BLE001 - never leak internals to the client; keep serving

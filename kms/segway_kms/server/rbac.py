@@ -5,7 +5,7 @@ CA operations live in the "ca" namespace and the audit export in "audit".
 """
 from __future__ import annotations
 
-from segway_kms.errors import PermissionDenied
+from segway_kms.errors import PermissionDenied, clip
 
 RANK = {"user": 1, "operator": 2, "admin": 3}
 
@@ -49,7 +49,7 @@ class Rbac:
 
     def check(self, principal: str, method: str, request) -> None:
         if principal not in self._principals:
-            raise PermissionDenied(f"principal {principal!r} has no role in this KMS")
+            raise PermissionDenied(f"principal '{clip(principal)}' has no role in this KMS")
         try:
             minimum, namespaces = OPERATIONS[method]
         except KeyError:
@@ -58,6 +58,6 @@ class Rbac:
             return
         for ns in namespaces(request):
             if not ns or ns.startswith("_"):
-                raise PermissionDenied(f"namespace {ns!r} is not accessible")
+                raise PermissionDenied(f"namespace '{clip(ns)}' is not accessible")
             if self.role(principal, ns) < RANK[minimum]:
-                raise PermissionDenied(f"{principal} may not {method} in {ns!r} (needs {minimum})")
+                raise PermissionDenied(f"{clip(principal)} may not {method} in '{clip(ns)}' (needs {minimum})")

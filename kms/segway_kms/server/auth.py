@@ -5,9 +5,9 @@ On a Unix socket the principal is "group:<socket group>": only members of that g
 verified mTLS client certificate: its first SAN (e-mail, DNS or URI), else its CN; certificates revoked
 by the KMS's own CA are refused.
 
-No request ends in a traceback: requests with a malformed field (server/validate.py) are INVALID_ARGUMENT,
-and every error detail is one line of bounded length. Only a fault of the service itself is INTERNAL,
-logged with its traceback.
+No request ends in a traceback: bytes that do not parse as the request message and requests with a
+malformed field (server/validate.py) are INVALID_ARGUMENT, and every error detail is one line of bounded
+length. Only a fault of the service itself is INTERNAL, logged with its traceback.
 """
 from __future__ import annotations
 
@@ -36,6 +36,60 @@ _STATUS = {
 }
 SERVICE_PREFIX = "/segway.kms.v1.Kms/"
 MAX_DETAIL = 512  # characters of an error detail (the grpc-message header; clients cap metadata at 8 KiB)
+
+
+class _Malformed:
+    """What the request deserializer returns for bytes that are not a valid request message."""
+
+    def __init__(self, type_name: str):
+        self.type_name = type_name
+
+    def error(self) -> errors.InvalidArgument:
+        return errors.InvalidArgument(f"the request is not a valid {self.type_name} message")
+
+
+def _tolerant(deserializer):
+    """The handler's request deserializer, returning _Malformed instead of raising: gRPC itself would log a
+    traceback and answer INTERNAL for a request that does not parse."""
+    if deserializer is None:
+        return None
+    message_class = getattr(deserializer, "__self__", None)
+    type_name = getattr(getattr(message_class, "DESCRIPTOR", None), "full_name", "request")
+
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception:  # noqa: BLE001 - DecodeError, or anything else the parser raises on bad bytes
+            return _Malformed(type_name)
+    return parse
+
+
+def _tolerant_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of another service (health) with the tolerant deserializer; the behaviour is unchanged."""
+    deserializer = _tolerant(handler.request_deserializer)
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        def unary(request, context):
+            if isinstance(request, _Malformed):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request.error()))
+            return inner(request, context)
+        return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=deserializer,
+                                                   response_serializer=handler.response_serializer)
+    if handler.unary_stream is not None:
+        inner = handler.unary_stream
+
+        def stream(request, context, send_response_callback=None):
+            if isinstance(request, _Malformed):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request.error()))
+            if send_response_callback is None:
+                return inner(request, context)
+            return inner(request, context, send_response_callback=send_response_callback)
+        # The health service's Watch answers through a callback when the server supports it.
+        stream.experimental_non_blocking = getattr(inner, "experimental_non_blocking", False)
+        return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=deserializer,
+                                                    response_serializer=handler.response_serializer)
+    return handler  # streaming requests: none in this server
 
 
 def detail(exc: Exception) -> str:
@@ -87,11 +141,14 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not method.startswith(SERVICE_PREFIX) or handler.unary_unary is None:
-            return handler  # health service and unknown methods: no principal needed
+        if handler is None:
+            return handler  # unknown method: UNIMPLEMENTED
         cached = self._wrapped.get(method)
         if cached is not None:
             return cached
+        if not method.startswith(SERVICE_PREFIX) or handler.unary_unary is None:
+            wrapped = self._wrapped[method] = _tolerant_handler(handler)  # health: no principal needed
+            return wrapped
         name = method[len(SERVICE_PREFIX):]
         inner = handler.unary_unary
 
@@ -99,6 +156,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
             principal = ""
             try:
                 principal = self._principal(context)
+                if isinstance(request, _Malformed):
+                    raise request.error()
                 validate.check(name, request)
                 self._rbac.check(principal, name, request)
                 token = PRINCIPAL.set(principal)
@@ -118,7 +177,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 log.exception("internal error in %s", name)
                 context.abort(grpc.StatusCode.INTERNAL, "internal error (see the daemon log)")
 
-        wrapped = grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=handler.request_deserializer,
+        wrapped = grpc.unary_unary_rpc_method_handler(guarded,
+                                                      request_deserializer=_tolerant(handler.request_deserializer),
                                                       response_serializer=handler.response_serializer)
         self._wrapped[method] = wrapped
         return wrapped

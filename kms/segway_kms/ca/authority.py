@@ -7,16 +7,18 @@ import threading
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from segway_kms.ca import profiles as prof
-from segway_kms.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from segway_kms.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, clip
+from segway_kms.config import MAX_VALIDITY_DAYS
 from segway_kms.fsutil import atomic_write
 
 CA_KEY = "ca"
+SERIAL_RE = re.compile(r"[0-9a-fA-F]{1,40}")  # RFC 5280: at most 20 octets
 REASONS = {r.name: r for r in x509.ReasonFlags}
 REASONS.update({"keyCompromise": x509.ReasonFlags.key_compromise, "cACompromise": x509.ReasonFlags.ca_compromise,
                 "affiliationChanged": x509.ReasonFlags.affiliation_changed,
@@ -41,6 +43,30 @@ def _serial(backend) -> int:
     # 120 random bits from the backend's RNG under a fixed top bit: positive, always 16 octets, well over
     # the 64 bits of entropy asked for and under the 20-octet limit of RFC 5280 §4.1.2.2.
     return (1 << 127) | int.from_bytes(backend.random(15), "big")
+
+
+def _check_chain(cert: x509.Certificate, chain: list[x509.Certificate]) -> None:
+    """Each certificate is issued by the next chain certificate, every chain certificate is a CA, and a
+    self-issued last one (the root) verifies under its own key: no byte of the chain goes unchecked."""
+    what = ["the CA certificate"] + [f"chain certificate {i + 1}" for i in range(len(chain))]
+    for i, issuer in enumerate(chain):
+        try:
+            if not issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                raise InvalidArgument(f"{what[i + 1]} is not a CA certificate")
+        except x509.ExtensionNotFound:
+            raise InvalidArgument(f"{what[i + 1]} has no basicConstraints: not a CA certificate") from None
+        except (ValueError, x509.DuplicateExtension):
+            raise InvalidArgument(f"{what[i + 1]} is malformed") from None
+        subject = ([cert] + chain)[i]
+        try:
+            subject.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            raise InvalidArgument(f"{what[i]} is not issued by {what[i + 1]}") from None
+    if chain and chain[-1].issuer == chain[-1].subject:
+        try:
+            chain[-1].verify_directly_issued_by(chain[-1])
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            raise InvalidArgument(f"{what[-1]} is self-issued but its signature does not verify") from None
 
 
 class Authority:
@@ -78,6 +104,11 @@ class Authority:
             raise AlreadyExists("the CA is already initialised")
         if not common_name:
             raise InvalidArgument("the CA needs a common name")
+        if len(common_name) > prof.MAX_CN:
+            raise InvalidArgument(f"the common name '{clip(common_name)}' is {len(common_name)} characters long "
+                                  f"(at most {prof.MAX_CN})")
+        if not 0 <= days <= MAX_VALIDITY_DAYS:
+            raise InvalidArgument(f"validity_days {days} is out of range (0 for 3650, up to {MAX_VALIDITY_DAYS})")
         try:
             record = self.keyring.get_system(CA_KEY)
         except NotFound:
@@ -125,19 +156,18 @@ class Authority:
         except NotFound:
             raise FailedPrecondition("no CA key yet: run InitCa with external_root first") from None
         try:
+            # extensions and the key are parsed on first access: malformed ones raise here
             if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
                 raise InvalidArgument("the certificate is not a CA certificate")
+            spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
         except x509.ExtensionNotFound:
             raise InvalidArgument("the certificate has no basicConstraints: not a CA certificate") from None
-        mine = record.version().public_der
-        if cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo) != mine:
+        except (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension):
+            raise InvalidArgument("the CA certificate is malformed") from None
+        if spki != record.version().public_der:
             raise InvalidArgument("the certificate is not for the CA key of this KMS")
-        if chain:
-            try:
-                cert.verify_directly_issued_by(chain[0])
-            except (ValueError, TypeError, InvalidSignature):
-                raise InvalidArgument("the CA certificate is not issued by the first chain certificate") from None
+        _check_chain(cert, chain)
         with self.store.transaction() as db:
             self.store.put_setting(db, "ca.cert", cert.public_bytes(serialization.Encoding.PEM))
             self.store.put_setting(db, "ca.chain", b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain))
@@ -202,11 +232,14 @@ class Authority:
             sans = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) \
                 if any(isinstance(e.value, x509.SubjectAlternativeName) for e in csr.extensions) else []
             public = csr.public_key()
-        except (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+            subject = csr.subject  # parsed on first access
+            subject.rfc4514_string()
+        except (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension,
+                x509.UnsupportedGeneralNameType):
             raise InvalidArgument("the CSR is malformed") from None
         if not all(isinstance(n, (x509.DNSName, x509.RFC822Name, x509.UniformResourceIdentifier)) for n in sans):
             raise InvalidArgument("the CSR asks for a SAN type other than DNS, e-mail or URI")
-        return self._issue(principal, "SignCsr", profile, csr.subject, public, sans, days)
+        return self._issue(principal, "SignCsr", profile, subject, public, sans, days)
 
     def issue(self, principal: str, key_record, profile: str, common_name: str, dns: list[str], emails: list[str],
               days: int) -> x509.Certificate:
@@ -220,11 +253,12 @@ class Authority:
         """Validate an IssueCertificate request before any key is generated for it."""
         self.require_certificate()
         p = prof.lookup(self.profiles, profile)
+        prof.check_subject(common_name, dns, emails)
         if algorithm not in p.key_types:
             raise InvalidArgument(f"profile {p.name} does not allow {algorithm} keys")
         for name in ([common_name] if common_name else []) + list(dns) + list(emails):
             if not any(re.fullmatch(pat, name) for pat in p.san_patterns):
-                raise InvalidArgument(f"name {name!r} is not allowed by profile {p.name}")
+                raise InvalidArgument(f"name '{clip(name)}' is not allowed by profile {p.name}")
         if days < 0 or days > p.max_days:
             raise InvalidArgument(f"lifetime {days} days exceeds the profile maximum of {p.max_days}")
 
@@ -235,9 +269,11 @@ class Authority:
 
     def revoke(self, principal: str, serial_hex: str, reason: str) -> int:
         self.require_certificate()
+        if not SERIAL_RE.fullmatch(serial_hex):
+            raise InvalidArgument(f"the serial '{clip(serial_hex)}' is not 1 to 40 hexadecimal digits")
         serial = serial_hex.lower().lstrip("0") or "0"
         if reason and reason not in REASONS:
-            raise InvalidArgument(f"unknown revocation reason {reason!r}")
+            raise InvalidArgument(f"unknown revocation reason '{clip(reason)}'")
         rows = self.store.query("SELECT revoked_at FROM certificates WHERE serial = ?", (serial,))
         if not rows:
             raise NotFound(f"no certificate with serial {serial_hex} was issued by this CA")

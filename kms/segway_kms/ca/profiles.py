@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from segway_kms.config import Profile
-from segway_kms.errors import InvalidArgument, NotFound
+from segway_kms.errors import InvalidArgument, NotFound, clip
 
 EKUS = {
     "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH,
@@ -32,7 +32,25 @@ def lookup(profiles: dict[str, Profile], name: str) -> Profile:
     try:
         return profiles[name]
     except KeyError:
-        raise NotFound(f"no certificate profile named {name!r}") from None
+        raise NotFound(f"no certificate profile named '{clip(name)}'") from None
+
+
+MAX_CN = 64          # ub-common-name (RFC 5280)
+MAX_SAN = 253        # a DNS name's limit, applied to e-mail addresses as well
+MAX_SANS = 100
+
+
+def check_subject(common_name: str, dns: list[str], emails: list[str]) -> None:
+    """Subject names that can go into a certificate at all, before any profile looks at them."""
+    if len(common_name) > MAX_CN:
+        raise InvalidArgument(f"the common name '{clip(common_name)}' is {len(common_name)} characters long "
+                              f"(at most {MAX_CN})")
+    if len(dns) + len(emails) > MAX_SANS:
+        raise InvalidArgument(f"{len(dns) + len(emails)} subject alternative names (at most {MAX_SANS})")
+    for name in list(dns) + list(emails):
+        if not name or len(name) > MAX_SAN or not name.isascii() or not name.isprintable() or " " in name:
+            raise InvalidArgument(f"the subject alternative name '{clip(name)}' is not 1 to {MAX_SAN} printable "
+                                  "ASCII characters without spaces")
 
 
 def check_request(profile: Profile, public, common_name: str | None, sans: list[str], days: int) -> int:
@@ -45,7 +63,7 @@ def check_request(profile: Profile, public, common_name: str | None, sans: list[
         raise InvalidArgument("the request names no subject (no CN and no SAN)")
     for name in names:
         if not any(re.fullmatch(p, name) for p in profile.san_patterns):
-            raise InvalidArgument(f"name {name!r} is not allowed by profile {profile.name}")
+            raise InvalidArgument(f"name '{clip(name)}' is not allowed by profile {profile.name}")
     if days < 0 or days > profile.max_days:
         raise InvalidArgument(f"lifetime {days} days exceeds the profile maximum of {profile.max_days}")
     return days or profile.max_days

@@ -354,10 +354,12 @@ class TpmBackend:
         The EK's authorisation policy (TCG EK profile, policy A) is PolicySecret(TPM_RH_ENDORSEMENT).
         """
         try:
-            blob, _ = TPM2B_ID_OBJECT.unmarshal(credential_blob)
-            secret, _ = TPM2B_ENCRYPTED_SECRET.unmarshal(encrypted_secret)
+            blob, blob_end = TPM2B_ID_OBJECT.unmarshal(credential_blob)
+            secret, secret_end = TPM2B_ENCRYPTED_SECRET.unmarshal(encrypted_secret)
         except Exception:  # noqa: BLE001 - malformed input from the client
             raise InvalidArgument("malformed credential blob or secret") from None
+        if blob_end != len(credential_blob) or secret_end != len(encrypted_secret):
+            raise InvalidArgument("malformed credential blob or secret: bytes after the structure")
 
         def run():
             _cert, template = self._endorsement_key()

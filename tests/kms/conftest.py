@@ -231,6 +231,19 @@ def tpm_daemon(tmp_path):
     yield from _daemon_with_ca(tmp_path, "tpm")
 
 
+@pytest.fixture
+def ek_daemon(tmp_path):
+    """A running daemon on an swtpm that carries an EK certificate (no CA)."""
+    tpm = Swtpm(tmp_path / "swtpm", ek_cert=True)
+    daemon = Daemon(tmp_path / "kms", tpm_backend(tpm))
+    daemon.swtpm = tpm
+    try:
+        yield daemon.start()
+    finally:
+        daemon.kill(signal.SIGTERM)
+        tpm.stop()
+
+
 @pytest.fixture(params=["tpm", "pkcs11"])
 def backend_daemon(request, tmp_path):
     """A running daemon on each hardware backend (swtpm or SoftHSM), with the CA initialised."""

@@ -16,18 +16,6 @@ from segway_kms.api import kms_pb2 as pb
 from ..conftest import Daemon, SoftHsm, Swtpm, pkcs11_backend, tpm_backend
 
 
-@pytest.fixture
-def ek_daemon(tmp_path):
-    tpm = Swtpm(tmp_path / "swtpm", ek_cert=True)
-    daemon = Daemon(tmp_path / "kms", tpm_backend(tpm))
-    daemon.swtpm = tpm
-    try:
-        yield daemon.start()
-    finally:
-        daemon.kill(signal.SIGTERM)
-        tpm.stop()
-
-
 def _edit(path, field, value):
     doc = json.loads(path.read_text())
     doc[field] = value

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
@@ -28,6 +29,20 @@ def test_bad_config_is_one_line_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "segway_kms.server.daemon", "-c", str(cfg)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "profile" in r.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"cert_profiles": {"forever": {"max_days": 10**9}}}, "cert_profiles.forever.max_days must be 1 to 36500"),
+    ({"crl_days": 0}, "crl_days must be 1 to 3650"),
+])
+def test_out_of_range_config_values_are_refused(tmp_path, extra, message):
+    """Lifetimes that could not become certificate dates are refused at start, not at the first request."""
+    daemon = Daemon(tmp_path / "kms", {"type": "software"}, extra=extra)
+    daemon.start(expect_ready=False)
+    assert daemon.proc.wait(timeout=60) == 2
+    log = daemon.log.read_text()
+    assert message in log and "Traceback" not in log
+    daemon.kill()
 
 
 def test_notify_ready_and_graceful_stop(tmp_path):

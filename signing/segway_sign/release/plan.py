@@ -18,6 +18,10 @@ import yaml
 from ..errors import InputError
 
 PLAN_VERSION = 1
+# A plan is a few levels deep (steps > options > values) and a few hundred values long; these bounds
+# refuse nesting that would exhaust the parser's stack and aliases that expand to huge documents.
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _STEP_REF = re.compile(r"^step:([a-z0-9][a-z0-9_-]*)/(.+)$")
 
@@ -79,6 +83,66 @@ def _safe_rel(path: str, where: str) -> str:
     return path
 
 
+def _check_shape(node: yaml.Node, where: str) -> None:
+    """Refuse a document nested deeper than MAX_DEPTH or holding more than MAX_VALUES values once
+    its aliases are expanded (an alias cycle counts as too deep). Walks the composed nodes without
+    recursion and stops at the first bound exceeded."""
+    todo = [(node, 1)]
+    count = 0
+    while todo:
+        node, depth = todo.pop()
+        count += 1
+        if depth > MAX_DEPTH:
+            raise InputError(f"{where} is nested more than {MAX_DEPTH} levels deep")
+        if count > MAX_VALUES:
+            raise InputError(f"{where} holds more than {MAX_VALUES} values (aliases included)")
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            todo.extend((child, depth + 1) for pair in node.value for child in pair)
+
+
+def _plain(value, where: str) -> None:
+    """Option values go into manifest.json: text, numbers, booleans, null, lists and mappings with
+    text keys only (not dates, binary or sets, which YAML tags can make)."""
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, dict):
+            if not all(isinstance(k, str) for k in v):
+                raise InputError(f"{where}: option mappings need text keys")
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+        elif not (v is None or isinstance(v, (str, int, float, bool))):
+            raise InputError(f"{where}: a {type(v).__name__} value; options are text, numbers, booleans, "
+                             "null, and lists or mappings of them")
+
+
+def _load_yaml(raw: bytes, path: Path):
+    where = f"plan {path.name}"
+    loader = None
+    try:
+        loader = yaml.SafeLoader(raw)  # reads the encoding mark already: may raise a ReaderError
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_shape(node, where)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise InputError(f"{where} is not valid YAML{at}") from None
+    except RecursionError:
+        raise InputError(f"{where} is nested more than {MAX_DEPTH} levels deep") from None
+    except (ValueError, OverflowError, TypeError, AttributeError) as e:  # a value its tag cannot take
+        raise InputError(f"{where} is not valid YAML ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def load_plan(path: str | Path, known_types: set[str] | None = None) -> Plan:
     """Read and validate a plan; raises InputError naming the first problem."""
     path = Path(path)
@@ -86,12 +150,7 @@ def load_plan(path: str | Path, known_types: set[str] | None = None) -> Plan:
         raw = path.read_bytes()
     except OSError as e:
         raise InputError(f"cannot read plan {path}: {e.strerror}") from None
-    try:
-        doc = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise InputError(f"plan {path.name} is not valid YAML{at}") from None
+    doc = _load_yaml(raw, path)
     where = f"plan {path.name}"
     if not isinstance(doc, dict):
         raise InputError(f"{where}: top level must be a mapping")
@@ -101,6 +160,8 @@ def load_plan(path: str | Path, known_types: set[str] | None = None) -> Plan:
     keys: dict[str, KeySpec] = {}
     for name, spec in _req(doc, "keys", where, dict).items():
         kw = f"{where}: key '{name}'"
+        if not isinstance(name, str):
+            raise InputError(f"{kw}: key names are text")
         if not isinstance(spec, dict):
             raise InputError(f"{kw} must be a mapping")
         uri = _req(spec, "uri", kw)
@@ -127,23 +188,25 @@ def load_plan(path: str | Path, known_types: set[str] | None = None) -> Plan:
         if known_types is not None and stype not in known_types:
             raise InputError(f"{sw}: unknown type '{stype}' (known: {', '.join(sorted(known_types))})")
         key = s.get("key")
-        if key is not None and key not in keys:
+        if key is not None and (not isinstance(key, str) or key not in keys):
             raise InputError(f"{sw}: key '{key}' is not among the keys")
         inputs = s.get("inputs", {})
-        if not isinstance(inputs, dict) or not all(isinstance(v, str) for v in inputs.values()):
+        if not isinstance(inputs, dict) or not all(isinstance(r, str) and isinstance(v, str)
+                                                   for r, v in inputs.items()):
             raise InputError(f"{sw}: 'inputs' must map roles to file names")
         for role, value in inputs.items():
             ref = split_step_ref(value)
             _safe_rel(ref[1] if ref else value, f"{sw} input '{role}'")
         options = s.get("options", {})
-        if not isinstance(options, dict):
-            raise InputError(f"{sw}: 'options' must be a mapping")
+        if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+            raise InputError(f"{sw}: 'options' must be a mapping from option names")
+        _plain(options, f"{sw} options")
         after = s.get("after", [])
-        if not isinstance(after, list):
+        if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
             raise InputError(f"{sw}: 'after' must be a list of step ids")
         unknown = set(s) - {"id", "type", "key", "inputs", "options", "after"}
         if unknown:
-            raise InputError(f"{sw}: unknown field(s) {', '.join(sorted(unknown))}")
+            raise InputError(f"{sw}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
         steps[sid] = Step(sid, stype, key, dict(inputs), dict(options), tuple(after))
     if not steps:
         raise InputError(f"{where}: no steps")

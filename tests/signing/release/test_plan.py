@@ -66,3 +66,42 @@ def test_unreadable_and_malformed_plan_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("version: 1\nkeys: [\n")
     with pytest.raises(InputError, match="not valid YAML at line"):
         load_plan(tmp_path / "bad.yaml")
+
+
+VALID = "version: 1\nmachine: m\nkeys: {r: {uri: 'pkcs11:token=t;object=r', cert: r.pem}}\nmanifest_key: r\n"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("a: " + "[" * 100_000 + "]" * 100_000, "nested more than 32 levels"),  # past Python's recursion limit
+    (VALID + "steps: [{id: a, type: copy, options: {x: " + "[" * 40 + "]" * 40 + "}}]\n", "nested more than 32"),
+    ("".join("  " * i + "a:\n" for i in range(2000)), "nested more than 32 levels"),
+    ("a: &a [*a]\n", "nested more than 32 levels"),  # an alias cycle
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, n in zip("abcdef", "bcdefg")), "more than 100000 values"),  # 10^7 values once expanded
+    (VALID + "steps: [{id: a, type: copy, options: {when: 2026-13-01}}]\n", "not valid YAML (month must be"),
+    (VALID + "steps: [{id: a, type: copy, options: {when: !!timestamp soon}}]\n", "not valid YAML"),
+    (VALID + "steps: [{id: a, type: copy, options: {when: 2026-01-01}}]\n", "a date value"),
+    (VALID + "steps: [{id: a, type: copy, options: {b: !!binary aGk=}}]\n", "a bytes value"),
+    (VALID + "steps: [{id: a, type: copy, options: {1: x, y: z}}]\n", "'options' must be a mapping from option"),
+    (VALID + "steps: [{id: a, type: copy, key: {r: 1}}]\n", "is not among the keys"),
+    (VALID + "steps: [{id: a, type: copy, after: [{x: 1}]}]\n", "'after' must be a list of step ids"),
+    (VALID + "steps: [{id: a, type: copy, inputs: {1: disk.wic}}]\n", "'inputs' must map roles"),
+    (VALID + "steps: [{id: a, type: copy, 1: x, colour: red}]\n", "unknown field(s) 1, colour"),
+    (b"version: 1\nmachine: \xff\xfe\n", "not valid YAML"),
+])
+def test_hostile_yaml_is_a_one_line_error(tmp_path, text, message):
+    path = tmp_path / "p.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(InputError) as err:
+        load_plan(path, set(steps.REGISTRY))
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_release_refuses_a_deeply_nested_plan_with_one_line(tmp_path):
+    from helpers import one_line_error, run_cli
+
+    (tmp_path / "p.yaml").write_text("version: 1\nmachine: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    (tmp_path / "deploy").mkdir()
+    one_line_error(run_cli(["release", "--plan", str(tmp_path / "p.yaml"), "--deploy-dir", str(tmp_path / "deploy"),
+                            "--out", str(tmp_path / "rel")], timeout=60), 1, "nested more than 32 levels")

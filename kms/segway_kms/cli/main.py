@@ -15,6 +15,10 @@ from segway_kms.errors import KmsError
 from segway_kms.fsutil import atomic_write
 
 TIMEOUT = 60
+# The ranges of the request fields: the daemon judges the values, but protobuf refuses to carry a value
+# outside its field's type (a ValueError traceback in the client).
+UINT32 = click.IntRange(0, 2**32 - 1)
+INT64 = click.IntRange(-2**63, 2**63 - 1)
 
 
 def _write(path: str | None, data: bytes) -> None:
@@ -68,7 +72,7 @@ def key():
 @click.argument("name")
 @click.option("--algorithm", type=click.Choice(["EC_P256", "EC_P384", "RSA_2048", "RSA_3072"]), default="EC_P256")
 @click.option("--usage", multiple=True, type=click.Choice(["sign", "verify"]))
-@click.option("--expires", type=int, default=0, help="Unix time after which the key refuses to sign.")
+@click.option("--expires", type=INT64, default=0, help="Unix time after which the key refuses to sign.")
 @click.pass_context
 def key_generate(ctx, name, algorithm, usage, expires):
     """Generate a non-exportable key NAME (tenant/name)."""
@@ -87,7 +91,7 @@ def key_list(ctx, tenant):
 
 @key.command("public")
 @click.argument("name")
-@click.option("--version", type=int, default=0)
+@click.option("--version", type=UINT32, default=0)
 @click.option("-o", "--output", default="-")
 @click.pass_context
 def key_public(ctx, name, version, output):
@@ -132,7 +136,7 @@ def key_sign(ctx, name, input_path, digest_hex, hash_name, scheme, output):
 @click.option("--digest", "digest_hex")
 @click.option("--hash", "hash_name", type=click.Choice(["sha256", "sha384", "sha512"]), default="sha256")
 @click.option("--scheme", type=_SCHEME, default="default")
-@click.option("--version", type=int, default=0)
+@click.option("--version", type=UINT32, default=0)
 @click.pass_context
 def key_verify(ctx, name, signature, input_path, digest_hex, hash_name, scheme, version):
     """Verify SIGNATURE with key NAME; exit 1 when it does not verify."""
@@ -166,7 +170,7 @@ def ca():
 @ca.command("init")
 @click.option("--cn", "common_name", required=True)
 @click.option("--algorithm", type=click.Choice(["EC_P256", "EC_P384", "RSA_2048", "RSA_3072"]), default="EC_P256")
-@click.option("--days", type=int, default=3650)
+@click.option("--days", type=UINT32, default=3650)
 @click.option("--external-root", is_flag=True, help="Produce a CSR for an external root instead of self-signing.")
 @click.option("-o", "--output", default="-", help="CA certificate (or CSR) PEM.")
 @click.pass_context
@@ -207,7 +211,7 @@ def _write_cert(resp, output, chain_output):
 @ca.command("sign-csr")
 @click.argument("csr")
 @click.option("--profile", required=True)
-@click.option("--days", type=int, default=0)
+@click.option("--days", type=UINT32, default=0)
 @click.option("-o", "--output", default="-")
 @click.option("--chain-output")
 @click.pass_context
@@ -225,7 +229,7 @@ def ca_sign_csr(ctx, csr, profile, days, output, chain_output):
 @click.option("--cn", "common_name", default="")
 @click.option("--dns", multiple=True)
 @click.option("--email", multiple=True)
-@click.option("--days", type=int, default=0)
+@click.option("--days", type=UINT32, default=0)
 @click.option("-o", "--output", default="-")
 @click.pass_context
 def ca_issue(ctx, key_name, profile, algorithm, common_name, dns, email, days, output):
@@ -417,7 +421,7 @@ def audit_verify(log_file, public_key, head, anchor_file, ak_pem):
 
 
 @main.command("random")
-@click.argument("length", type=int)
+@click.argument("length", type=UINT32)
 @click.pass_context
 def random_cmd(ctx, length):
     """Print LENGTH random bytes from the backend (hex)."""

@@ -62,3 +62,16 @@ def test_cli_errors_are_one_line(tpm_daemon, tmp_path):
     assert r.returncode != 0 and b"cannot read" in r.stderr and b"Traceback" not in r.stderr
     r = tpm_daemon.ctl("key", "generate", "other/x", group="bin", check=False)
     assert r.returncode == 1 and b"PERMISSION_DENIED" in r.stderr
+
+
+def test_out_of_range_numbers_are_usage_errors(tpm_daemon):
+    """Outside the request field's type: click refuses it (exit 2); inside it: the daemon judges it."""
+    for args in (["random", "--", "-1"], ["random", str(2**32)], ["key", "public", "acme/k", "--version", "-1"],
+                 ["key", "generate", "acme/k", "--expires", str(2**63)], ["ca", "init", "X", "--days", str(2**32)]):
+        r = tpm_daemon.ctl(*args, check=False)
+        assert r.returncode == 2 and b"is not in the range" in r.stderr and b"Traceback" not in r.stderr, r.stderr
+    r = tpm_daemon.ctl("random", str(2**32 - 1), check=False)
+    assert r.returncode == 1
+    assert r.stderr.decode().strip() == "segway-kmsctl: INVALID_ARGUMENT: length must be 1 to 1024"
+    r = tpm_daemon.ctl("key", "generate", "acme/k", "--expires", str(2**63 - 1), check=False)
+    assert r.returncode == 1 and b"INVALID_ARGUMENT: expires" in r.stderr and r.stderr.count(b"\n") == 1

@@ -229,8 +229,9 @@ def test_bytes_that_are_not_a_request(tpm_daemon):
     service = pb.DESCRIPTOR.services_by_name["Kms"]
     wrong = []
     cases = [(f"/{service.full_name}/{m.name}", truncated) for m in service.methods]
-    cases += [(f"/{service.full_name}/{m.name}", not_utf8) for m in service.methods
-              if 1 in m.input_type.fields_by_number and m.input_type.fields_by_number[1].type == FieldDescriptor.TYPE_STRING]
+    first_field = {m.name: m.input_type.fields_by_number.get(1) for m in service.methods}
+    cases += [(f"/{service.full_name}/{name}", not_utf8) for name, field in first_field.items()
+              if field is not None and field.type == FieldDescriptor.TYPE_STRING]
     cases += [("/grpc.health.v1.Health/Check", truncated), ("/grpc.health.v1.Health/Check", not_utf8)]
     assert len(cases) > 30
     for path, data in cases:

@@ -82,16 +82,19 @@ def max_size(cert: x509.Certificate, signing_time: datetime.datetime) -> int:
 
 def _assemble(cert: x509.Certificate, attrs: cms.CMSAttributes, signature: bytes) -> bytes:
     asn1_cert = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
-    if isinstance(cert.public_key(), rsa.RSAPublicKey):
+    sid = cms.IssuerAndSerialNumber({"issuer": asn1_cert.issuer, "serial_number": asn1_cert.serial_number})
+    return _assemble_sid(sid, isinstance(cert.public_key(), rsa.RSAPublicKey), attrs, signature)
+
+
+def _assemble_sid(sid: cms.IssuerAndSerialNumber, is_rsa: bool, attrs: cms.CMSAttributes, signature: bytes) -> bytes:
+    if is_rsa:
         sig_alg = algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15"})
     else:
         sig_alg = algos.SignedDigestAlgorithm.load(_ECDSA_SHA256)
     signer = cms.SignerInfo(
         {
             "version": "v1",
-            "sid": cms.SignerIdentifier(
-                {"issuer_and_serial_number": {"issuer": asn1_cert.issuer, "serial_number": asn1_cert.serial_number}}
-            ),
+            "sid": cms.SignerIdentifier({"issuer_and_serial_number": sid}),
             "digest_algorithm": algos.DigestAlgorithm.load(_SHA256),
             "signed_attrs": attrs,
             "signature_algorithm": sig_alg,
@@ -111,21 +114,39 @@ def _assemble(cert: x509.Certificate, attrs: cms.CMSAttributes, signature: bytes
 
 def verify_detached(der: bytes, data: bytes, cert) -> None:
     """Check a HAB CMS signature over ``data`` with ``cert``'s key (or a bare public key, as an SRK
-    slot holds one); raise VerificationError."""
+    slot holds one); raise VerificationError.
+
+    Only the signed attributes are covered by the signature, so the rest of the structure must be
+    exactly the one CST (and ``sign_detached``) writes: one signer named by ``cert``'s issuer and
+    serial number, SHA-256, no certificates, nothing after the DER."""
+    public = cert.public_key() if isinstance(cert, x509.Certificate) else cert
     try:
-        info = cms.ContentInfo.load(der)
+        info = cms.ContentInfo.load(der, strict=True)
         signer = info["content"]["signer_infos"][0]
         attrs = signer["signed_attrs"]
+        types = [a["type"].native for a in attrs]
         digest = next(a["values"][0].native for a in attrs if a["type"].native == "message_digest")
         signature = signer["signature"].native
         # stored as [0] IMPLICIT; the signature covers the same content under the SET OF tag
         contents = attrs.contents
         to_verify = b"\x31" + _der_length(len(contents)) + contents
+        if isinstance(cert, x509.Certificate):
+            asn1_cert = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+            sid = cms.IssuerAndSerialNumber({"issuer": asn1_cert.issuer, "serial_number": asn1_cert.serial_number})
+        else:  # an SRK slot has no certificate to name the signer by; take the name as written
+            sid = signer["sid"].chosen
+        expected = _assemble_sid(sid, isinstance(public, rsa.RSAPublicKey), attrs, signature)
     except (ValueError, KeyError, TypeError, IndexError, StopIteration) as err:
-        raise InputError(f"malformed CMS signature: {err}") from None
+        raise InputError(f"malformed CMS signature: {' '.join(str(err).split())}") from None
+    if sorted(types) != sorted(["content_type", "signing_time", "message_digest"]) or \
+            not isinstance(signature, bytes) or not isinstance(digest, bytes):
+        raise VerificationError("CMS signature: signed attributes other than HAB's (content type, signing "
+                                "time, message digest)")
+    if expected != der:
+        raise VerificationError("CMS signature: the structure around the signed attributes differs from the "
+                                "one HAB signatures have (signer, algorithms or lengths changed)")
     if digest != hashlib.sha256(data).digest():
-        raise VerificationError("CMS message digest does not match the signed blocks")
-    public = cert.public_key() if isinstance(cert, x509.Certificate) else cert
+        raise VerificationError("CMS message digest does not match the signed data")
     who = cert.subject.rfc4514_string() if isinstance(cert, x509.Certificate) else "the SRK"
     try:
         if isinstance(public, rsa.RSAPublicKey):

@@ -15,8 +15,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -256,13 +257,32 @@ def parse_csf(csf: bytes) -> ParsedCsf:
     return parsed
 
 
-def _blob(csf: bytes, offset: int, tag: int) -> bytes:
+def _blob(csf: bytes, offset: int, tag: int, version: int | None = None) -> bytes:
     if offset + 4 > len(csf) or csf[offset] != tag:
         raise InputError(f"CSF: no 0x{tag:02x} blob at offset 0x{offset:x}")
     (length,) = struct.unpack_from(">H", csf, offset + 1)
-    if offset + length > len(csf):
+    if length < 4 or offset + length > len(csf):
         raise InputError(f"CSF: blob at 0x{offset:x} overruns the CSF")
+    if version is not None and csf[offset + 3] != version:
+        raise VerificationError(f"CSF: blob at 0x{offset:x} has version 0x{csf[offset + 3]:02x}, the CSF "
+                                f"0x{version:02x}")
     return csf[offset + 4 : offset + length]
+
+
+def _load_certificate(der: bytes, where: int) -> x509.Certificate:
+    """A certificate blob's DER, refused when a field outside the signed part is not the canonical one
+    (the outer algorithm must repeat the inner one; the signature bit string has no unused bits)."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        outer = asn1_x509.Certificate.load(der, strict=True)
+        inner_alg = outer["tbs_certificate"]["signature"].dump()
+        outer_alg = outer["signature_algorithm"].dump()
+        unused_bits = outer["signature_value"].contents[:1]
+    except (ValueError, x509.InvalidVersion, KeyError, TypeError):
+        raise InputError(f"CSF: bad certificate at 0x{where:x}") from None
+    if inner_alg != outer_alg or unused_bits != b"\x00":
+        raise VerificationError(f"CSF: the certificate at 0x{where:x} has a non-canonical signature field")
+    return cert
 
 
 def verify_csf(csf: bytes, image: bytes, blocks: Sequence[Block], srk_table: bytes | None = None) -> dict:
@@ -273,18 +293,28 @@ def verify_csf(csf: bytes, image: bytes, blocks: Sequence[Block], srk_table: byt
     """
     try:
         return _verify_csf(csf, image, blocks, srk_table)
-    except (struct.error, IndexError, ValueError) as err:
-        raise InputError(f"malformed CSF: {err}") from None
+    except (struct.error, IndexError, ValueError, UnsupportedAlgorithm) as err:
+        raise InputError(f"malformed CSF: {' '.join(str(err).split())}") from None
+
+
+def _check_signature(what: str, sig: bytes, data: bytes, cert) -> None:
+    try:
+        hab_cms.verify_detached(sig, data, cert)
+    except (InputError, VerificationError) as err:
+        raise type(err)(f"{what}: {err}") from None
 
 
 def _verify_csf(csf: bytes, image: bytes, blocks: Sequence[Block], srk_table: bytes | None) -> dict:
     parsed = parse_csf(csf)
     slots: dict[int, object] = {}
     summary: dict = {"blocks": []}
+    csf_authenticated = data_authenticated = False
     for cmd in parsed.commands:
         if cmd.tag == CMD_INSTALL_KEY:
             pcl, _alg, src, tgt, key_dat = struct.unpack_from(">BBBBI", cmd.raw, 4)
             if pcl == PCL_SRK:
+                if "srk_table" in summary:
+                    raise VerificationError("the CSF installs an SRK table twice")
                 table = csf[key_dat : key_dat + 4] + _blob(csf, key_dat, TAG_CRT)  # the table is a 0xD7 blob
                 if srk_table is not None and table != srk_table:
                     raise VerificationError("the CSF carries a different SRK table")
@@ -296,13 +326,11 @@ def _verify_csf(csf: bytes, image: bytes, blocks: Sequence[Block], srk_table: by
                     slots.setdefault(IDX_CSFK, slots[tgt])
                     summary["fast_authentication"] = True
                 summary["srk_index"] = src
+                summary["srk_table"] = table
             elif pcl == PCL_X509:
                 if src not in slots:
                     raise VerificationError(f"Install Key: verifying slot {src} is empty")
-                try:
-                    cert = x509.load_der_x509_certificate(_blob(csf, key_dat, TAG_CRT))
-                except ValueError:
-                    raise InputError(f"CSF: bad certificate at 0x{key_dat:x}") from None
+                cert = _load_certificate(_blob(csf, key_dat, TAG_CRT, parsed.version), key_dat)
                 check_issued_by(cert, slots[src], f"certificate in slot {tgt}")
                 slots[tgt] = cert
         elif cmd.tag == CMD_AUTHENTICATE:
@@ -310,15 +338,27 @@ def _verify_csf(csf: bytes, image: bytes, blocks: Sequence[Block], srk_table: by
             cert = slots.get(key)
             if cert is None or pcl != PCL_CMS:
                 raise VerificationError(f"Authenticate: slot {key} holds no key")
-            sig = _blob(csf, aut_start, TAG_SIG)
+            sig = _blob(csf, aut_start, TAG_SIG, parsed.version)
             rest = cmd.raw[12:]
             if not rest:  # Authenticate CSF
-                hab_cms.verify_detached(sig, csf[: parsed.header_len], cert)
+                _check_signature("Authenticate CSF (the CSF commands)", sig, csf[: parsed.header_len], cert)
+                csf_authenticated = True
             else:
+                if not csf_authenticated:
+                    raise VerificationError("the CSF authenticates data before authenticating itself")
+                if len(rest) % 8:
+                    raise InputError("Authenticate Data: the block list is not address/length pairs")
                 listed = [(a, n) for a, n in struct.iter_unpack(">II", rest)]
                 if listed != [(b.address, b.length) for b in blocks]:
                     raise VerificationError("the CSF authenticates other blocks than the image layout gives")
                 summary["blocks"] = [(b.address, b.offset, b.length) for b in blocks]
                 data = block_data(image, blocks)
-                hab_cms.verify_detached(sig, data, cert)
+                _check_signature("Authenticate Data (the image blocks)", sig, data, cert)
+                data_authenticated = True
+    if "srk_table" not in summary:
+        raise VerificationError("the CSF installs no SRK table")
+    if not csf_authenticated:
+        raise VerificationError("the CSF does not authenticate itself (no Authenticate CSF)")
+    if not data_authenticated:
+        raise VerificationError("the CSF authenticates no image data (no Authenticate Data)")
     return summary

@@ -136,6 +136,18 @@ def fuse_file(digest: bytes, fuse_format: int = 1) -> bytes:
     raise UsageError("fuse format must be 0 or 1")
 
 
+def fuse_file_digest(data: bytes) -> bytes:
+    """SRK_HASH from a fuse file as ``fuse_file`` and srktool write it (format 1: 32 bytes; format 0:
+    128 bytes, one hash byte in the low byte of each big-endian word)."""
+    if len(data) == 32:
+        return bytes(data)
+    if len(data) == 128:
+        words = struct.unpack(">32I", data)
+        if all(w <= 0xFF for w in words):
+            return bytes(words)
+    raise InputError(f"not an SRK fuse file ({len(data)} bytes; srktool writes 32 bytes with -f 1, 128 with -f 0)")
+
+
 def hash_fuse_words(digest: bytes) -> list[int]:
     """The eight 32-bit values to burn, in fuse order: little-endian words of SRK_HASH (as U-Boot's
     documentation reads them from ``SRK_fuse.bin`` with ``hexdump -e '/4 "0x"' -e '/4 "%X""\\n"'``)."""

@@ -24,6 +24,8 @@ class Ivt:
     boot_data: int
     self_addr: int
     csf: int
+    reserved1: int = 0  # imx-mkimage (ROM v1): the second loader's offset from this IVT
+    reserved2: int = 0
 
     @property
     def csf_offset(self) -> int:
@@ -40,8 +42,8 @@ def parse_ivt(image: bytes, offset: int) -> Ivt:
     tag, length, version = struct.unpack_from(">BHB", image, offset)
     if tag != IVT_TAG or length != IVT_SIZE or version & 0xF0 != 0x40:
         raise InputError(f"no IVT at offset 0x{offset:x} (header {image[offset:offset + 4].hex()})")
-    entry, _r1, dcd, boot_data, self_addr, csf, _r2 = struct.unpack_from("<7I", image, offset + 4)
-    return Ivt(offset, version, entry, dcd, boot_data, self_addr, csf)
+    entry, reserved1, dcd, boot_data, self_addr, csf, reserved2 = struct.unpack_from("<7I", image, offset + 4)
+    return Ivt(offset, version, entry, dcd, boot_data, self_addr, csf, reserved1, reserved2)
 
 
 def find_ivts(image: bytes, limit: int = 8) -> list[Ivt]:

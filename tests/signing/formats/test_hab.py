@@ -393,14 +393,172 @@ def test_explicit_blocks_as_imx_mkimage_prints_them(tmp_path, rsa_pki):
     image = path.read_bytes()
     parts = dict(hab.locate_parts(image, "imx8m"))
     auto = hab.fit_blocks(image, parts["fit"])
-    text = ",\n".join(f'0x{b.address:x} 0x{b.offset:x} 0x{b.length:x} "flash.bin"' for b in auto[:2])
+    text = ",\n".join(f'0x{b.address:x} 0x{b.offset:x} 0x{b.length:x} "flash.bin"' for b in auto)
     given = hab.parse_blocks(text)
     signed = hab.sign_image(image, "imx8m", rsa_pki.keys(), blocks={"fit": given}, signing_time=SIGNING_TIME)
-    assert signed.parts[1].blocks == auto[:2]
+    assert signed.parts[1].blocks == auto
+    assert hab.verify_image(signed.image, "imx8m", rsa_pki.table, {"fit": given})[1]["part"] == "fit"
+    # A block list that leaves a FIT image out would let SPL run it unauthenticated: refused when
+    # signing, and when verifying an image whose CSF lists only those blocks.
+    with pytest.raises(UsageError, match="FIT image 'fdt-1' .* is not authenticated"):
+        hab.sign_image(image, "imx8m", rsa_pki.keys(), blocks={"fit": auto[:2]}, signing_time=SIGNING_TIME)
+    keys = rsa_pki.keys()
+    partial = bytearray(signed.image)
+    (_, ivt), = hab.locate_parts(image, "imx8m", ["fit"])
+    csf = hab_csf.build_csf(hab_csf.CsfSpec(rsa_pki.table, 0, keys.csf_cert, keys.img_cert, auto[:2]), keys.csf_key,
+                            keys.img_key, image, SIGNING_TIME)
+    partial[ivt.csf_offset : ivt.csf_offset + 0x1000] = csf.ljust(0x1000, b"\0")
+    with pytest.raises(VerificationError, match="fit part: FIT image 'fdt-1' .* is not authenticated"):
+        hab.verify_image(bytes(partial), "imx8m", rsa_pki.table, {"fit": auto[:2]})
+    with pytest.raises(VerificationError, match="fit part .*other blocks than the image layout gives"):
+        hab.verify_image(bytes(partial), "imx8m", rsa_pki.table)
     with pytest.raises(UsageError):
         hab.parse_blocks("0x1000 0x0")
     with pytest.raises(UsageError, match="part the image does not have"):
         hab.sign_image(image, "imx8m", rsa_pki.keys(), blocks={"imx": given}, signing_time=SIGNING_TIME)
+
+
+# ------------------------------------------------- i.MX8M: every part the ROM and SPL authenticate
+
+
+def csf_read_ranges(csf: bytes) -> list[tuple[int, int]]:
+    """The bytes of a CSF that HAB reads: header and commands, and each blob a command points to
+    (not the alignment padding between blobs)."""
+    parsed = hab_csf.parse_csf(csf)
+    ranges = [(0, parsed.header_len)]
+    for cmd in parsed.commands:
+        if cmd.tag in (hab_csf.CMD_INSTALL_KEY, hab_csf.CMD_AUTHENTICATE):
+            (at,) = struct.unpack_from(">I", cmd.raw, 8)
+            ranges.append((at, at + struct.unpack_from(">H", csf, at + 1)[0]))
+    return ranges
+
+
+def fit_part_attacks(image: bytes, fit: hab.SignedPart) -> dict[str, tuple[bytes, str]]:
+    """Ways to lose or alter the FIT part of a signed flash.bin, each with the error it must give."""
+    fit_off, ivt, csf_off = fit.blocks[0].offset, fit.ivt_offset, fit.csf_offset
+    uboot = next(b for b in fit.blocks if b.address == 0x40200000)
+    parsed = hab_csf.parse_csf(fit.csf)
+    aut_data = next(c for c in parsed.commands if c.tag == hab_csf.CMD_AUTHENTICATE and len(c.raw) > 12)
+    cmd_pos = fit.csf.index(aut_data.raw) + len(aut_data.raw) - 1  # low byte of the last block's length
+    (sig_at,) = struct.unpack_from(">I", aut_data.raw, 8)
+    sig_end = sig_at + struct.unpack_from(">H", fit.csf, sig_at + 1)[0]
+
+    def flip(pos: int) -> bytes:
+        return image[:pos] + bytes([image[pos] ^ 0x01]) + image[pos + 1 :]
+
+    return {
+        "FIT part cut off": (image[:fit_off], "fit part missing"),
+        "truncated in the FIT tree": (image[: fit_off + 0x100], "fit part truncated"),
+        "truncated before its IVT": (image[: ivt + 0x10], "fit part: no IVT"),
+        "truncated in U-Boot": (image[: uboot.offset + uboot.length // 2], "lies outside the image"),
+        "shifted by one byte": (image[:fit_off] + b"\0" + image[fit_off:], "fit part missing"),
+        "shifted back by one byte": (image[: fit_off - 1] + image[fit_off:], "fit part missing"),
+        "IVT zeroed": (image[:ivt] + bytes(hab.IVT_SIZE) + image[ivt + hab.IVT_SIZE :], "fit part: no IVT"),
+        "U-Boot overwritten": (image[: uboot.offset + 0x100] + b"\xaa" * 64 + image[uboot.offset + 0x140 :],
+                               "Authenticate Data (the image blocks): CMS message digest does not match"),
+        "CSF command flipped": (flip(csf_off + cmd_pos), "Authenticate CSF (the CSF commands)"),
+        "CSF data signature flipped": (flip(csf_off + sig_end - 1), "Authenticate Data (the image blocks): CMS "
+                                                                    "signature does not verify"),
+    }
+
+
+def test_flash_bin_verify_needs_every_part(tmp_path, rsa_pki, libpw):
+    path, stdout = make_flash_bin(tmp_path)
+    image = path.read_bytes()
+    signed = hab.sign_image(image, "imx8m", rsa_pki.keys(), version=0x43, signing_time=SIGNING_TIME)
+    spl, fit = signed.parts
+    # The FIT CSF is still CST's, byte for byte.
+    assert fit.csf == run_cst(libpw, tmp_path, cst_text(rsa_pki, fit.blocks, str(path), version="4.3"))
+    digest = hab_srk.srk_hash(rsa_pki.table)
+    report = hab.verify_image(signed.image, "imx8m", srk_hash=digest)
+    assert [(r["part"], r["ivt_offset"]) for r in report] == [("spl", spl.ivt_offset), ("fit", fit.ivt_offset)]
+    assert fit.blocks[0].offset == int(re.search(r"sld_header_off\s+(0x[0-9a-f]+)", stdout).group(1), 16)
+
+    for what, (data, message) in fit_part_attacks(signed.image, fit).items():
+        with pytest.raises((VerificationError, InputError), match=re.escape(message)) as err:
+            hab.verify_image(data, "imx8m", rsa_pki.table)
+        assert str(err.value).startswith("fit part"), (what, str(err.value))
+        # --parts spl is the explicit way to check the SPL part alone.
+        assert [r["part"] for r in hab.verify_image(data, "imx8m", rsa_pki.table, parts=["spl"])] == ["spl"]
+
+    # A FIT part signed by another PKI is refused even without a trust anchor: the device fuses one
+    # SRK_HASH for both parts.
+    other = Pki(tmp_path / "other", "rsa2048")
+    foreign = hab.sign_image(image, "imx8m", other.keys(), version=0x43, signing_time=SIGNING_TIME)
+    mixed = signed.image[: fit.blocks[0].offset] + foreign.image[fit.blocks[0].offset :]
+    with pytest.raises(VerificationError, match="fit part: its CSF installs another SRK table than the spl part's"):
+        hab.verify_image(mixed, "imx8m")
+    with pytest.raises(VerificationError, match=f"not the expected SRK_HASH {digest.hex()}"):
+        hab.verify_image(foreign.image, "imx8m", srk_hash=digest)
+
+    # The same image with --soc imx6 would check its SPL alone: refused.
+    with pytest.raises(VerificationError, match="second HAB part"):
+        hab.verify_image(signed.image, "imx6")
+    with pytest.raises(UsageError, match="no part 'imx'"):
+        hab.verify_image(signed.image, "imx8m", parts=["imx"])
+
+
+@pytest.mark.slow
+def test_every_byte_hab_reads_in_the_fit_csf_is_checked(tmp_path, rsa_pki):
+    """A flipped bit anywhere HAB reads in the FIT CSF (commands, SRK table, certificates, CMS
+    signatures, including the CMS fields outside the signed attributes) is refused."""
+    path, _ = make_flash_bin(tmp_path)
+    signed = hab.sign_image(path.read_bytes(), "imx8m", rsa_pki.keys(), version=0x43, signing_time=SIGNING_TIME)
+    fit = signed.parts[1]
+    accepted = []
+    for start, end in csf_read_ranges(fit.csf):
+        for pos in range(start, end):
+            csf = bytearray(fit.csf)
+            csf[pos] ^= 0x01 if pos % 2 else 0x80
+            try:
+                summary = hab_csf.verify_csf(bytes(csf), signed.image, fit.blocks)
+            except (VerificationError, InputError):
+                continue
+            if summary["srk_table"] != rsa_pki.table:
+                continue  # another SRK table than the SPL part's: verify_image refuses that
+            accepted.append(f"0x{pos:x}")
+    assert not accepted
+
+
+def test_fit_part_where_imx_mkimage_records_it(tmp_path, rsa_pki):
+    """imx-mkimage (ROM v1) writes the FIT's offset from the SPL IVT into the SPL IVT's reserved1
+    word; the FIT part must be there, not merely somewhere after the SPL part."""
+    path, _ = make_flash_bin(tmp_path)
+    image = bytearray(path.read_bytes())
+    parts = dict(hab.locate_parts(bytes(image), "imx8m"))
+    fit_off = hab.fit_blocks(bytes(image), parts["fit"])[0].offset
+    struct.pack_into("<I", image, parts["spl"].offset + 8, fit_off - parts["spl"].offset)
+    signed = hab.sign_image(bytes(image), "imx8m", rsa_pki.keys(), signing_time=SIGNING_TIME)
+    assert [r["part"] for r in hab.verify_image(signed.image, "imx8m", rsa_pki.table)] == ["spl", "fit"]
+    # The recorded offset is signed (in the SPL block); a FIT moved by a sector is not the one that boots.
+    moved = signed.image[:fit_off] + bytes(0x200) + signed.image[fit_off:]
+    with pytest.raises(VerificationError, match=f"fit part missing: no FIT tree at 0x{fit_off:x} "
+                                                r"\(where the SPL IVT records it\)"):
+        hab.verify_image(moved, "imx8m", rsa_pki.table)
+    assert hab.verify_image(moved, "imx8m", rsa_pki.table, fit_offset=fit_off + 0x200)[1]["part"] == "fit"
+    # Without the record, --fit-offset pins it.
+    with pytest.raises(VerificationError, match=r"no FIT tree at 0x57c01 \(as given\)"):
+        hab.verify_image(bytes(path.read_bytes()), "imx8m", fit_offset=0x57c01)
+
+
+def test_sign_needs_every_part_unless_told(tmp_path, rsa_pki):
+    path, _ = make_flash_bin(tmp_path)
+    image = path.read_bytes()
+    fit_off = hab.fit_blocks(image, dict(hab.locate_parts(image, "imx8m"))["fit"])[0].offset
+    with pytest.raises(VerificationError, match="fit part missing"):
+        hab.sign_image(image[:fit_off], "imx8m", rsa_pki.keys(), signing_time=SIGNING_TIME)
+    spl_only = hab.sign_image(image[:fit_off], "imx8m", rsa_pki.keys(), signing_time=SIGNING_TIME, parts=["spl"])
+    assert [p.name for p in spl_only.parts] == ["spl"]
+    assert hab.verify_image(spl_only.image, "imx8m", rsa_pki.table, parts="spl")[0]["part"] == "spl"
+    with pytest.raises(VerificationError, match="fit part missing"):
+        hab.verify_image(spl_only.image, "imx8m", rsa_pki.table)
+    # Signing the SPL of a full flash.bin leaves the FIT CSF empty: the full check refuses that.
+    half = hab.sign_image(image, "imx8m", rsa_pki.keys(), signing_time=SIGNING_TIME, parts=["spl"])
+    with pytest.raises(InputError, match="fit part .*not a HAB CSF"):
+        hab.verify_image(half.image, "imx8m", rsa_pki.table)
+    with pytest.raises(UsageError, match="not signed"):
+        hab.sign_image(image, "imx8m", rsa_pki.keys(), signing_time=SIGNING_TIME, parts=["spl"],
+                       blocks={"fit": hab.fit_blocks(image, dict(hab.locate_parts(image, "imx8m"))["fit"])})
 
 
 # ------------------------------------------------------------------------------ ECDSA (4.5)

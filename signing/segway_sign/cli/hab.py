@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 from cryptography.hazmat.primitives import serialization
 
 from ..atomic import check_writable, write_file
-from ..errors import InputError, UsageError
+from ..errors import UsageError
 from ..formats import hab, hab_csf, hab_pki, hab_srk
 from ..reproducible import source_datetime
 from .common import IN_FILE, OUT_FILE, emit, load_certificate, load_public_key, output_options, token_options
@@ -25,6 +26,39 @@ def split_specs(values) -> list[str]:
 
 def parse_hab_version(ctx, param, value):
     return None if value is None else hab_csf.parse_version(value)
+
+
+def parse_offset(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        offset = int(value, 0)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number (decimal or 0x…)") from None
+    if offset < 0:
+        raise click.BadParameter("must not be negative")
+    return offset
+
+
+def parse_srk_hash(ctx, param, value):
+    if value is None:
+        return None
+    text = value.strip().lower().removeprefix("0x")
+    try:
+        digest = bytes.fromhex(text)
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
+        raise click.BadParameter("an SRK_HASH is 64 hex digits (as `hab srk` prints it)")
+    return digest
+
+
+PARTS_HELP = ("Parts to sign/check, comma-separated (imx8m: spl,fit; imx6/imx7: imx). Default: every part of "
+              "the SoC's layout, and a missing one is an error; `--parts spl` covers the SPL part alone.")
+
+# `hab verify` exit status: 0 all checked against the trust anchor, 1 verification failed (or bad
+# input), 2 usage error, 3 every signature verifies but no trust anchor was given.
+EXIT_NO_ANCHOR = 3
 
 
 @click.group("hab")
@@ -125,16 +159,22 @@ def _part_summary(part) -> dict:
 @click.option("--blocks", "imx_blocks", metavar="TEXT", help="imx6/imx7: blocks 'addr off len, …' (default: from the IVT).")
 @click.option("--spl-blocks", metavar="TEXT", help="imx8m SPL part: as imx-mkimage prints `spl hab block`.")
 @click.option("--fit-blocks", metavar="TEXT", help="imx8m FIT part: as `sld hab block` + print_fit_hab (default: from the FIT).")
+@click.option("--parts", "parts_text", metavar="LIST", help=PARTS_HELP)
+@click.option("--fit-offset", callback=parse_offset, metavar="OFFSET",
+              help="imx8m: file offset of the FIT part (default: recorded in the SPL IVT, else the first FIT "
+                   "on a sector boundary after the SPL part).")
 @click.option("--csf-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write each CSF (csf-<part>.bin) into this new directory.")
 @token_options
 @output_options
 def sign_cmd(soc, in_path, out_path, srk_table, srk_index, csf_key, csf_cert, img_key, img_cert, srk_key, srk_cert,
-             hab_version, engine, unlock_mid, imx_blocks, spl_blocks, fit_blocks, csf_dir, token, force, as_json):
+             hab_version, engine, unlock_mid, imx_blocks, spl_blocks, fit_blocks, parts_text, fit_offset, csf_dir,
+             token, force, as_json):
     """Build and sign the CSF(s) with keys in the token and place them where the IVTs point."""
     check_writable(out_path, force)
     if csf_dir is not None:
         check_writable(csf_dir, force)
+    parts = hab.parse_parts(soc, parts_text)
     pki = (csf_key, csf_cert, img_key, img_cert)
     if srk_key or srk_cert:
         if any(pki) or not (srk_key and srk_cert):
@@ -150,7 +190,7 @@ def sign_cmd(soc, in_path, out_path, srk_table, srk_index, csf_key, csf_cert, im
         hab_version = 0x43 if soc == "imx8m" else 0x42  # as U-Boot's CSF examples for these SoCs
     signed = hab.sign_image(in_path.read_bytes(), soc, keys, version=hab_version, engine=hab_csf.ENGINES[engine],
                             unlock_mid=unlock_mid, blocks=_blocks(imx_blocks, spl_blocks, fit_blocks),
-                            signing_time=source_datetime())
+                            signing_time=source_datetime(), parts=parts, fit_offset=fit_offset)
     if csf_dir is not None:
         from ..atomic import output_dir
 
@@ -162,35 +202,59 @@ def sign_cmd(soc, in_path, out_path, srk_table, srk_index, csf_key, csf_cert, im
               "parts": [_part_summary(p) for p in signed.parts]}
     lines = [f"signed {out_path}"] + [f"  {p['part']}: CSF at {p['csf_offset']} ({p['csf_size']} bytes), blocks "
                                       + "; ".join(p["blocks"]) for p in result["parts"]]
+    unsigned = [p for p in hab.LAYOUTS[soc] if p not in parts]
+    if unsigned:
+        result["parts_not_signed"] = unsigned
+        lines.append(f"  not signed (--parts): {', '.join(unsigned)}")
     emit(result, as_json, "\n".join(lines))
 
 
 @group.command("verify")
 @click.option("--soc", required=True, type=click.Choice(hab.SOCS))
 @click.option("--in", "in_path", required=True, type=IN_FILE, help="Signed u-boot.imx or flash.bin.")
-@click.option("--srk-table", type=IN_FILE, help="Expected SRK table (else the one in the CSF is used).")
+@click.option("--srk-table", type=IN_FILE, help="Trust anchor: the SRK table whose hash is fused.")
+@click.option("--srk-hash", callback=parse_srk_hash, metavar="HEX",
+              help="Trust anchor: the fused SRK_HASH (64 hex digits, as `hab srk` prints it).")
+@click.option("--srk-fuse", type=IN_FILE, help="Trust anchor: SRK fuse file (`hab srk --out-fuse`, srktool -f 0/1).")
+@click.option("--parts", "parts_text", metavar="LIST", help=PARTS_HELP)
+@click.option("--fit-offset", callback=parse_offset, metavar="OFFSET",
+              help="imx8m: file offset where the FIT part must be (default: recorded in the SPL IVT, else the "
+                   "first FIT on a sector boundary after the SPL part).")
 @click.option("--blocks", "imx_blocks", metavar="TEXT")
 @click.option("--spl-blocks", metavar="TEXT")
 @click.option("--fit-blocks", metavar="TEXT")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def verify_cmd(soc, in_path, srk_table, imx_blocks, spl_blocks, fit_blocks, as_json):
-    """Check every CSF as HAB would: SRK → certificates → CSF signature → image signature."""
+def verify_cmd(soc, in_path, srk_table, srk_hash, srk_fuse, parts_text, fit_offset, imx_blocks, spl_blocks,
+               fit_blocks, as_json):
+    """Check every part HAB authenticates as the ROM and SPL would: SRK → certificates → CSF signature →
+    every loaded block. Exit 0: OK against the trust anchor; 1: refused; 3: signatures OK, but no
+    trust anchor (--srk-table, --srk-hash or --srk-fuse) was given."""
+    parts = hab.parse_parts(soc, parts_text)
     table = srk_table.read_bytes() if srk_table else None
-    reports = hab.verify_image(in_path.read_bytes(), soc, table, _blocks(imx_blocks, spl_blocks, fit_blocks))
-    used = table or hab_csf_srk_table(in_path.read_bytes(), reports[0]["csf_offset"])
-    digest = hab_srk.srk_hash(used)
-    result = {"input": str(in_path), "soc": soc, "srk_hash": digest.hex(),
-              "parts": [{"part": r["part"], "csf_offset": f"0x{r['csf_offset']:x}", "srk_index": r["srk_index"] + 1,
+    anchors = {}
+    if table is not None:
+        anchors["--srk-table"] = hab_srk.srk_hash(table)
+    if srk_hash is not None:
+        anchors["--srk-hash"] = srk_hash
+    if srk_fuse is not None:
+        anchors["--srk-fuse"] = hab_srk.fuse_file_digest(srk_fuse.read_bytes())
+    if len(set(anchors.values())) > 1:
+        raise UsageError("the trust anchors disagree: " + ", ".join(f"{k} gives {v.hex()}" for k, v in anchors.items()))
+    expected = next(iter(anchors.values()), None)
+    reports = hab.verify_image(in_path.read_bytes(), soc, table, _blocks(imx_blocks, spl_blocks, fit_blocks),
+                               parts=parts, srk_hash=expected, fit_offset=fit_offset)
+    skipped = [p for p in hab.LAYOUTS[soc] if p not in parts]
+    digest = reports[0]["srk_hash"]
+    result = {"input": str(in_path), "soc": soc, "srk_hash": digest, "trust_anchor": sorted(anchors) or None,
+              "parts_checked": list(parts), "parts_not_checked": skipped,
+              "parts": [{"part": r["part"], "ivt_offset": f"0x{r['ivt_offset']:x}",
+                         "csf_offset": f"0x{r['csf_offset']:x}", "srk_index": r["srk_index"] + 1,
                          "blocks": [f"0x{a:x} 0x{o:x} 0x{n:x}" for a, o, n in r["blocks"]]} for r in reports]}
-    emit(result, as_json, f"OK {in_path}: " + ", ".join(f"{r['part']} (SRK {r['srk_index'] + 1})" for r in reports)
-         + f"; SRK_HASH {digest.hex()}")
-
-
-def hab_csf_srk_table(image: bytes, csf_offset: int) -> bytes:
-    """The SRK table a CSF installs (for reporting the SRK_HASH it expects)."""
-    csf = image[csf_offset:]
-    for cmd in hab_csf.parse_csf(csf).commands:
-        if cmd.tag == hab_csf.CMD_INSTALL_KEY and cmd.raw[4] == hab_csf.PCL_SRK:
-            off = int.from_bytes(cmd.raw[8:12], "big")
-            return csf[off : off + int.from_bytes(csf[off + 1 : off + 3], "big")]
-    raise InputError("the CSF installs no SRK table")
+    checked = ", ".join(f"{r['part']} (SRK {r['srk_index'] + 1})" for r in reports)
+    scope = f"checked {checked} only, not {', '.join(skipped)} (--parts)" if skipped else \
+        f"checked {checked}" + (f": every part of the {soc} layout" if len(reports) > 1 else "")
+    if expected is None:
+        emit(result, as_json, f"OK (signature only: no trust anchor given) {in_path}: {scope}; the CSFs' SRK_HASH "
+             f"{digest}")
+        sys.exit(EXIT_NO_ANCHOR)
+    emit(result, as_json, f"OK {in_path}: {scope}; SRK_HASH {digest}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -148,8 +149,10 @@ def test_flash_bin_and_errors(softhsm, tmp_path):
             "--hab-version", "4.5", *pin]
     res = json.loads(ok(run_cli([*base, "--srk-index", "2", "--out", str(out), "--json"], token, env)))
     assert [p["part"] for p in res["parts"]] == ["spl", "fit"]
-    report = json.loads(ok(run_cli(["hab", "verify", "--soc", "imx8m", "--in", str(out), "--json"])))
+    report = json.loads(ok(run_cli(["hab", "verify", "--soc", "imx8m", "--in", str(out), "--srk-table", str(table),
+                                    "--json"])))
     assert [p["srk_index"] for p in report["parts"]] == [2, 2]
+    assert report["trust_anchor"] == ["--srk-table"] and report["parts_not_checked"] == []
 
     # Errors are one line, and leave no output behind.
     bad_out = tmp_path / "never.bin"
@@ -179,10 +182,115 @@ def test_fast_authentication(softhsm, tmp_path):
     out = tmp_path / "signed.imx"
     ok(run_cli(["hab", "sign", "--soc", "imx7", "--in", str(image), "--out", str(out), "--srk-table", str(table),
                 "--srk-index", "1", "--srk-key", srks[0], "--srk-cert", str(tmp_path / "srk1.pem"), *pin], token))
-    report = json.loads(ok(run_cli(["hab", "verify", "--soc", "imx7", "--in", str(out), "--json"])))
+    report = json.loads(ok(run_cli(["hab", "verify", "--soc", "imx7", "--in", str(out), "--srk-table", str(table),
+                                    "--json"])))
     assert report["parts"][0]["srk_index"] == 1
     res = subprocess.run(["csf_parser", "-s", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout
     one_line_error(run_cli(["hab", "sign", "--soc", "imx7", "--in", str(image), "--out", str(tmp_path / "x.imx"),
                             "--srk-table", str(table), "--srk-index", "1", "--srk-key", srks[0], *pin], token), 2,
                    "fast authentication")
+
+
+def test_flash_bin_verify_checks_every_part(softhsm, tmp_path):
+    """`hab verify` on an i.MX 8M flash.bin checks the SPL part and the FIT part (U-Boot proper + TF-A),
+    and refuses an image that lost or altered the FIT part; `--parts spl` checks the SPL alone and
+    says so. The signed parts are read back by NXP's csf_parser and openssl cms."""
+    token = softhsm
+    pin = ["--pin-file", str(token.pin_file)]
+    env = {"SOURCE_DATE_EPOCH": EPOCH}
+    srk = token.generate("rsa2048", "SRK1")
+    ok(run_cli(["hab", "cert", "--key", srk, "--issuer-key", srk, "--cn", "SRK1", "--serial", "1", "--ca",
+                "--out", str(tmp_path / "srk1.pem"), *pin], token, env))
+    keys = {n: token.generate("rsa2048", n) for n in ("CSF1_1", "IMG1_1")}
+    for serial, (n, uri) in enumerate(keys.items(), 2):
+        ok(run_cli(["hab", "cert", "--key", uri, "--issuer-key", srk, "--issuer-cert", str(tmp_path / "srk1.pem"),
+                    "--cn", n, "--serial", str(serial), "--out", str(tmp_path / f"{n}.pem"), *pin], token, env))
+    table, fuse = tmp_path / "table.bin", tmp_path / "fuse.bin"
+    ok(run_cli(["hab", "srk", "--keys", srk, "--out-table", str(table), "--out-fuse", str(fuse), *pin], token))
+    flash = make_flash_bin(tmp_path)
+    signed = tmp_path / "flash-signed.bin"
+    res = json.loads(ok(run_cli(["hab", "sign", "--soc", "imx8m", "--in", str(flash), "--out", str(signed),
+                                 "--srk-table", str(table), "--srk-index", "1", "--csf-key", keys["CSF1_1"],
+                                 "--csf-cert", str(tmp_path / "CSF1_1.pem"), "--img-key", keys["IMG1_1"],
+                                 "--img-cert", str(tmp_path / "IMG1_1.pem"), "--hab-version", "4.3", "--json", *pin],
+                                token, env)))
+    spl, fit = res["parts"]
+    assert (spl["part"], fit["part"]) == ("spl", "fit")
+    image = signed.read_bytes()
+
+    # The oracle: csf_parser reads the FIT CSF (SRK table, certificates, signatures) and openssl
+    # accepts its data signature over the FIT blocks.
+    csf_off = int(fit["csf_offset"], 16)
+    (tmp_path / "fit-csf.bin").write_bytes(image[csf_off : csf_off + fit["csf_size"]])
+    shutil.rmtree(tmp_path / "output", ignore_errors=True)
+    parsed = subprocess.run(["csf_parser", "-c", "fit-csf.bin"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert parsed.returncode == 0, parsed.stdout + parsed.stderr
+    assert (tmp_path / "output" / "SRKTable.bin").read_bytes() == table.read_bytes()
+    blocks = [tuple(int(x, 16) for x in b.split()) for b in fit["blocks"]]
+    (tmp_path / "fit-blocks.bin").write_bytes(b"".join(image[o : o + n] for _, o, n in blocks))
+    cms = subprocess.run(["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", "output/sig1.bin",
+                          "-content", "fit-blocks.bin", "-noverify", "-certfile", "IMG1_1.pem", "-out", "/dev/null"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert cms.returncode == 0, cms.stderr
+
+    def verify(path, *extra):
+        return run_cli(["hab", "verify", "--soc", "imx8m", "--in", str(path), "--srk-table", str(table), *extra])
+
+    text = ok(verify(signed)).strip()
+    assert text.startswith(f"OK {signed}: checked spl (SRK 1), fit (SRK 1): every part of the imx8m layout;")
+    assert res_hash(text) == fuse.read_bytes().hex()
+    # The fused value as the anchor, from the fuse file or as hex; without an anchor, exit 3.
+    ok(run_cli(["hab", "verify", "--soc", "imx8m", "--in", str(signed), "--srk-fuse", str(fuse)]))
+    ok(run_cli(["hab", "verify", "--soc", "imx8m", "--in", str(signed), "--srk-hash", fuse.read_bytes().hex()]))
+    bare = run_cli(["hab", "verify", "--soc", "imx8m", "--in", str(signed)])
+    assert bare.returncode == 3, bare.stderr.decode()
+    assert bare.stdout.decode().startswith("OK (signature only: no trust anchor given) ")
+    one_line_error(run_cli(["hab", "verify", "--soc", "imx8m", "--in", str(signed), "--srk-hash", "00" * 32]), 1,
+                   "not the expected SRK_HASH")
+
+    fit_off, ivt_off = blocks[0][1], int(fit["ivt_offset"], 16)
+    uboot_off, uboot_len = next((o, n) for a, o, n in blocks if a == 0x40200000)
+    sig_pos = csf_off + fit["csf_size"] - 8  # inside the RSA signature that ends the FIT CSF (then <4 bytes pad)
+
+    def flip(pos: int) -> bytes:
+        return image[:pos] + bytes([image[pos] ^ 0x01]) + image[pos + 1 :]
+
+    attacks = {
+        "cut": (image[:fit_off], "fit part missing"),
+        "truncated": (image[: uboot_off + uboot_len // 2], "lies outside the image"),
+        "shifted": (image[:fit_off] + b"\0" + image[fit_off:], "fit part missing"),
+        "ivt-zeroed": (image[:ivt_off] + bytes(32) + image[ivt_off + 32 :], "fit part: no IVT"),
+        "uboot-overwritten": (image[: uboot_off + 0x200] + b"\x90" * 32 + image[uboot_off + 0x220 :],
+                              "Authenticate Data (the image blocks): CMS message digest does not match"),
+        "csf-command-flipped": (flip(csf_off + 0x10), "fit part"),
+        "csf-signature-flipped": (flip(sig_pos), "CMS signature does not verify"),
+    }
+    for name, (data, message) in attacks.items():
+        bad = tmp_path / f"{name}.bin"
+        bad.write_bytes(data)
+        err = one_line_error(verify(bad), 1, message)
+        assert "fit part" in err, (name, err)
+        # --parts spl checks the SPL part alone, and the OK line says the FIT part was not checked.
+        text = ok(verify(bad, "--parts", "spl")).strip()
+        assert text.startswith(f"OK {bad}: checked spl (SRK 1) only, not fit (--parts);"), text
+    report = json.loads(ok(verify(tmp_path / "cut.bin", "--parts", "spl", "--json")))
+    assert report["parts_checked"] == ["spl"] and report["parts_not_checked"] == ["fit"]
+    one_line_error(verify(signed, "--parts", "uboot"), 2, "no part 'uboot'")
+
+
+def test_hab_verify_refuses_bad_input_in_one_line(tmp_path):
+    """Empty, random, truncated and cut-up inputs: one line and exit 1, never a traceback."""
+    flash = make_flash_bin(tmp_path)
+    data = flash.read_bytes()
+    rng = random.Random(12)
+    inputs = {"empty": b"", "random": rng.randbytes(70_000), "header-only": data[:0x40],
+              "cut-in-spl": data[: len(data) // 5], "ivt-garbage": data[:0x20] + rng.randbytes(0x20) + data[0x40:],
+              "unsigned": data}
+    for name, content in inputs.items():
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(content)
+        for soc in ("imx8m", "imx6"):
+            res = run_cli(["hab", "verify", "--soc", soc, "--in", str(path)])
+            one_line_error(res, 1)

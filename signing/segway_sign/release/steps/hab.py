@@ -26,7 +26,9 @@ def _hab_run(ctx: StepContext) -> dict:
     else:  # fast authentication: the plan key is the SRK key itself
         keys = hab.HabKeys(table, int(ctx.option("srk_index", 0)), ctx.key, ctx.cert, nocak=True)
     soc = ctx.option("soc", "imx8m")
-    signed = sign_image(image.read_bytes(), soc, keys, signing_time=source_datetime())
+    # Every part of the SoC's layout (i.MX 8M: SPL and FIT) unless the plan names the parts.
+    parts = hab.parse_parts(soc, ctx.option("parts"))
+    signed = sign_image(image.read_bytes(), soc, keys, signing_time=source_datetime(), parts=parts)
     (ctx.out_dir / image.name).write_bytes(signed.image)
     # The SRK table is public; shipping it lets `release verify` and engineers check the fuse value.
     (ctx.out_dir / table_name).write_bytes(table)
@@ -42,7 +44,15 @@ def _hab_verify(ctx: VerifyContext) -> None:
     table = (ctx.out_dir / d["srk_table"]).read_bytes()
     if hab_srk.srk_hash(table).hex() != d["srk_hash"]:
         raise VerificationError(f"{d['srk_table']} does not hash to the SRK fuse value in the manifest")
-    hab.verify_image((ctx.out_dir / d["image"]).read_bytes(), d["soc"], table)
+    # The parts the layout expects, as when signing: all of them unless the plan named some.
+    parts = hab.parse_parts(d["soc"], (ctx.record.get("options") or {}).get("parts"))
+    if list(d.get("parts", ())) != list(parts):
+        raise VerificationError(f"step '{ctx.step_id}': the manifest lists the signed parts "
+                                f"{', '.join(d.get('parts', ())) or 'none'}, but the {d['soc']} layout has "
+                                f"{', '.join(parts)}")
+    hab.verify_image((ctx.out_dir / d["image"]).read_bytes(), d["soc"], table, parts=parts,
+                     srk_hash=bytes.fromhex(d["srk_hash"]))
 
 
-register(StepType("hab", True, _hab_run, _hab_verify, frozenset({"soc", "srk_index", "srk_table", "img_key"})))
+register(StepType("hab", True, _hab_run, _hab_verify,
+                  frozenset({"soc", "srk_index", "srk_table", "img_key", "parts"})))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
+from ..errors import SegwayError, UsageError
 from ..formats import verity
 from ..release.runner import load_cert
 from ..release.verify import load_certs_dir
@@ -90,6 +90,7 @@ def sign_cmd(key_uri, cert_path, image, out_dir, data_block, hash_block, hash_al
     cert = load_cert(cert_path)
     if not image.is_file():
         raise UsageError(f"--in {image}: no such file")
+    verity.output_names(image, appended)
     verity.check_size(image.stat().st_size, params)
     key = token.open_key(key_uri)
     show = sys.stderr.isatty() if progress is None else progress
@@ -115,13 +116,15 @@ def sign_cmd(key_uri, cert_path, image, out_dir, data_block, hash_block, hash_al
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def verify_cmd(cert_paths, certs_dir, data_path, progress, as_json, directory):
-    """Check DIRECTORY from `verity sign`: signature, root hash, and the whole tree against the data."""
+    """Check DIRECTORY from `verity sign`: every byte of verity.env, the signature, the whole tree."""
     certs = [load_cert(p) for p in cert_paths] + (load_certs_dir(certs_dir) if certs_dir else [])
     if not certs:
         raise UsageError("give the trusted certificate(s) with --cert or --certs")
     show = sys.stderr.isatty() if progress is None else progress
-    env = verity.parse_env((directory / verity.ENV_NAME).read_text()) if (directory / verity.ENV_NAME).is_file() else {}
-    total = int(env.get("VERITY_DATA_SIZE", "0") or 0)
+    try:
+        total = int(verity.load_env(directory)[1]["VERITY_DATA_SIZE"])
+    except SegwayError:
+        total = 0  # verify_dir reads the env again and says what is wrong with it
     with _progress("verifying", total, show and not as_json and total > 0) as update:
         res = verity.verify_dir(directory, certs, data_path=data_path, progress=update)
     result = {"directory": str(directory), "root_hash": res.tree.root_hex,

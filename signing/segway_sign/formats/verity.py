@@ -16,20 +16,22 @@ as the lowercase hex string the kernel receives in the table — what ``dm-verit
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import shlex
+import re
+import stat
 import struct
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
+from asn1crypto import cms as asn1_cms
+from asn1crypto import core as asn1_core
 from cryptography import x509
 
 from ..atomic import output_dir
-from ..errors import InputError, UsageError, VerificationError
+from ..errors import InputError, SegwayError, UsageError, VerificationError
 from .. import cms
 
 SUPERBLOCK_SIZE = 512
@@ -154,14 +156,17 @@ def parse_superblock(raw: bytes) -> tuple[VerityParams, int]:
         raise InputError(f"unsupported dm-verity superblock version {version} / hash type {hash_type}")
     if salt_size > 256:
         raise InputError(f"dm-verity superblock salt size {salt_size} is larger than 256")
-    params = VerityParams(
-        salt=salt[:salt_size],
-        data_block_size=dbs,
-        hash_block_size=hbs,
-        hash_algorithm=alg.rstrip(b"\0").decode("ascii", "replace"),
-        superblock=True,
-        uuid=uuidlib.UUID(bytes=uid),
-    )
+    try:
+        params = VerityParams(
+            salt=salt[:salt_size],
+            data_block_size=dbs,
+            hash_block_size=hbs,
+            hash_algorithm=alg.rstrip(b"\0").decode("ascii", "replace"),
+            superblock=True,
+            uuid=uuidlib.UUID(bytes=uid),
+        )
+    except UsageError as e:
+        raise InputError(f"dm-verity superblock: {e}") from None
     return params, blocks
 
 
@@ -360,6 +365,76 @@ def _hash_level_copying(data, blocks, hasher, out, dst_offset, dst_blocks, hbs, 
 
 # --- root-hash signature ------------------------------------------------------------------------
 
+# What a parser of untrusted bytes (asn1crypto, int(), bytes.fromhex) raises on malformed input.
+_PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)
+
+
+def _one_line(text: object) -> str:
+    """Parser messages (asn1crypto's among them) may span lines; an error message is one line."""
+    return " ".join(str(text).split())
+
+
+# DER AlgorithmIdentifiers as segway-sign writes them (the kernel's PKCS#7 parser reads the same set):
+# digest → the signature algorithms that may go with it (RSA PKCS#1 v1.5, or ECDSA with that digest).
+_DIGESTS = {name: bytes.fromhex("300d06096086480165030402" + last + "0500")
+            for name, last in (("sha256", "01"), ("sha384", "02"), ("sha512", "03"))}
+_SIGNATURE_ALGORITHMS = {
+    _DIGESTS[name]: (bytes.fromhex("300d06092a864886f70d0101010500"), bytes.fromhex("300a06082a8648ce3d0403" + ecdsa))
+    for name, ecdsa in (("sha256", "02"), ("sha384", "03"), ("sha512", "04"))
+}
+
+
+def check_signature_form(sig_der: bytes) -> None:
+    """Refuse a root-hash signature that is not in the form :func:`sign_root_hash` writes.
+
+    The kernel reads every byte of it, so nothing is ignored: DER (re-encoding gives the same bytes,
+    nothing trails), a version 1 SignedData without content, certificates or CRLs, and exactly one
+    signer (issuer and serial number) without signed or unsigned attributes, whose digest algorithm
+    is the only one listed and whose algorithm identifiers are the ones segway-sign writes.
+    """
+    try:
+        info = asn1_cms.ContentInfo.load(sig_der, strict=True)
+        if info["content_type"].native != "signed_data":
+            raise VerificationError("the root-hash signature is not a PKCS#7 SignedData")
+        signed = info["content"]
+        signers = list(signed["signer_infos"])
+        extra = []
+        if not isinstance(signed["certificates"], asn1_core.Void):
+            extra.append("certificates")
+        if not isinstance(signed["crls"], asn1_core.Void):
+            extra.append("CRLs")
+        encap = signed["encap_content_info"]
+        if encap["content_type"].native != "data" or not isinstance(encap["content"], asn1_core.Void):
+            extra.append("embedded content")
+        if len(signers) != 1:
+            extra.append(f"{len(signers)} signers")
+        else:
+            signer = signers[0]
+            if not isinstance(signer["signed_attrs"], asn1_core.Void):
+                extra.append("signed attributes")
+            if not isinstance(signer["unsigned_attrs"], asn1_core.Void):
+                extra.append("unsigned attributes")
+            digest = signer["digest_algorithm"].dump()
+            if [a.dump() for a in signed["digest_algorithms"]] != [digest]:
+                extra.append("digest algorithms other than its signer's")
+            if digest not in _SIGNATURE_ALGORITHMS:
+                extra.append("a digest algorithm segway-sign does not write")
+            elif signer["signature_algorithm"].dump() not in _SIGNATURE_ALGORITHMS[digest]:
+                extra.append("a signature algorithm segway-sign does not write")
+            if (signed["version"].native, signer["version"].native, signer["sid"].name) != \
+                    ("v1", "v1", "issuer_and_serial_number"):
+                extra.append("a version or signer identifier other than PKCS#7 v1 issuer and serial number")
+        der = info.dump(force=True) == sig_der
+    except VerificationError:
+        raise
+    except _PARSE_ERRORS as e:
+        raise InputError(f"the root-hash signature is not DER PKCS#7 ({_one_line(e)})") from None
+    if extra:
+        raise VerificationError(f"the root-hash signature carries {', '.join(extra)}; segway-sign writes one "
+                                "signer and nothing else")
+    if not der:
+        raise VerificationError("the root-hash signature is not in DER (re-encoding its values gives other bytes)")
+
 
 def sign_root_hash(root_hex: str, key, cert: x509.Certificate) -> bytes:
     """Detached PKCS#7 (DER, no signed attributes, no certificates) over the hex root hash.
@@ -368,18 +443,70 @@ def sign_root_hash(root_hex: str, key, cert: x509.Certificate) -> bytes:
     ``verify_pkcs7_signature`` expects; the signature is checked before it is returned.
     """
     der = cms.sign_detached(root_hex.encode("ascii"), key, cert, attributes=False, include_certs=False)
+    check_signature_form(der)
     cms.verify_detached(der, root_hex.encode("ascii"), [cert])
     return der
 
 
 def verify_root_hash_signature(sig_der: bytes, root_hex: str, certs: Iterable[x509.Certificate]) -> x509.Certificate:
     """Check the PKCS#7 over ``root_hex`` against ``certs``; returns the certificate that signed it."""
-    return cms.verify_detached(sig_der, root_hex.encode("ascii"), list(certs))
+    check_signature_form(sig_der)
+    try:
+        return cms.verify_detached(sig_der, root_hex.encode("ascii"), list(certs))
+    except SegwayError as e:
+        if "\n" in str(e):
+            raise type(e)(_one_line(e)) from None
+        raise
+    except _PARSE_ERRORS as e:
+        raise InputError(f"the root-hash signature cannot be read ({_one_line(e)})") from None
 
 
-# --- files: sign and verify a rootfs image --------------------------------------------------------
+# --- verity.env ---------------------------------------------------------------------------------
+#
+# KEY=VALUE lines, one per key, in a fixed order, each value from a small character set: a reader
+# parses it (meta-segway's initramfs module does, in sh) and never sources or evaluates it. The dm
+# table names its devices by placeholders the reader replaces: @DATA_DEV@ (both devices in the
+# appended layout) and @HASH_DEV@. docs/verity.md describes the format.
 
 ENV_NAME = "verity.env"
+ENV_FORMAT = "2"
+ENV_MAX_BYTES = 4096
+DATA_DEV = "@DATA_DEV@"
+HASH_DEV = "@HASH_DEV@"
+LAYOUTS = ("separate", "appended")
+TABLE_FIELDS = ("start sector", "sector count", "target", "hash type", "data device", "hash device",
+                "data block size", "hash block size", "data blocks", "hash start block", "algorithm",
+                "root hash", "salt")
+
+_NUMBER = (r"0|[1-9][0-9]{0,14}", "a decimal number of at most 15 digits")
+_FILE = (r"(?:[A-Za-z0-9_][A-Za-z0-9._+-]{0,254})?", "a file name of letters, digits and ._+-")
+# Each key: the pattern its whole value must match, and how an error names that pattern.
+ENV_KEYS: dict[str, tuple[str, str]] = {
+    "VERITY_ENV_FORMAT": (ENV_FORMAT, ENV_FORMAT),
+    "VERITY_ROOT_HASH": (r"[0-9a-f]{64}|[0-9a-f]{128}", "64 or 128 lowercase hex digits"),
+    "VERITY_SALT": (r"-|(?:[0-9a-f]{2}){1,256}", "'-' or up to 256 bytes in lowercase hex"),
+    "VERITY_HASH_ALGORITHM": ("|".join(HASH_ALGORITHMS), " or ".join(HASH_ALGORITHMS)),
+    "VERITY_HASH_TYPE": (str(HASH_TYPE), str(HASH_TYPE)),
+    "VERITY_DATA_BLOCK_SIZE": _NUMBER,
+    "VERITY_HASH_BLOCK_SIZE": _NUMBER,
+    "VERITY_DATA_BLOCKS": _NUMBER,
+    "VERITY_DATA_SIZE": _NUMBER,
+    "VERITY_DATA_SECTORS": _NUMBER,
+    "VERITY_HASH_OFFSET": _NUMBER,
+    "VERITY_HASH_START_BLOCK": _NUMBER,
+    "VERITY_HASH_SIZE": _NUMBER,
+    "VERITY_SUPERBLOCK": ("0|1", "0 or 1"),
+    "VERITY_UUID": (r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?",
+                    "empty or a lowercase UUID"),
+    "VERITY_LAYOUT": ("|".join(LAYOUTS), " or ".join(LAYOUTS)),
+    "VERITY_IMAGE": _FILE,
+    "VERITY_HASH_FILE": _FILE,
+    "VERITY_ROOT_HASH_FILE": _FILE,
+    "VERITY_ROOT_HASH_SIG": _FILE,
+    "VERITY_TABLE": (r"[0-9A-Za-z@_-]+(?: [0-9A-Za-z@_-]+)*", "words of letters, digits and @_- "
+                     "separated by single spaces"),
+}
+_FILE_NAME = re.compile(_FILE[0], re.ASCII)
 
 
 @dataclass
@@ -411,12 +538,30 @@ def uuid_from_salt(salt: bytes) -> uuidlib.UUID:
     return uuidlib.uuid5(uuidlib.UUID("6b0e54d5-3c4a-4f8e-9d59-2b8d7f0c6a11"), salt.hex())
 
 
+def output_names(image: Path, appended: bool, name: str | None = None) -> dict[str, str]:
+    """Role → file name of what ``sign_image`` writes; UsageError for a name verity.env cannot carry."""
+    image = Path(image)
+    name = name or image.name.removesuffix(".img").removesuffix(".ext4")
+    files = {"roothash": f"{name}.roothash", "signature": f"{name}.roothash.p7s", "env": ENV_NAME}
+    if appended:
+        files["image"] = f"{name}.verity.img"
+    else:
+        files["image"] = image.name
+        files["hashtree"] = f"{name}.hashtree"
+    for role, fname in files.items():
+        if not fname or not _FILE_NAME.fullmatch(fname):
+            raise UsageError(f"the {role} file would be named {fname!r}; {ENV_NAME} names files with "
+                             "letters, digits and ._+- only (rename the image or give a name)")
+    if len(set(files.values())) != len(files):
+        raise UsageError(f"the image name {image.name!r} collides with an output file name")
+    return files
+
+
 def env_text(tree: VerityTree, layout_kind: str, files: dict[str, str]) -> str:
-    """Shell-sourceable ``KEY=value`` lines: everything an initramfs needs to open the device."""
+    """The ``verity.env`` for ``tree``: everything an initramfs needs to open the device."""
     p, lay = tree.params, tree.layout
-    data_dev = "$VERITY_DATA_DEV"
-    hash_dev = "$VERITY_DATA_DEV" if layout_kind == "appended" else "$VERITY_HASH_DEV"
     items = {
+        "VERITY_ENV_FORMAT": ENV_FORMAT,
         "VERITY_ROOT_HASH": tree.root_hex,
         "VERITY_SALT": p.salt.hex() or "-",
         "VERITY_HASH_ALGORITHM": p.hash_algorithm,
@@ -436,28 +581,98 @@ def env_text(tree: VerityTree, layout_kind: str, files: dict[str, str]) -> str:
         "VERITY_HASH_FILE": files.get("hashtree", ""),
         "VERITY_ROOT_HASH_FILE": files.get("roothash", ""),
         "VERITY_ROOT_HASH_SIG": files.get("signature", ""),
+        # The devices are placeholders the reader fills in: the appended layout has one device.
+        "VERITY_TABLE": tree.table(DATA_DEV, DATA_DEV if layout_kind == "appended" else HASH_DEV),
     }
-    lines = [f"{k}={shlex.quote(v)}" for k, v in items.items()]
-    # The dm table with the devices as variables: set VERITY_DATA_DEV (and VERITY_HASH_DEV) before
-    # sourcing this file, then `dmsetup create --readonly NAME --table "$VERITY_TABLE"`.
-    lines.append(f'VERITY_TABLE="{tree.table(data_dev, hash_dev)}"')
-    return "\n".join(lines) + "\n"
+    assert list(items) == list(ENV_KEYS)
+    return "".join(f"{k}={v}\n" for k, v in items.items())
 
 
-def parse_env(text: str) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.isidentifier():
-            raise InputError(f"verity env line {n} is not KEY=value")
+def parse_env(text: str | bytes, source: str = ENV_NAME) -> dict[str, str]:
+    """Read a ``verity.env`` strictly: UTF-8, KEY=VALUE lines, every known key once, nothing else.
+
+    Raises InputError with one line naming the first problem. This checks the syntax only;
+    :func:`verify_dir` checks the values against the signed root hash and the tree.
+    """
+    if isinstance(text, (bytes, bytearray)):
         try:
-            parts = shlex.split(value)
-        except ValueError:
-            raise InputError(f"verity env line {n} has unbalanced quotes") from None
-        env[key] = parts[0] if parts else ""
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{source} is not UTF-8 text (byte {e.start})") from None
+    if not text:
+        raise InputError(f"{source} is empty")
+    if len(text) > ENV_MAX_BYTES:
+        raise InputError(f"{source} is longer than {ENV_MAX_BYTES} characters")
+    if not text.startswith(f"VERITY_ENV_FORMAT={ENV_FORMAT}\n"):
+        raise InputError(f"{source} does not start with VERITY_ENV_FORMAT={ENV_FORMAT} (the format this "
+                         "segway-sign reads and writes; an older one was meant to be sourced: sign again)")
+    if not text.endswith("\n"):
+        raise InputError(f"{source} does not end with a newline (truncated?)")
+    env: dict[str, str] = {}
+    for n, line in enumerate(text[:-1].split("\n"), 1):
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise InputError(f"{source} line {n} is not KEY=VALUE")
+        if key not in ENV_KEYS:
+            raise InputError(f"{source} line {n}: unknown key {key[:40]!r}")
+        if key in env:
+            raise InputError(f"{source} line {n}: {key} is given twice")
+        pattern, what = ENV_KEYS[key]
+        if not re.fullmatch(pattern, value, re.ASCII):
+            raise InputError(f"{source} line {n}: {key} must be {what}")
+        env[key] = value
+    missing = [k for k in ENV_KEYS if k not in env]
+    if missing:
+        raise InputError(f"{source} lacks {', '.join(missing)}")
     return env
+
+
+def device_table(env: dict[str, str], data_dev: str, hash_dev: str | None = None) -> str:
+    """The dm table of a parsed env with the devices filled in (``hash_dev`` for the separate layout)."""
+    for dev in (data_dev, hash_dev):
+        if dev is not None and not re.fullmatch(r"/[A-Za-z0-9/._:+-]+", dev, re.ASCII):
+            raise UsageError(f"device path {dev!r} must be absolute, of letters, digits and /._:+-")
+    fields = env["VERITY_TABLE"].split(" ")
+    if len(fields) != len(TABLE_FIELDS) or fields[4] != DATA_DEV or fields[5] not in (DATA_DEV, HASH_DEV):
+        raise InputError(f"{ENV_NAME}: VERITY_TABLE is not a dm-verity table with device placeholders")
+    if fields[5] == HASH_DEV and hash_dev is None:
+        raise UsageError("this table (separate layout) needs a hash device")
+    fields[4] = data_dev
+    fields[5] = data_dev if fields[5] == DATA_DEV else hash_dev
+    return " ".join(fields)
+
+
+def _table_difference(got: str, want: str) -> str:
+    g, w = got.split(" "), want.split(" ")
+    if g[: len(w)] == w and len(g) > len(w):
+        return f"it adds optional arguments '{' '.join(g[len(w):])}' (segway-sign writes none)"
+    for name, a, b in zip(TABLE_FIELDS, g, w):
+        if a != b:
+            return f"its {name} is {a}, not {b}"
+    return f"it has {len(g)} fields, not {len(w)}"
+
+
+# --- files: sign and verify a rootfs image --------------------------------------------------------
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading; a FIFO, device or directory is refused without blocking."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InputError(f"{path} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    with _open_regular(path) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(f"{path} is larger than {limit} bytes")
+    return data
 
 
 def sign_image(
@@ -478,21 +693,14 @@ def sign_image(
     Plus ``<name>.roothash`` (hex), ``<name>.roothash.p7s`` and ``verity.env``.
     """
     image = Path(image)
-    try:
-        size = image.stat().st_size
-        data = open(image, "rb")
-    except OSError as e:
-        raise InputError(f"cannot read {image}: {e.strerror}") from None
-    name = name or image.name.removesuffix(".img").removesuffix(".ext4")
+    files = output_names(image, appended, name)
+    data = _open_regular(image)
+    size = os.fstat(data.fileno()).st_size
     with data, output_dir(out_dir, force=force) as tmp:
-        files = {"roothash": f"{name}.roothash", "signature": f"{name}.roothash.p7s", "env": ENV_NAME}
         if appended:
-            files["image"] = f"{name}.verity.img"
             offset = -(-size // params.hash_block_size) * params.hash_block_size
             target = tmp / files["image"]
         else:
-            files["image"] = image.name
-            files["hashtree"] = f"{name}.hashtree"
             offset = 0
             target = tmp / files["hashtree"]
         with open(target, "w+b") as out:
@@ -504,10 +712,12 @@ def sign_image(
             out.flush()
             os.fsync(out.fileno())
         sig = sign_root_hash(tree.root_hex, key, cert)
+        kind = "appended" if appended else "separate"
+        text = env_text(tree, kind, files)
+        parse_env(text)  # what we write must be what we read
         (tmp / files["roothash"]).write_text(tree.root_hex)
         (tmp / files["signature"]).write_bytes(sig)
-        kind = "appended" if appended else "separate"
-        (tmp / files["env"]).write_text(env_text(tree, kind, files))
+        (tmp / files["env"]).write_text(text)
         for f in tmp.iterdir():
             f.chmod(0o644)
     return SignedVerity(tree, kind, files)
@@ -525,12 +735,8 @@ def verify_tree(
     """Recompute the tree of ``data_path`` and compare it block for block with ``hash_path``."""
     import tempfile
 
-    try:
-        data = open(data_path, "rb")
-        stored = open(hash_path, "rb")
-    except OSError as e:
-        raise InputError(f"cannot read {e.filename}: {e.strerror}") from None
-    with data, stored, tempfile.NamedTemporaryFile(prefix="verity-", suffix=".tree") as scratch:
+    with _open_regular(data_path) as data, _open_regular(hash_path) as stored, \
+            tempfile.NamedTemporaryFile(prefix="verity-", suffix=".tree") as scratch:
         need = data_blocks * params.data_block_size
         if os.fstat(data.fileno()).st_size < need:
             raise VerificationError(f"{data_path} is shorter than the {data_blocks} blocks the tree covers")
@@ -585,57 +791,106 @@ class VerifiedVerity:
     tree: VerityTree
     signer: x509.Certificate
     env: dict[str, str]
+    layout_kind: str = "separate"
+    files: dict[str, str] = field(default_factory=dict)
 
 
-def verify_dir(out_dir: Path, certs: Iterable[x509.Certificate], data_path: Path | None = None,
-               progress: Progress | None = None) -> VerifiedVerity:
-    """Check a ``sign_image`` output: env, signature over the root hash, and the tree against the data.
+def load_env(out_dir: Path) -> tuple[bytes, dict[str, str]]:
+    """The bytes of ``out_dir/verity.env`` and its keys, read strictly (see :func:`parse_env`)."""
+    path = Path(out_dir) / ENV_NAME
+    raw = _read_regular(path, ENV_MAX_BYTES)
+    return raw, parse_env(raw, str(path))
 
-    ``data_path`` is the rootfs for the separate layout (default: the image named in the env, looked
-    up in ``out_dir`` and then beside it).
-    """
-    out_dir = Path(out_dir)
-    env_path = out_dir / ENV_NAME
+
+def claimed_tree(env: dict[str, str], source: str = ENV_NAME) -> tuple[VerityTree, str, dict[str, str]]:
+    """The tree, layout and file names a parsed env states, before any of it is checked."""
+    kind = env["VERITY_LAYOUT"]
     try:
-        env = parse_env(env_path.read_text())
-    except OSError as e:
-        raise InputError(f"cannot read {env_path}: {e.strerror}") from None
-    try:
-        root_hex = env["VERITY_ROOT_HASH"]
         params = VerityParams(
             salt=b"" if env["VERITY_SALT"] == "-" else bytes.fromhex(env["VERITY_SALT"]),
             data_block_size=int(env["VERITY_DATA_BLOCK_SIZE"]),
             hash_block_size=int(env["VERITY_HASH_BLOCK_SIZE"]),
             hash_algorithm=env["VERITY_HASH_ALGORITHM"],
             superblock=env["VERITY_SUPERBLOCK"] == "1",
-            uuid=uuidlib.UUID(env["VERITY_UUID"]) if env.get("VERITY_UUID") else None,
+            uuid=uuidlib.UUID(env["VERITY_UUID"]) if env["VERITY_UUID"] else None,
         )
-        blocks = int(env["VERITY_DATA_BLOCKS"])
-        offset = int(env["VERITY_HASH_OFFSET"])
-        kind = env["VERITY_LAYOUT"]
-    except (KeyError, ValueError) as e:
-        raise InputError(f"{env_path} is incomplete or malformed ({e})") from None
-    sig_path = out_dir / env.get("VERITY_ROOT_HASH_SIG", "")
-    rh_path = out_dir / env.get("VERITY_ROOT_HASH_FILE", "")
-    try:
-        sig = sig_path.read_bytes()
-        if rh_path.read_text().strip() != root_hex:
-            raise VerificationError(f"{rh_path.name} and {ENV_NAME} disagree on the root hash")
-    except OSError as e:
-        raise InputError(f"cannot read {e.filename}: {e.strerror}") from None
+    except UsageError as e:
+        raise InputError(f"{source}: {e}") from None
+    if params.uuid is not None and not params.superblock:
+        raise InputError(f"{source}: VERITY_UUID is set but there is no superblock")
+    root = bytes.fromhex(env["VERITY_ROOT_HASH"])
+    if len(root) != params.digest_size:
+        raise InputError(f"{source}: VERITY_ROOT_HASH is {len(root)} bytes, {params.hash_algorithm} gives "
+                         f"{params.digest_size}")
+    blocks = int(env["VERITY_DATA_BLOCKS"])
+    if blocks < 1:
+        raise InputError(f"{source}: VERITY_DATA_BLOCKS is 0")
+    data_size = blocks * params.data_block_size
+    # sign_image puts the appended hash area at the first hash block past the data, nowhere else.
+    offset = -(-data_size // params.hash_block_size) * params.hash_block_size if kind == "appended" else 0
+    layout = compute_layout(blocks, params, offset)
+    files = {"image": env["VERITY_IMAGE"], "roothash": env["VERITY_ROOT_HASH_FILE"],
+             "signature": env["VERITY_ROOT_HASH_SIG"], "env": ENV_NAME}
+    if kind == "separate":
+        files["hashtree"] = env["VERITY_HASH_FILE"]
+    for role, key in (("image", "VERITY_IMAGE"), ("roothash", "VERITY_ROOT_HASH_FILE"),
+                      ("signature", "VERITY_ROOT_HASH_SIG"), ("hashtree", "VERITY_HASH_FILE")):
+        if role in files and not files[role]:
+            raise InputError(f"{source}: {key} is empty")
+    if len(set(files.values())) != len(files):
+        raise InputError(f"{source}: two roles name the same file")
+    return VerityTree(params, layout, root, data_size), kind, files
+
+
+def check_env(raw: bytes, env: dict[str, str], source: str = ENV_NAME) -> tuple[VerityTree, str, dict[str, str]]:
+    """Everything in the env must be what segway-sign writes for the tree it states: every derived
+    value (sizes, offsets, the dm table) recomputed, no dm table option, the same bytes."""
+    tree, kind, files = claimed_tree(env, source)
+    want = env_text(tree, kind, files)
+    if want.encode() != raw:
+        want_env = parse_env(want, source)
+        for key in ENV_KEYS:
+            if env[key] == want_env[key]:
+                continue
+            if key == "VERITY_TABLE":
+                raise VerificationError(f"{source}: VERITY_TABLE is not the table the root hash and tree "
+                                        f"parameters give: {_table_difference(env[key], want_env[key])}")
+            raise VerificationError(f"{source}: {key} is {env[key]}, the tree parameters give {want_env[key]}")
+        raise VerificationError(f"{source}: the keys are not in the order segway-sign writes them")
+    return tree, kind, files
+
+
+def verify_dir(out_dir: Path, certs: Iterable[x509.Certificate], data_path: Path | None = None,
+               progress: Progress | None = None) -> VerifiedVerity:
+    """Check a ``sign_image`` output: every byte of the env, the signature over the root hash, and the
+    tree against the data.
+
+    ``data_path`` is the rootfs for the separate layout (default: the image named in the env, looked
+    up in ``out_dir`` and then beside it).
+    """
+    out_dir = Path(out_dir)
+    raw, env = load_env(out_dir)
+    source = str(out_dir / ENV_NAME)
+    claimed, kind, files = check_env(raw, env, source)
+    root_hex = claimed.root_hex
+    rh_path = out_dir / files["roothash"]
+    if _read_regular(rh_path, 1024) != root_hex.encode():
+        raise VerificationError(f"{rh_path.name} and {ENV_NAME} disagree on the root hash")
+    sig = _read_regular(out_dir / files["signature"], 64 * 1024)
     signer = verify_root_hash_signature(sig, root_hex, certs)
     if kind == "appended":
-        data_path = hash_path = out_dir / env["VERITY_IMAGE"]
+        data_path = hash_path = out_dir / files["image"]
     else:
-        hash_path = out_dir / env["VERITY_HASH_FILE"]
+        hash_path = out_dir / files["hashtree"]
         if data_path is None:
-            candidates = [out_dir / env["VERITY_IMAGE"], out_dir.parent / env["VERITY_IMAGE"]]
+            candidates = [out_dir / files["image"], out_dir.parent / files["image"]]
             data_path = next((c for c in candidates if c.exists()), candidates[0])
+    params, offset = claimed.params, claimed.layout.hash_area_offset
     if params.superblock:
-        with contextlib.suppress(OSError), open(hash_path, "rb") as f:
+        with _open_regular(hash_path) as f:
             f.seek(offset)
             sb_params, sb_blocks = parse_superblock(f.read(SUPERBLOCK_SIZE))
-            if (sb_params, sb_blocks) != (params, blocks):
-                raise VerificationError(f"the superblock in {hash_path.name} disagrees with {ENV_NAME}")
-    tree = verify_tree(data_path, hash_path, offset, params, blocks, root_hex, progress)
-    return VerifiedVerity(tree, signer, env)
+        if (sb_params, sb_blocks) != (params, claimed.layout.data_blocks):
+            raise VerificationError(f"the superblock in {hash_path.name} disagrees with {ENV_NAME}")
+    tree = verify_tree(data_path, hash_path, offset, params, claimed.layout.data_blocks, root_hex, progress)
+    return VerifiedVerity(tree, signer, env, kind, files)

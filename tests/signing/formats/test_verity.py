@@ -232,3 +232,70 @@ def test_memory_stays_flat_for_a_large_sparse_image(tmp_path, rsa_key, rsa_cert)
     assert int(rss_kib) < 120 * 1024, f"peak RSS {rss_kib} KiB"
     ref = veritysetup("format", str(img), str(tmp_path / "ref.hash"), "--salt=78", f"--uuid={UUID}")
     assert veritysetup_root(ref) == root
+
+
+def _mutate(rng, data: bytes) -> bytes:
+    """One fixed-seed mutation: bit flip, byte set, truncation, insertion, deletion, or random bytes."""
+    b = bytearray(data)
+    kind = rng.randrange(6)
+    if kind == 0 and b:
+        b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+    elif kind == 1 and b:
+        b[rng.randrange(len(b))] = rng.choice(b"\x00\n\r=\xff0 -'\"$`;")
+    elif kind == 2 and b:
+        del b[rng.randrange(len(b)):]
+    elif kind == 3:
+        at = rng.randrange(len(b) + 1)
+        b[at:at] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
+    elif kind == 4 and b:
+        at = rng.randrange(len(b))
+        del b[at:at + rng.randrange(1, 24)]
+    else:
+        b = bytearray(rng.randbytes(rng.randrange(80)))
+    return bytes(b)
+
+
+@pytest.mark.parametrize("appended", [False, True])
+def test_mutated_inputs_never_pass_and_never_raise_anything_else(tmp_path, rsa_key, rsa_cert, appended):
+    """Every byte the device reads — verity.env, roothash, roothash.p7s, the superblock — mutated with a
+    fixed seed: verify_dir raises a one-line SegwayError for each change, and nothing else escapes."""
+    import random
+    import shutil
+
+    from segway_sign.errors import SegwayError
+
+    data = make_image(tmp_path / "rootfs.img", 64 * 4096)
+    good = tmp_path / "good"
+    res = verity.sign_image(data, good, rsa_key, rsa_cert, verity.VerityParams(salt=b"\x01" * 32, uuid=UUID),
+                            appended=appended)
+    tree_file = res.files["image"] if appended else res.files["hashtree"]
+    sb_offset = res.tree.layout.hash_area_offset
+    rng = random.Random(20260101 + appended)
+    targets = ["verity.env"] * 4 + [res.files["roothash"], res.files["signature"], "superblock"]
+    refused = 0
+    for case in range(200):
+        work = tmp_path / f"case{case}"
+        shutil.copytree(good, work)
+        target = rng.choice(targets)
+        if target == "superblock":
+            path = work / tree_file
+            raw = bytearray(path.read_bytes())
+            sb = _mutate(rng, bytes(raw[sb_offset:sb_offset + 512]))[:512].ljust(512, b"\0")
+            raw[sb_offset:sb_offset + 512] = sb
+            changed = bytes(raw) != path.read_bytes()
+            path.write_bytes(raw)
+        else:
+            path = work / target
+            before = path.read_bytes()
+            after = _mutate(rng, before)
+            changed = after != before
+            path.write_bytes(after)
+        try:
+            verity.verify_dir(work, [rsa_cert], data_path=data)
+        except SegwayError as e:
+            assert "\n" not in str(e), (target, str(e))
+            refused += 1
+        else:
+            assert not changed, f"case {case}: a mutated {target} was accepted"
+        shutil.rmtree(work)
+    assert refused > 150

@@ -2,14 +2,18 @@
 carries the verity env; the initramfs opens the verity device from that env and boots the rootfs.
 
 Trust chain in this proof: U-Boot checks the FIT signature, which covers the initramfs and therefore
-the env (root hash, salt, sizes); dm-verity checks every rootfs block against that root hash. The
-PKCS#7 root-hash signature is checked on the host before boot (`verity verify`, openssl) and is what
-a kernel with our certificate in its keyring checks itself (`root_hash_sig_key_desc`). Debian's
+the env (root hash, salt, sizes, dm table); dm-verity checks every rootfs block against that root hash.
+The PKCS#7 root-hash signature is checked on the host before boot (`verity verify`, openssl) and is
+what a kernel with our certificate in its keyring checks itself (`root_hash_sig_key_desc`). Debian's
 cloud kernel trusts only its own keys, and busybox has neither openssl nor keyctl, so this initramfs
 does not check it again.
 
-The initramfs runs Debian's arm64 dmsetup (with its libraries and loader) to load the table; the
-rootfs is an ext4 image attached with ``-drive if=virtio`` and the hash tree a second virtio disk.
+The env is read by meta-segway's own initramfs module (``segwayverity``, installed where the image
+installs it and sourced as initramfs-framework sources it): its strict reader parses verity.env,
+checks it against roothash and fills the device into the table. The image then hands the same
+parameters to ``veritysetup open`` with the signature; here Debian's arm64 dmsetup (with its
+libraries and loader) loads the table. The rootfs is the appended-layout image the layer ships
+(data, then the hash tree) on one virtio disk.
 """
 
 from __future__ import annotations
@@ -35,20 +39,23 @@ CACHE = cache.cache_dir("arm64-dmsetup")
 ROOT_MARKER = "SEGWAY-VERITY-ROOT-OK"
 DMSETUP_PACKAGES = ("dmsetup", "libdevmapper1.02.1", "libc6", "libselinux1", "libudev1", "libpcre2-8-0")
 
+LAYER_MODULE = REPO / "meta-segway" / "recipes-core" / "initrdscripts" / "files" / "segwayverity"
+LAYER_MODULE_PATH = "init.d/85-segwayverity"  # where initramfs-module-segway-verity installs it
+
 INIT = bootmedia.init_script(r"""
 for m in virtio_mmio virtio_pci virtio_blk dm_verity; do modprobe $m; done
-i=0; while [ ! -b /dev/vdb ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-VERITY_DATA_DEV=/dev/vda
-VERITY_HASH_DEV=/dev/vdb
-. /usr/share/segway/verity/verity.env
-echo "verity: root hash $VERITY_ROOT_HASH"
-[ "$(cat /usr/share/segway/verity/roothash)" = "$VERITY_ROOT_HASH" ] || { echo VERITY-ROOTHASH-MISMATCH; poweroff -f; }
+i=0; while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+. /init.d/85-segwayverity
+if ! segwayverity_load /usr/share/segway/verity /dev/vda; then
+    echo "$SEGWAY_VERITY_ERROR"; echo VERITY-ENV-REFUSED; poweroff -f
+fi
+echo "verity: root hash $SEGWAY_VERITY_ROOT_HASH"
 export DM_DISABLE_UDEV=1
-if ! /sbin/dmsetup create --readonly vroot --table "$VERITY_TABLE"; then
+if ! /sbin/dmsetup create --readonly vroot --table "$SEGWAY_VERITY_TABLE"; then
     echo VERITY-OPEN-FAILED; poweroff -f
 fi
 # dm-verity checks lazily: the first block read decides whether the root hash is right.
-if ! dd if=/dev/mapper/vroot of=/dev/null bs=$VERITY_DATA_BLOCK_SIZE count=1 2>/dev/null; then
+if ! dd if=/dev/mapper/vroot of=/dev/null bs=512 count=1 2>/dev/null; then
     echo VERITY-OPEN-FAILED; poweroff -f
 fi
 if ! dd if=/dev/mapper/vroot of=/dev/null bs=1M 2>/dev/null; then
@@ -124,7 +131,8 @@ def setup(tmp_path_factory):
     deploy.mkdir()
     payload_block = make_rootfs(deploy / "rootfs.ext4", media.busybox)
     control = qemu.dump_control_dtb("arm64", tmp / "qemu.dtb")
-    initramfs = bootmedia.build_initramfs(tmp / "initramfs.cpio.gz", INIT, dmsetup_files(),
+    initramfs = bootmedia.build_initramfs(tmp / "initramfs.cpio.gz", INIT,
+                                          {**dmsetup_files(), LAYER_MODULE_PATH: LAYER_MODULE},
                                           modules=["virtio_mmio", "virtio_pci", "virtio_blk", "dm_verity"], media=media)
     fitbuild.build_fit(deploy / "fitImage", fitbuild.FitImages(media.kernel_image, control, initramfs),
                        arch="arm64", key_name_hint="dev")
@@ -138,6 +146,7 @@ def setup(tmp_path_factory):
     keys = FileKeys(tmp)
     doc = plan_doc(keys.uris)
     doc["steps"] = [s for s in doc["steps"] if s["id"] == "rootfs-verity"]
+    doc["steps"][0]["options"]["layout"] = "appended"  # as segway_verity.bbclass signs the image
     doc["steps"].append({"id": "kernel-fit", "type": "fit", "key": "fit",
                          "inputs": {"fit": "fitImage", "verity_env": "step:rootfs-verity/verity.env"},
                          "options": {"verity_env_in": "initramfs", "key_name_hint": "dev"}})
@@ -151,9 +160,8 @@ def setup(tmp_path_factory):
             "payload_block": payload_block, "deploy": deploy}
 
 
-def boot(setup, fit: Path, data: Path, hashtree: Path, name: str) -> qemu.UBootResult:
-    extra = ["-drive", f"if=virtio,format=raw,readonly=on,file={data}",
-             "-drive", f"if=virtio,format=raw,readonly=on,file={hashtree}"]
+def boot(setup, fit: Path, disk: Path, name: str) -> qemu.UBootResult:
+    extra = ["-drive", f"if=virtio,format=raw,readonly=on,file={disk}"]
     log = setup["tmp"] / f"{name}.console.log"
     with qemu.UBoot("arm64", setup["control"], fit, log_path=log, marker=ROOT_MARKER,
                     extra_args=extra) as uboot:
@@ -164,38 +172,59 @@ def boot(setup, fit: Path, data: Path, hashtree: Path, name: str) -> qemu.UBootR
 
 def test_signed_fit_boots_the_verity_rootfs(setup):
     rel = setup["release"]
-    res = boot(setup, rel / "kernel-fit" / "fitImage", rel / "rootfs-verity" / "rootfs.ext4",
-               rel / "rootfs-verity" / "rootfs.hashtree", "good")
+    res = boot(setup, rel / "kernel-fit" / "fitImage", rel / "rootfs-verity" / "rootfs.verity.img", "good")
     assert res.verified and not res.refused, res.summary()
     root = (rel / "rootfs-verity" / "rootfs.roothash").read_text()
     assert f"verity: root hash {root}" in res.log
     assert res.userspace, res.summary()
 
 
-def test_flipped_data_block_fails_to_read(setup):
-    rel = setup["release"]
-    bad = setup["tmp"] / "flipped.ext4"
-    raw = bytearray((rel / "rootfs-verity" / "rootfs.ext4").read_bytes())
+def flipped_image(setup) -> Path:
+    """The signed image with one bit of the payload flipped (the data comes first in the appended image)."""
+    bad = setup["tmp"] / "flipped.verity.img"
+    raw = bytearray((setup["release"] / "rootfs-verity" / "rootfs.verity.img").read_bytes())
     raw[setup["payload_block"] * 4096 + 100] ^= 0x01
     bad.write_bytes(raw)
-    res = boot(setup, rel / "kernel-fit" / "fitImage", bad, rel / "rootfs-verity" / "rootfs.hashtree", "flipped")
+    return bad
+
+
+def test_flipped_data_block_fails_to_read(setup):
+    rel = setup["release"]
+    res = boot(setup, rel / "kernel-fit" / "fitImage", flipped_image(setup), "flipped")
     assert res.verified, res.summary()
     assert "VERITY-READ-ERROR" in res.log and not res.userspace, res.summary()
     assert f"data block {setup['payload_block']} is corrupted" in res.log
 
 
+def _fit_with_env(setup, env: str, roothash: str) -> bytes:
+    """The unsigned FIT with ``env`` and ``roothash`` in its initramfs, signed with the trusted FIT key."""
+    fit = fitprep.add_env_to_initramfs((setup["deploy"] / "fitImage").read_bytes(), env,
+                                       {f"{fitprep.VERITY_DIR_IN_INITRAMFS}/roothash": roothash.encode()})
+    return fit_format.sign_fit(fit, setup["fit_key"], key_name_hint="dev").blob
+
+
 def test_wrong_root_hash_fails_to_open(setup):
     rel = setup["release"]
-    unsigned = (setup["deploy"] / "fitImage").read_bytes()
     env = (rel / "rootfs-verity" / "verity.env").read_text()
     good = verity.parse_env(env)["VERITY_ROOT_HASH"]
     wrong = format(int(good, 16) ^ 1, "064x")
-    fit = fitprep.add_env_to_initramfs(unsigned, env.replace(good, wrong),
-                                       {f"{fitprep.VERITY_DIR_IN_INITRAMFS}/roothash": wrong.encode()})
-    signed = fit_format.sign_fit(fit, setup["fit_key"], key_name_hint="dev").blob
     path = setup["tmp"] / "wrong-root.fit"
-    path.write_bytes(signed)
-    res = boot(setup, path, rel / "rootfs-verity" / "rootfs.ext4", rel / "rootfs-verity" / "rootfs.hashtree",
-               "wrong-root")
+    path.write_bytes(_fit_with_env(setup, env.replace(good, wrong), wrong))
+    res = boot(setup, path, rel / "rootfs-verity" / "rootfs.verity.img", "wrong-root")
     assert res.verified, res.summary()  # the FIT is validly signed: only the root hash is wrong
     assert "VERITY-OPEN-FAILED" in res.log and not res.userspace, res.summary()
+
+
+def test_tampered_env_is_refused_by_the_layer_reader(setup):
+    """A validly signed FIT whose env adds ignore_corruption: the initramfs reader refuses it before
+    any table is loaded (the flipped block would otherwise be read as if it were good)."""
+    rel = setup["release"]
+    env = (rel / "rootfs-verity" / "verity.env").read_text()
+    table = next(line for line in env.splitlines() if line.startswith("VERITY_TABLE="))
+    path = setup["tmp"] / "ignore-corruption.fit"
+    path.write_bytes(_fit_with_env(setup, env.replace(table, table + " 1 ignore_corruption"),
+                                   verity.parse_env(env)["VERITY_ROOT_HASH"]))
+    res = boot(setup, path, flipped_image(setup), "ignore-corruption")
+    assert res.verified, res.summary()
+    assert "VERITY-ENV-REFUSED" in res.log and "optional arguments are refused" in res.log, res.summary()
+    assert not res.userspace, res.summary()

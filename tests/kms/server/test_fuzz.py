@@ -96,6 +96,13 @@ def _scalar(rng: random.Random, field, base=None):
     raise AssertionError(f"no generator for field {field.full_name} (type {t}): add one")
 
 
+def _is_repeated(field) -> bool:
+    # protobuf 7 has is_repeated and no label; the 4.25 of scarthgap has only label
+    if hasattr(field, "is_repeated"):
+        return field.is_repeated
+    return field.label == FieldDescriptor.LABEL_REPEATED
+
+
 def _pem_mutation(rng: random.Random, pem: str) -> str:
     """A PEM block whose DER is damaged: bit flips, truncation, a duplicated or a removed slice."""
     body = "".join(line for line in pem.splitlines() if not line.startswith("-----"))
@@ -120,7 +127,7 @@ def _pem_mutation(rng: random.Random, pem: str) -> str:
 def _set(rng: random.Random, msg, field) -> None:
     """Give one field of msg a random value (for a message field: random values in some of its fields)."""
     if field.message_type is not None:
-        if field.is_repeated:
+        if _is_repeated(field):
             return  # no request has repeated message fields
         sub = getattr(msg, field.name)
         for subfield in sub.DESCRIPTOR.fields:
@@ -128,7 +135,7 @@ def _set(rng: random.Random, msg, field) -> None:
                 _set(rng, sub, subfield)
         sub.SetInParent()
         return
-    if field.is_repeated:
+    if _is_repeated(field):
         values = getattr(msg, field.name)
         bases = list(values)
         del values[:]

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from segway_kms.ca import profiles as prof
-from segway_kms.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, clip
 from segway_kms.config import MAX_VALIDITY_DAYS
+from segway_kms.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, clip
 from segway_kms.fsutil import atomic_write
 
 CA_KEY = "ca"

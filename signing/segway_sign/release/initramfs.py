@@ -44,3 +44,22 @@ def newc_archive(files: dict[str, bytes], mtime: int | None = None) -> bytes:
 def append_files(initramfs: bytes, files: dict[str, bytes]) -> bytes:
     """``initramfs`` followed (at a 4-byte boundary) by an archive holding ``files``."""
     return initramfs + b"\0" * (-len(initramfs) % 4) + newc_archive(files)
+
+
+def ends_with_archive(initramfs: bytes, files: dict[str, bytes]) -> bool:
+    """Whether ``initramfs`` ends with exactly the archive :func:`append_files` appends for ``files``.
+
+    Only the archive's modification time may be any value. The kernel unpacks the archives in
+    order and an entry replaces what an earlier one put at its name; this last archive lists every
+    directory above the files too, so whatever the archives before it hold, these bytes are what
+    the initramfs reads at those paths.
+    """
+    probe = newc_archive(files, mtime=0)  # fixed-width fields: the length does not depend on mtime
+    start = len(initramfs) - len(probe)
+    if start < 0 or start % 4:
+        return False
+    tail = bytes(initramfs[start:])
+    mtime_field = tail[6 + 5 * 8: 6 + 6 * 8]  # c_mtime of the first entry
+    if not all(c in b"0123456789abcdef" for c in mtime_field):
+        return False
+    return tail == newc_archive(files, mtime=int(mtime_field, 16))

@@ -114,4 +114,6 @@ def _verify_release(release_dir: Path, certs: list[x509.Certificate]) -> Verifie
             stype.verify(registry.VerifyContext(record["id"], release_dir / record["id"], record, certs))
         except SegwayError as e:
             raise VerificationError(f"step '{record['id']}': {e}") from None
+    # A verity env inside a FIT is read by the initramfs: it must be the bytes the verity step checked.
+    registry.verity.check_carried_envs(release_dir, doc)
     return VerifiedRelease(doc, signer, len(listed))

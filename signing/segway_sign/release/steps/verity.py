@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from pathlib import Path
 
-from ...errors import InputError
+from ...errors import InputError, VerificationError
 from . import StepContext, StepType, VerifyContext, register
 
 
@@ -53,11 +54,91 @@ def _verity_run(ctx: StepContext) -> dict:
 
 
 def _verity_verify(ctx: VerifyContext) -> None:
+    """``verity verify`` on the step directory (every byte of verity.env, the signature, the tree), then
+    the parameters against the plan options and results the signed manifest records."""
     from ...formats import verity
 
     res = verity.verify_dir(ctx.out_dir, ctx.certs)
-    if res.tree.root_hex != ctx.record["details"]["root_hash"]:
-        raise InputError(f"step '{ctx.step_id}': root hash differs from the manifest")
+    details, options = ctx.record["details"], ctx.record.get("options", {})
+    p = res.tree.params
+    recorded = [
+        ("root hash", res.tree.root_hex, details["root_hash"]),
+        ("salt", p.salt.hex(), details["salt"]),
+        ("layout", res.layout_kind, details["layout"]),
+        ("layout", res.layout_kind, options.get("layout", "separate")),
+        ("env file", res.files["env"], details["env"]),
+        ("data block count", res.tree.layout.data_blocks, details["data_blocks"]),
+        ("data block size", p.data_block_size, options.get("data_block", 4096)),
+        ("hash block size", p.hash_block_size, options.get("hash_block", 4096)),
+        ("hash algorithm", p.hash_algorithm, options.get("hash", "sha256")),
+        ("superblock", p.superblock, bool(options.get("superblock", True))),
+    ]
+    for what, found, expected in recorded:
+        if str(found) != str(expected):
+            raise InputError(f"step '{ctx.step_id}': {what} differs from the manifest")
+
+
+def check_carried_envs(release_dir: Path, doc: dict) -> None:
+    """Every step that put a verity env into a FIT put exactly the files a verity step here checked.
+
+    ``release verify`` runs this after each step's own check: the fit step's check covers the FIT
+    signature and the root hash; this covers every other byte the initramfs reads — verity.env,
+    roothash and roothash.p7s — by comparing them with the verity step's files, which
+    :func:`segway_sign.formats.verity.verify_dir` checked against the tree.
+    """
+    import libfdt
+
+    from ...formats import verity
+    from .. import fitprep
+    from ..initramfs import ends_with_archive
+
+    records = {r.get("id"): r for r in doc.get("steps", []) if isinstance(r, dict)}
+    for sid, record in records.items():
+        details = record.get("details") or {}
+        where = details.get("verity_env_in")
+        if not where:
+            continue
+        source = str((record.get("inputs") or {}).get("verity_env", ""))
+        ref_id, _, ref_file = source.removeprefix("step:").partition("/")
+        ref = records.get(ref_id)
+        if not source.startswith("step:") or ref is None or ref.get("type") != "verity" \
+                or ref_file != (ref.get("details") or {}).get("env"):
+            raise VerificationError(f"step '{sid}': its verity env {source!r} is not the env of a verity step "
+                                    "of this release, so nothing checked it")
+        vdir = release_dir / ref_id
+        env_raw = (vdir / ref_file).read_bytes()
+        env = verity.parse_env(env_raw, str(vdir / ref_file))
+        if hashlib.sha256(env_raw).hexdigest() != (record.get("input_sha256") or {}).get("verity_env") \
+                or env["VERITY_ROOT_HASH"] != details.get("verity_root_hash"):
+            raise VerificationError(f"step '{sid}': the manifest records another verity env than step '{ref_id}'s")
+        fit_path = release_dir / sid / str(details.get("fit"))
+        in_dir = fitprep.VERITY_DIR_IN_INITRAMFS
+        try:
+            fit = fit_path.read_bytes()
+            fdt = libfdt.Fdt(fit)
+            if where == "initramfs":
+                # The same files, in the same order, as the fit step appends.
+                files = {fitprep.ENV_PATH_IN_INITRAMFS: env_raw,
+                         f"{in_dir}/roothash": (vdir / env["VERITY_ROOT_HASH_FILE"]).read_bytes(),
+                         f"{in_dir}/roothash.p7s": (vdir / env["VERITY_ROOT_HASH_SIG"]).read_bytes()}
+                ramdisks = fitprep.ramdisk_images(fdt)
+                ok = len(ramdisks) == 1 and ends_with_archive(
+                    bytes(fdt.getprop(fdt.path_offset(f"/images/{ramdisks[0]}"), "data")), files)
+            elif where == "property":
+                confs = [fdt.path_offset(f"/configurations/{c}") for c in fitprep.configurations(fit)]
+                ok = bool(confs) and all(
+                    fdt.getprop(c, "segway,verity-env").as_str() == env_raw.decode()
+                    and fdt.getprop(c, "segway,verity-roothash").as_str() == env["VERITY_ROOT_HASH"]
+                    for c in confs)
+            else:
+                raise VerificationError(f"step '{sid}': verity_env_in {where!r} is neither initramfs nor property")
+        except libfdt.FdtException as e:
+            raise VerificationError(f"step '{sid}': {fit_path.name}: {e}") from None
+        except OSError as e:
+            raise InputError(f"cannot read {e.filename}: {e.strerror}") from None
+        if not ok:
+            raise VerificationError(f"step '{sid}': {fit_path.name} does not carry exactly the verity.env, roothash "
+                                    f"and roothash.p7s of step '{ref_id}' ({where})")
 
 
 register(StepType("verity", True, _verity_run, _verity_verify,

@@ -11,9 +11,10 @@ does not check it again.
 The env is read by meta-segway's own initramfs module (``segwayverity``, installed where the image
 installs it and sourced as initramfs-framework sources it): its strict reader parses verity.env,
 checks it against roothash and fills the device into the table. The image then hands the same
-parameters to ``veritysetup open`` with the signature; here Debian's arm64 dmsetup (with its
-libraries and loader) loads the table. The rootfs is the appended-layout image the layer ships
-(data, then the hash tree) on one virtio disk.
+parameters to ``veritysetup open`` with the signature; here Debian's arm64 veritysetup runs with
+those options (without the signature) to show the kernel gets exactly the table that was read, and
+Debian's arm64 dmsetup (both with their libraries and loader) loads the table. The rootfs is the
+appended-layout image the layer ships (data, then the hash tree) on one virtio disk.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ pytestmark = pytest.mark.qemu
 REPO = Path(__file__).resolve().parents[3]
 CACHE = cache.cache_dir("arm64-dmsetup")
 ROOT_MARKER = "SEGWAY-VERITY-ROOT-OK"
-DMSETUP_PACKAGES = ("dmsetup", "libdevmapper1.02.1", "libc6", "libselinux1", "libudev1", "libpcre2-8-0")
+DMSETUP_PACKAGES = ("dmsetup", "libdevmapper1.02.1", "libc6", "libselinux1", "libudev1", "libpcre2-8-0",
+                    # veritysetup, to check that the options the image passes it give the same table
+                    "cryptsetup-bin", "libcryptsetup12", "libpopt0", "libuuid1", "libblkid1", "libargon2-1",
+                    "libjson-c5", "libssl3")
 
 LAYER_MODULE = REPO / "meta-segway" / "recipes-core" / "initrdscripts" / "files" / "segwayverity"
 LAYER_MODULE_PATH = "init.d/85-segwayverity"  # where initramfs-module-segway-verity installs it
@@ -51,6 +55,17 @@ if ! segwayverity_load /usr/share/segway/verity /dev/vda; then
 fi
 echo "verity: root hash $SEGWAY_VERITY_ROOT_HASH"
 export DM_DISABLE_UDEV=1
+# The image runs veritysetup with these options and the signature (which this kernel, trusting only
+# Debian's keys, cannot check): the kernel must get exactly the table that was read and checked.
+mkdir -p /run/cryptsetup
+if /sbin/veritysetup open /dev/vda vcheck /dev/vda "$SEGWAY_VERITY_ROOT_HASH" $SEGWAY_VERITY_OPTIONS; then
+    got=$(/sbin/dmsetup table vcheck)
+    /sbin/dmsetup remove vcheck
+    want=$(echo "$SEGWAY_VERITY_TABLE" | sed "s#/dev/vda#$(cat /sys/block/vda/dev)#g")
+    if [ "$got" = "$want" ]; then echo VERITYSETUP-TABLE-SAME; else echo "VERITYSETUP-TABLE-DIFFERS: $got"; fi
+else
+    echo VERITYSETUP-OPEN-FAILED
+fi
 if ! /sbin/dmsetup create --readonly vroot --table "$SEGWAY_VERITY_TABLE"; then
     echo VERITY-OPEN-FAILED; poweroff -f
 fi
@@ -79,9 +94,9 @@ def _apt(apt_dir: Path) -> list[str]:
 
 
 def dmsetup_files() -> dict[str, Path]:
-    """Debian bookworm's arm64 dmsetup, the shared libraries it loads and the dynamic loader."""
+    """Debian bookworm's arm64 dmsetup and veritysetup, the shared libraries they load and the loader."""
     root = CACHE / "root"
-    if not (root / "sbin" / "dmsetup").is_file():
+    if not all((root / "sbin" / tool).is_file() for tool in ("dmsetup", "veritysetup")):
         apt_dir = CACHE / "apt"
         for sub in ("lists/partial", "cache/archives/partial"):
             (apt_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -95,9 +110,10 @@ def dmsetup_files() -> dict[str, Path]:
         for deb in debs.glob("*.deb"):
             subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
     libdir = "lib/aarch64-linux-gnu"
-    files = {"sbin/dmsetup": root / "sbin" / "dmsetup"}
+    files = {"sbin/dmsetup": root / "sbin" / "dmsetup", "sbin/veritysetup": root / "sbin" / "veritysetup"}
     wanted = ("ld-linux-aarch64.so.1", "libc.so.6", "libdevmapper.so.1.02.1", "libselinux.so.1",
-              "libudev.so.1", "libpcre2-8.so.0", "libm.so.6")
+              "libudev.so.1", "libpcre2-8.so.0", "libm.so.6", "libcryptsetup.so.12", "libpopt.so.0",
+              "libuuid.so.1", "libblkid.so.1", "libargon2.so.1", "libjson-c.so.5", "libcrypto.so.3")
     for name in wanted:
         src = next(p for p in root.rglob(name) if p.exists())
         files[f"{libdir}/{name}"] = src.resolve()
@@ -176,6 +192,7 @@ def test_signed_fit_boots_the_verity_rootfs(setup):
     assert res.verified and not res.refused, res.summary()
     root = (rel / "rootfs-verity" / "rootfs.roothash").read_text()
     assert f"verity: root hash {root}" in res.log
+    assert "VERITYSETUP-TABLE-SAME" in res.log, res.summary()
     assert res.userspace, res.summary()
 
 

@@ -299,3 +299,15 @@ def test_mutated_inputs_never_pass_and_never_raise_anything_else(tmp_path, rsa_k
             assert not changed, f"case {case}: a mutated {target} was accepted"
         shutil.rmtree(work)
     assert refused > 150
+
+
+def test_file_names_the_env_cannot_carry_are_refused_before_signing(tmp_path, rsa_key, rsa_cert):
+    params = verity.VerityParams(salt=b"", uuid=UUID)
+    for name in ("my rootfs.img", "root$(id).img", "rootfs'.img", "r\u00f6otfs.img"):
+        img = make_image(tmp_path / name, 4096)
+        with pytest.raises(UsageError, match=r"letters, digits and \._\+-"):
+            verity.sign_image(img, tmp_path / "out", rsa_key, rsa_cert, params)
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(UsageError, match="letters, digits"):
+        verity.sign_image(make_image(tmp_path / "ok.img", 4096), tmp_path / "out", rsa_key, rsa_cert, params,
+                          appended=True, name="../x")

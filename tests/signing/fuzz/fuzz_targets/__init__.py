@@ -1,0 +1,9 @@
+"""Every command that parses an input, as fuzz targets: one module per format, each with a
+``TARGETS`` list (see base.py for what a target declares). A new format (OP-TEE TAs, RAUC bundles)
+joins by adding its module here."""
+
+from __future__ import annotations
+
+from . import fit, hab, stm32
+
+TARGETS = [t for module in (fit, stm32, hab) for t in module.TARGETS]

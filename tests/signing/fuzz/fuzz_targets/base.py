@@ -1,0 +1,126 @@
+"""What a fuzz target declares, and the workshop that builds the valid inputs.
+
+A ``Target`` is one command that parses input: its valid inputs (written by ``build`` into a case
+directory, signed by a real SoftHSM token), the command line run on a case directory, and for each
+file the command reads (``Input``):
+
+- ``device``: the byte ranges of the valid file the device reads and acts on (the boot ROM, SPL,
+  U-Boot, TF-A, the kernel, the initramfs, or the tool that flashes a release). An input accepted by
+  the command must equal the valid one on all of them; only bytes outside may differ. ``None`` for an
+  input that is not a signed artifact (a plan, a trust anchor, a PIN file): any content may be
+  accepted, and only the rules every input obeys apply (no traceback, no hang, one-line errors).
+- ``fields``: where its length/size/offset fields are (the mutator writes huge values there);
+- ``hot``: ranges to hit more often than the rest (headers, metadata — not the payload's bytes);
+- ``text``: "yaml", "json" or "env" for text inputs;
+- ``canonical``: what the device makes of the bytes before acting on them, where several encodings
+  mean the same to it (e.g. libfdt treats every FDT version from 17 up alike); applied to both the
+  valid and the mutated input before their device bytes are compared.
+
+A format added later joins the test with one module declaring its targets (see ``__init__.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from mutator import Field, Range
+
+DeviceBytes = Callable[[bytes], list[Range]]
+
+
+def all_bytes(data: bytes) -> list[Range]:
+    """Every byte of the file is read and acted on."""
+    return [(0, len(data))]
+
+
+def no_fields(data: bytes) -> list[Field]:
+    return []
+
+
+@dataclass(frozen=True)
+class Input:
+    path: str  # relative to the case directory
+    device: DeviceBytes | None
+    fields: Callable[[bytes], list[Field]] = no_fields
+    hot: Callable[[bytes], list[Range]] = all_bytes
+    text: str | None = None
+    weight: int = 1  # share of the target's cases that mutate this input
+    canonical: Callable[[bytes], bytes] | None = None
+    # What else stands in for the file (always through the real CLI): each must be refused at once.
+    specials: tuple[str, ...] = ("fifo", "device", "directory", "missing")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # the command as a user types it, plus what is mutated: "fit verify", "hab verify imx8m"
+    inputs: tuple[Input, ...]
+    build: Callable[["Shop", Path], None]  # writes the valid inputs into an empty case directory
+    argv: Callable[["Shop", Path], list[str]]  # the command line for a case directory
+    token: bool = False  # the command signs: the token must be reachable in-process too
+    slow_accept: bool = False  # an accepted case is expensive (key generation): fewer cases
+
+
+@dataclass
+class Shop:
+    """Shared by every target of a run: one SoftHSM token, its keys, files the targets reuse."""
+
+    root: Path
+    token: object  # helpers.SoftHsmToken
+    _keys: dict[str, str] = field(default_factory=dict)
+    _made: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def pin(self) -> list[str]:
+        return ["--pin-file", str(self.token.pin_file)]
+
+    def env(self) -> dict[str, str]:
+        """The environment of a command that may use the token."""
+        return {**self.token.env, "SEGWAY_PKCS11_MODULE": self.token.module, "SOURCE_DATE_EPOCH": "1704067200"}
+
+    def key(self, kind: str, label: str) -> str:
+        """A key generated in the token (once per label); its URI."""
+        if label not in self._keys:
+            self._keys[label] = self.token.generate(kind, label)
+        return self._keys[label]
+
+    def once(self, name: str, make: Callable[[Path], object]) -> object:
+        """Something several targets share (a PKI, an unsigned image), made on first use in its own
+        directory under the shop."""
+        if name not in self._made:
+            where = self.root / "shared" / name
+            where.mkdir(parents=True)
+            self._made[name] = make(where)
+        return self._made[name]
+
+    def cli(self, args: list[str], env: dict | None = None) -> str:
+        """Run the real CLI (to make a valid input); it must succeed. Its stdout."""
+        from helpers import SEGWAY_SIGN
+        full = {**os.environ, **self.env(), **(env or {})}
+        res = subprocess.run([SEGWAY_SIGN, *args], env=full, capture_output=True, timeout=600,
+                             stdin=subprocess.DEVNULL)
+        if res.returncode != 0:
+            raise RuntimeError(f"segway-sign {' '.join(args)} failed: {res.stderr.decode()}")
+        return res.stdout.decode()
+
+
+def run(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    """A build tool (mkimage, fiptool, dtc …) that must succeed."""
+    return subprocess.run(args, cwd=cwd, check=True, capture_output=True, timeout=300, **kw)
+
+
+def load_test_module(relpath: str):
+    """A module of the existing tests (tests/<relpath>), for the builders they already use."""
+    import importlib.util
+    import sys
+    tests = Path(__file__).resolve().parents[3]
+    name = "fuzz_src_" + relpath.replace("/", "_").removesuffix(".py")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, tests / relpath)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -1,0 +1,134 @@
+"""Fuzzing every command that parses an input: a fixed-seed set of mutations of valid inputs signed
+by a real SoftHSM token. No traceback, no hang, a one-line error for every rejected input, and no
+accepted input that differs from the signed one in a byte the device reads (see docs/fuzzing.md).
+
+SEGWAY_FUZZ_CASES sets the cases per target (default 250: the suite's run); the run before a
+release takes 20000. SEGWAY_FUZZ_SEED draws another set; SEGWAY_FUZZ_REPORT=FILE appends each
+target's counts as a JSON line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+import mutator  # noqa: E402
+from fuzz_targets import TARGETS  # noqa: E402
+from fuzz_targets.base import Shop  # noqa: E402
+from helpers import SoftHsmToken  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+CASES = int(os.environ.get("SEGWAY_FUZZ_CASES", "250"))
+SEED = int(os.environ.get("SEGWAY_FUZZ_SEED", str(mutator.SEED)), 0)
+# One case in SUBPROCESS_EVERY runs through the real CLI, up to SUBPROCESS_MAX per target.
+SUBPROCESS_EVERY = 10
+SUBPROCESS_MAX = int(os.environ.get("SEGWAY_FUZZ_SUBPROCESS_MAX", "400"))
+REPORT = os.environ.get("SEGWAY_FUZZ_REPORT")
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz")
+    (root / "token").mkdir()
+    return Shop(root, SoftHsmToken(root / "token", label="fuzz"))
+
+
+def plan_cases(target, originals: dict[str, bytes], count: int) -> list[harness.Case]:
+    """``count`` mutations shared among the target's inputs by weight, every SUBPROCESS_EVERY-th
+    through the real CLI, then the non-regular files (FIFO, device, directory, missing), which
+    always run through the real CLI."""
+    total = sum(i.weight for i in target.inputs)
+    mutations = []
+    for inp in target.inputs:
+        n = max(1, round(count * inp.weight / total))
+        m = mutator.Mutator(originals[inp.path], mutator.seed_for(f"{target.name}:{inp.path}", SEED),
+                            inp.fields(originals[inp.path]), inp.hot(originals[inp.path]), inp.text)
+        mutations += [(inp, mut) for mut in m.cases(n)]
+    cases, through_cli = [], 0
+    for i, (inp, mut) in enumerate(mutations):
+        via_cli = i % SUBPROCESS_EVERY == SUBPROCESS_EVERY - 1 and through_cli < SUBPROCESS_MAX
+        through_cli += via_cli
+        cases.append(harness.Case(i, inp, mut, via_cli))
+    for inp in target.inputs:
+        for special in inp.specials:
+            cases.append(harness.Case(len(cases), inp, None, True, special))
+    return cases
+
+
+def _digest_tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.name.replace(" ", "-"))
+def test_fuzz(shop, target, tmp_path):
+    started = time.monotonic()
+    if target.token:
+        shop.token.activate()
+    template = tmp_path / "valid"
+    template.mkdir()
+    target.build(shop, template)
+    valid = _digest_tree(template)
+    originals = {inp.path: (template / inp.path).read_bytes() for inp in target.inputs}
+
+    # The valid inputs themselves are accepted, in-process and through the CLI.
+    envs = {harness.in_process: shop.env(), harness.in_subprocess: dict(os.environ, **shop.env())}
+    for run, env in envs.items():
+        where = tmp_path / f"check-{run.__name__}"
+        harness.link_tree(template, where)
+        outcome = run(target.argv(shop, where), env)
+        assert outcome.code == 0 and not outcome.traceback, (target.name, outcome.stderr)
+        shutil.rmtree(where)
+
+    cases = plan_cases(target, originals, CASES)
+    tally = harness.Tally()
+    work = tmp_path / "cases"
+    work.mkdir()
+
+    def run_case(case: harness.Case) -> tuple[harness.Case, harness.Verdict]:
+        where = harness.prepare(case, template, work / str(case.index))
+        run = harness.in_subprocess if case.subprocess else harness.in_process
+        outcome = run(target.argv(shop, where), envs[run])
+        verdict = harness.judge(case, originals[case.input.path], outcome)
+        shutil.rmtree(where)
+        return case, verdict
+
+    # The real-CLI cases run on a worker thread while this thread runs the in-process ones.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = [pool.submit(run_case, c) for c in cases if c.subprocess]
+        for case in cases:
+            if not case.subprocess:
+                tally.add(*run_case(case))
+        for future in futures:
+            tally.add(*future.result())
+
+    assert _digest_tree(template) == valid, "a command modified its input"
+    seconds = time.monotonic() - started
+    counts = tally.counts()
+    print(f"\n{target.name}: {json.dumps(counts)} in {seconds:.1f} s")
+    for what in tally.outside[:10]:
+        print(f"  accepted, outside the device bytes: {what}")
+    if REPORT:
+        with open(REPORT, "a") as f:
+            f.write(json.dumps({"target": target.name, "seed": SEED, "seconds": round(seconds, 1), **counts,
+                                "failures": tally.failures, "accepted_outside_cases": tally.outside}) + "\n")
+    if tally.failures:
+        problems: dict[str, list[str]] = {}
+        for what, via, problem in tally.failures:
+            problems.setdefault(problem, []).append(f"{what} [{via}]")
+        lines = [f"{len(tally.failures)} of {tally.cases} cases failed ({len(problems)} distinct problems):"]
+        for problem, whats in sorted(problems.items(), key=lambda kv: -len(kv[1])):
+            lines.append(f"- {problem}: {len(whats)} case(s), e.g. {'; '.join(whats[:3])}")
+        pytest.fail("\n".join(lines), pytrace=False)

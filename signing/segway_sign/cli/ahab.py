@@ -3,11 +3,14 @@ with an SRK or with an SGK the SRK certifies."""
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
 
 import click
 
 from ..atomic import check_writable, write_file
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from ..formats import ahab
 from .common import IN_FILE, OUT_FILE, emit, load_public_key, output_options, token_options
 from .hab import split_specs
@@ -135,15 +138,32 @@ def sign_cmd(in_path, out_path, srk_table, srk_index, key_uri, sgk_uri, sgk_perm
               help="Container(s) to check (default: every OEM-signed container).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def verify_cmd(in_path, srk_table, offsets, as_json):
-    """Check the signature (and image hashes) of AHAB containers."""
-    image = in_path.read_bytes()
-    table = srk_table.read_bytes() if srk_table else None
-    if offsets is None:
-        offsets = [c.offset for c in ahab.find_containers(image) if c.srk_set == ahab.SRK_SET_OEM]
-        if not offsets:
-            raise UsageError("no OEM-signed AHAB container found")
-    reports = [ahab.verify_container(image, off, table) for off in offsets]
+    """Check the signature (and image hashes) of AHAB containers: the given ones, or every container
+    found (OEM-signed ones must verify, unsigned ones are refused, NXP-signed ones are listed)."""
+    image = _read_regular(in_path, "--in")
+    table = _read_regular(srk_table, "--srk-table") if srk_table else None
+    reports = ahab.verify_image(image, table, offsets)
     result = {"input": str(in_path), "containers": [{**r, "offset": f"0x{r['offset']:x}"} for r in reports]}
     emit(result, as_json, f"OK {in_path}: " + ", ".join(
+        f"0x{r['offset']:x} (NXP-signed, not checked)" if r.get("nxp") else
         f"0x{r['offset']:x} ({'SGK certified by ' if r.get('sgk') else ''}SRK {r['srk_index'] + 1})"
         for r in reports))
+
+
+def _read_regular(path: Path, what: str) -> bytes:
+    """An input's bytes; a FIFO, device or directory is refused at once (one line) instead of
+    blocking on it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as err:
+        raise InputError(f"cannot read {what} {path}: {err.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(f"{what} {path} is not a regular file")
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise InputError(f"cannot read {what} {path}: {err.strerror}") from None
+    finally:
+        os.close(fd)

@@ -134,9 +134,11 @@ def parse_srk_record(data: bytes, off: int, end: int, where: str) -> SrkRecord:
     if rlen < 12 or off + rlen > end or len(raw) != rlen:
         raise InputError(f"{where}: key record at offset {off} overruns its structure")
     alg = raw[3]
-    hash_id, key_size, _r, _flags, la, lb = struct.unpack_from("<BBBBHH", raw, 4)
+    hash_id, key_size, reserved, _flags, la, lb = struct.unpack_from("<BBBBHH", raw, 4)
     if hash_id not in _HASH_BY_ID or 12 + la + lb != rlen:
         raise InputError(f"{where}: inconsistent key record at offset {off}")
+    if reserved:
+        raise InputError(f"{where}: key record at offset {off} has a non-zero reserved byte")
     a, b = raw[12 : 12 + la], raw[12 + la :]
     try:
         if alg == SIGN_ECDSA:
@@ -279,6 +281,8 @@ def _check_images(image: bytes, c: Container) -> None:
         digest = algo(image[start : start + e.size]).digest()
         if e.hash[: len(digest)] != digest:
             raise VerificationError(f"container 0x{c.offset:x} image {e.index}: its hash does not match its data")
+        if any(e.hash[len(digest) :]):  # the 64-byte field is zero-padded (SPSDK refuses anything else)
+            raise VerificationError(f"container 0x{c.offset:x} image {e.index}: non-zero bytes after its hash")
 
 
 def _raw_signature(public: PublicKey, der_or_raw: bytes) -> bytes:
@@ -414,14 +418,20 @@ def parse_certificate(data: bytes) -> SgkCertificate:
     record = parse_srk_record(data, off, sig_off, where)
     if off + len(record.raw) != sig_off:
         raise InputError(f"{where}: the signature does not follow the key")
-    _v, slen, stag, _r = struct.unpack_from("<BHBI", data, sig_off)
+    sver, slen, stag, sres = struct.unpack_from("<BHBI", data, sig_off)
     if stag != TAG_SIGNATURE or sig_off + slen != length or slen <= 8:
         raise InputError(f"{where}: no signature structure at its signature offset")
+    if sver or sres:  # outside what the SRK signs: only the values every tool writes are accepted
+        raise VerificationError(f"{where}: its signature header has version {sver} and reserved bytes "
+                                f"0x{sres:08x}; both must be zero")
     return SgkCertificate(bytes(data[:length]), perm, uuid, record, bytes(data[sig_off + 8 : length]))
 
 
 def verify_certificate(cert: SgkCertificate, srk: SrkRecord) -> None:
     """The SRK signed the certificate, and the certificate allows signing containers."""
+    if len(cert.signature) != _signature_length(srk.public_key):
+        raise VerificationError(f"AHAB SGK certificate: its signature is {len(cert.signature)} bytes; "
+                                f"the SRK makes {_signature_length(srk.public_key)}")
     _verify(srk.public_key, srk.alg, srk.digest, cert.signature, cert.signed_part,
             what="SGK certificate signature", signer="SRK")
     if not cert.permissions & PERM_CONTAINER:
@@ -499,44 +509,120 @@ def sign_container(image: bytes, offset: int, table: bytes, srk_index: int, key,
 
 @_malformed_is_input_error
 def verify_container(image: bytes, offset: int, table: bytes | None = None) -> dict:
-    """Check a signed container: image hashes, SRK table (if given, must match), signature."""
+    """Check a signed container: image hashes, SRK table (if given, must match), signature, and that
+    every byte of the container header outside what is signed is what the format allows.
+
+    The signature covers the container from its start to the signature structure. After it come
+    the signature header (version, length, tag, then a type byte and three reserved bytes: SPSDK
+    reads the type, 0 for SRK signatures, 0x10 for CMAC), the signature, the SGK certificate if any
+    (signed by the SRK, except its own signature header and signature) and zero padding up to the
+    end of the signature block, which is the end of the container header. Each of those is checked:
+    fixed fields must hold the only values supported (all zero for type and reserved bytes), lengths
+    must match the keys, padding must be zero. Reserved fields inside the signed part are refused
+    when non-zero too (header bytes 14-15, the key identifier without a key blob, the SRK records'
+    reserved byte, the zero padding of image hashes), so the error names them.
+    """
     c = parse_container(image, offset)
+    where = f"container 0x{offset:x}"
     if c.srk_set != SRK_SET_OEM:
-        raise VerificationError(f"container 0x{offset:x} is not signed with OEM keys")
+        raise VerificationError(f"{where} is not signed with OEM keys")
     if not c.sig_blk_offset:
-        raise VerificationError(f"container 0x{offset:x} has no signature block")
+        raise VerificationError(f"{where} has no signature block")
+    (reserved,) = struct.unpack_from("<H", image, offset + 14)
+    if reserved:
+        raise VerificationError(f"{where}: its reserved header bytes (+0xe, +0xf) are 0x{reserved:04x}, not zero")
     base = offset + c.sig_blk_offset
-    _v, blen, tag, cert_off, srk_off, sig_off, _blob, _kid = struct.unpack_from("<BHBHHHHI", image, base)
+    bver, blen, tag, cert_off, srk_off, sig_off, blob, key_id = struct.unpack_from("<BHBHHHHI", image, base)
     if tag != TAG_SIG_BLOCK or not srk_off or not sig_off:
-        raise VerificationError(f"container 0x{offset:x}: signature block without SRK table or signature")
+        raise VerificationError(f"{where}: signature block without SRK table or signature")
+    if bver:
+        raise VerificationError(f"{where}: signature block version {bver}; only version 0 is supported")
+    if blob:
+        raise InputError(f"{where} carries a key blob (encrypted boot); not supported")
+    if key_id:
+        raise VerificationError(f"{where}: key identifier 0x{key_id:08x} without a key blob; it must be zero")
+    if c.length != c.sig_blk_offset + blen:
+        raise VerificationError(f"{where}: its length 0x{c.length:x} is not the end of its signature block "
+                                f"(0x{c.sig_blk_offset + blen:x})")
+    if offset + c.length > len(image):
+        raise InputError(f"{where}: the container header runs past the end of the file")
+    if not 16 <= srk_off < sig_off or sig_off + 8 > blen or (cert_off and not 16 <= cert_off < blen):
+        raise InputError(f"{where}: signature block offsets outside the block")
     (tlen,) = struct.unpack_from("<H", image, base + srk_off + 1)
+    if srk_off + tlen > sig_off:
+        raise VerificationError(f"{where}: the SRK table runs into the signature (outside what is signed)")
     found_table = bytes(image[base + srk_off : base + srk_off + tlen])
     if table is not None and found_table != table:
-        raise VerificationError(f"container 0x{offset:x} carries a different SRK table")
+        raise VerificationError(f"{where} carries a different SRK table")
     records = parse_srk_table(found_table)
     srk_index = (c.flags >> 4) & 0x3
     record = records[srk_index]
-    _sv, slen, stag, _res = struct.unpack_from("<BHBI", image, base + sig_off)
+    sver, slen, stag, stype = struct.unpack_from("<BHBI", image, base + sig_off)
     if stag != TAG_SIGNATURE:
-        raise VerificationError(f"container 0x{offset:x}: no signature structure")
+        raise VerificationError(f"{where}: no signature structure")
+    if sver:
+        raise VerificationError(f"{where}: signature structure version {sver}; only version 0 is supported")
+    if stype:
+        raise VerificationError(f"{where}: the signature header's type and reserved bytes are 0x{stype:08x}; "
+                                "only SRK signatures (all zero) are supported")
+    if sig_off + slen > blen:
+        raise InputError(f"{where}: the signature runs past the signature block")
     signature = image[base + sig_off + 8 : base + sig_off + slen]
     report = {"offset": offset, "srk_index": srk_index, "revoke_mask": (c.flags >> 8) & 0xF,
               "images": len(c.images), "digest": record.digest}
     signer, signer_name = record, "SRK"
+    parts = [(srk_off, srk_off + tlen), (sig_off, sig_off + slen)]
     if cert_off:
         if cert_off + 8 > blen:
-            raise InputError(f"container 0x{offset:x}: the SGK certificate lies outside the signature block")
+            raise InputError(f"{where}: the SGK certificate lies outside the signature block")
         if not record.ca:
-            raise VerificationError(f"container 0x{offset:x}: SRK {srk_index + 1} is not a CA yet certifies an SGK")
+            raise VerificationError(f"{where}: SRK {srk_index + 1} is not a CA yet certifies an SGK")
         cert = parse_certificate(image[base + cert_off : base + blen])
         verify_certificate(cert, record)
         signer, signer_name = cert.record, "SGK"
+        parts.append((cert_off, cert_off + len(cert.raw)))
         report.update(sgk=True, sgk_permissions=permission_names(cert.permissions),
                       sgk_uuid=cert.uuid.hex() if cert.uuid is not None else None, digest=cert.record.digest)
+    ordered = sorted(parts)
+    if any(a_end > b_start for (_, a_end), (b_start, _) in zip(ordered, ordered[1:])):
+        raise VerificationError(f"{where}: the SRK table, signature and certificate overlap")
+    if slen - 8 != _signature_length(signer.public_key):
+        raise VerificationError(f"{where}: a {slen - 8}-byte signature; the {signer_name} makes "
+                                f"{_signature_length(signer.public_key)}-byte signatures")
+    # Nothing after the signed part but the structures above and zero padding.
+    tail = bytearray(image[base + sig_off : base + blen])
+    for start, end in parts:
+        if end > sig_off:
+            lo = max(start, sig_off) - sig_off
+            tail[lo : end - sig_off] = bytes(end - sig_off - lo)
+    stray = next((i for i, b in enumerate(tail) if b), None)
+    if stray is not None:
+        raise VerificationError(f"{where}: byte 0x{base + sig_off + stray:x} of the signature block (after the "
+                                "signed part, in no structure) is not zero")
     _check_images(image, c)
     _verify(signer.public_key, signer.alg, signer.digest, signature, image[offset : base + sig_off],
             signer=signer_name)
     return report
+
+
+def verify_image(image: bytes, table: bytes | None = None, offsets: Sequence[int] | None = None) -> list[dict]:
+    """Check the given containers, or every container found: each OEM-signed one must verify, an
+    unsigned one (or one with an undefined SRK set) is refused, NXP-signed ones are left to the ROM
+    (they carry NXP's keys) and reported as such."""
+    if offsets is not None:
+        return [verify_container(image, off, table) for off in offsets]
+    containers = find_containers(image)
+    reports = []
+    for c in containers:
+        if c.srk_set == SRK_SET_NXP:
+            reports.append({"offset": c.offset, "nxp": True})
+        elif c.srk_set == SRK_SET_OEM:
+            reports.append(verify_container(image, c.offset, table))
+        else:
+            raise VerificationError(f"container 0x{c.offset:x} is not signed (SRK set {c.srk_set})")
+    if not any(not r.get("nxp") for r in reports):
+        raise UsageError("no OEM-signed AHAB container found")
+    return reports
 
 
 def sign_image(image: bytes, table: bytes, srk_index: int, key, offsets: Sequence[int] | None = None,

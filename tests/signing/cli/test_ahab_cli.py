@@ -128,3 +128,46 @@ def test_ahab_sign_with_sgk(softhsm, tmp_path):
     bad[cert + int.from_bytes(bad[cert + 1 : cert + 3], "little") - 3] ^= 1
     (tmp_path / "bad.bin").write_bytes(bad)
     one_line_error(run_cli(["ahab", "verify", "--in", str(tmp_path / "bad.bin")]), 1, "certificate signature")
+
+
+def refused(res: subprocess.CompletedProcess, match: str = "") -> str:
+    """Refused without a traceback: one error line (or click's usage message)."""
+    err = res.stderr.decode()
+    assert res.returncode != 0 and "Traceback" not in err and match in err, (res.returncode, err)
+    assert (len(err.strip().splitlines()) == 1 and err.startswith("segway-sign: error: ")) \
+        or err.startswith("Usage:"), err
+    return err
+
+
+def test_ahab_verify_refuses_reserved_bytes_and_odd_inputs(tmp_path):
+    """Signed in-process with software SRKs (the token path is covered above): the CLI refuses a
+    non-zero signature-header type/reserved byte (0x1dc-0x1df with one image) with one line, and
+    inputs that are empty, cut short, random, or not regular files at once."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from segway_sign.formats import ahab
+
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(4)]
+    table = ahab.srk_table([k.public_key() for k in keys])
+    (tmp_path / "table.bin").write_bytes(table)
+    signed = ahab.sign_container(unsigned_image(tmp_path).read_bytes(), 0, table, 0, keys[0])
+    good = tmp_path / "signed.bin"
+    good.write_bytes(signed)
+    args = ["ahab", "verify", "--srk-table", str(tmp_path / "table.bin"), "--in"]
+    assert ok(run_cli([*args, str(good)])).startswith("OK")
+    for where, message in [(0x1dc, "type and reserved bytes"), (0x1dd, "type and reserved bytes"),
+                           (0x1de, "type and reserved bytes"), (0x1df, "type and reserved bytes"),
+                           (0x1d8, "signature structure version"), (0x0e, "reserved header bytes"),
+                           (0x9c, "key identifier")]:
+        bad = bytearray(signed)
+        bad[where] ^= 0x01
+        (tmp_path / "bad.bin").write_bytes(bad)
+        one_line_error(run_cli([*args, str(tmp_path / "bad.bin")], timeout=60), 1, message)
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "empty.bin").write_bytes(b"")
+    (tmp_path / "short.bin").write_bytes(signed[:0x1e0])
+    (tmp_path / "random.bin").write_bytes(os.urandom(70_000))
+    for path in ("empty.bin", "short.bin", "random.bin", "fifo", "/dev/zero", str(tmp_path)):
+        refused(run_cli([*args, str(tmp_path / path)], timeout=30))
+    refused(run_cli(["ahab", "verify", "--srk-table", str(tmp_path / "fifo"), "--in", str(good)], timeout=30),
+            "not a regular file")

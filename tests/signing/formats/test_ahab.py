@@ -351,3 +351,110 @@ def test_sgk_from_token(token, tmp_path, nxpimage, nxpimage_v1cert):
     (tmp_path / "signed.bin").write_bytes(signed)
     assert_sgk_accepted(spsdk_verify_sgk(nxpimage_v1cert, tmp_path, tmp_path / "signed.bin"))
     assert ahab.verify_container(signed, 0, table)["srk_index"] == 2
+
+
+# ------------------------------------------------------------- reserved and unsigned bytes
+
+
+def reserved_offsets(image: bytes, c: ahab.Container) -> dict[int, str]:
+    """Every reserved byte of the container header, signature block and image entries, and every
+    byte after the signed part that is neither a signature nor a certificate, by file offset."""
+    out = {c.offset + 14: "header reserved", c.offset + 15: "header reserved"}
+    base = c.offset + c.sig_blk_offset
+    out.update({base + 12 + i: "key identifier (no blob)" for i in range(4)})
+    for e in c.images:
+        entry = c.offset + 16 + e.index * ahab.IMAGE_ENTRY_SIZE
+        digest = ahab.IMAGE_HASHES[e.hash_type]().digest_size
+        out.update({entry + 32 + i: "image hash padding" for i in range(digest, 64)})
+        out.update({entry + 96 + i: "image IV (not encrypted)" for i in range(32)})
+        out.update({entry + 25: "image flags 15:8 (bits 14, 15 reserved)", entry + 27: "image flags 31:24"})
+    sig = base + int.from_bytes(image[base + 8 : base + 10], "little")
+    out.update({sig: "signature header version", **{sig + 4 + i: "signature header type/reserved" for i in range(4)}})
+    cert_off = int.from_bytes(image[base + 4 : base + 6], "little")
+    if cert_off:
+        cert = base + cert_off
+        csig = cert + int.from_bytes(image[cert + 4 : cert + 6], "little")
+        out.update({csig: "certificate signature header version",
+                    **{csig + 4 + i: "certificate signature header reserved" for i in range(4)}})
+        end = cert + int.from_bytes(image[cert + 1 : cert + 3], "little")
+    else:
+        end = sig + int.from_bytes(image[sig + 1 : sig + 3], "little")
+    out.update({i: "signature block padding" for i in range(end, c.offset + c.length)})
+    return out
+
+
+@pytest.mark.parametrize("sgk", [False, True], ids=["srk", "sgk"])
+def test_no_byte_of_the_container_header_changes_unnoticed(tmp_path, nxpimage, sgk):
+    """One image: the signature header's type/reserved bytes sit at 0x1dc-0x1df. Every reserved byte,
+    and in fact every bit of the container header, must be refused when changed."""
+    srk_keys = [keygen("p256") for _ in range(4)]
+    table = ahab.srk_table([k.public_key() for k in srk_keys], ca=sgk)
+    unsigned = export_image(nxpimage, tmp_path, "unsigned", images=1).read_bytes()
+    signed = ahab.sign_container(unsigned, 0, table, 0, srk_keys[0], sgk_key=keygen("p256") if sgk else None)
+    c = ahab.parse_container(signed, 0)
+    assert ahab.verify_container(signed, 0, table)["srk_index"] == 0
+    reserved = reserved_offsets(signed, c)
+    assert {0x1d8, 0x1dc, 0x1dd, 0x1de, 0x1df} <= set(reserved)
+    for where, what in reserved.items():
+        for value in (0x01, 0x10, 0x80):
+            bad = bytearray(signed)
+            bad[where] ^= value
+            with pytest.raises((VerificationError, InputError)) as err:
+                ahab.verify_image(bytes(bad), table)
+            assert "\n" not in str(err.value), (hex(where), what)
+    for where in range(c.length):  # without --srk-table: the signature alone must catch SRK table changes
+        for bit in range(8):
+            bad = bytearray(signed)
+            bad[where] ^= 1 << bit
+            with pytest.raises((VerificationError, InputError, UsageError)):
+                ahab.verify_image(bytes(bad))
+    # The good container still passes and SPSDK still reads it.
+    (tmp_path / "signed.bin").write_bytes(signed)
+    nxp = nxpimage_v1_or_current(sgk, nxpimage)
+    res = run_nxpimage(nxp, "ahab", "parse", "-f", FAMILY_V1CERT if sgk else FAMILY, "-b", "signed.bin",
+                       "-o", "parsed", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def nxpimage_v1_or_current(sgk: bool, current: Path) -> Path:
+    if sgk and not NXPIMAGE_V1CERT.exists():
+        pytest.fail(f"SPSDK 2.2 oracle missing (looked for {NXPIMAGE_V1CERT})")
+    return NXPIMAGE_V1CERT if sgk else current
+
+
+@pytest.mark.slow
+def test_what_spsdk_refuses_in_the_signature_header_is_refused(tmp_path, nxpimage):
+    """SPSDK 3.12 reads the byte after the signature tag as the signature type (0 SRK, 0x10 CMAC) and
+    refuses other values and other header versions; it ignores the three bytes after the type. We
+    refuse all of them but zero."""
+    srk_keys = [keygen("p256") for _ in range(4)]
+    table = ahab.srk_table([k.public_key() for k in srk_keys])
+    signed = ahab.sign_container(export_image(nxpimage, tmp_path, "unsigned", images=1).read_bytes(), 0, table, 0,
+                                 srk_keys[0])
+    assert signed[0x1db] == ahab.TAG_SIGNATURE
+    for where, value, spsdk_accepts in ((0x1d8, 0x01, False), (0x1dc, 0x01, False), (0x1dc, 0x10, True),
+                                        (0x1dd, 0x01, True), (0x1df, 0x80, True)):
+        bad = bytearray(signed)
+        bad[where] ^= value
+        (tmp_path / "bad.bin").write_bytes(bad)
+        res = spsdk_verify(nxpimage, tmp_path, tmp_path / "bad.bin")
+        accepted = res.returncode == 0 and "Overall  result: Succeeded" in res.stdout
+        assert accepted == spsdk_accepts, (hex(where), res.stdout[-2000:])
+        with pytest.raises(VerificationError, match="signature structure version|type and reserved bytes"):
+            ahab.verify_container(bytes(bad), 0, table)
+
+
+def test_unsigned_container_is_refused_when_verifying_every_container(tmp_path, nxpimage):
+    srk_keys = [keygen("p256") for _ in range(4)]
+    table = ahab.srk_table([k.public_key() for k in srk_keys])
+    signed = ahab.sign_container(export_image(nxpimage, tmp_path, "unsigned", images=1).read_bytes(), 0, table, 0,
+                                 srk_keys[0])
+    for flags in (ahab.SRK_SET_NONE, 3):
+        bad = bytearray(signed)
+        bad[4] = (bad[4] & ~3) | flags
+        with pytest.raises(VerificationError, match="not signed"):
+            ahab.verify_image(bytes(bad), table)
+    nxp = bytearray(signed)
+    nxp[4] = (nxp[4] & ~3) | ahab.SRK_SET_NXP
+    with pytest.raises(UsageError, match="no OEM-signed"):
+        ahab.verify_image(bytes(nxp), table)

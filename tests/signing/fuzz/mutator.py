@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 SEED = 0x5E6A7
 
 Range = tuple[int, int]  # [start, end) in bytes
+PRELUDE_FIELDS = 16  # length fields set to their maximum in the prelude (the others: by random draws)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class Mutator:
             Mutation("extend", "4096 random bytes appended", data + rnd.randbytes(4096)),
             Mutation("shift", "1 zero byte inserted at 0", b"\0" + data),
         ]
-        for f in self.fields:
+        for f in self.fields[:PRELUDE_FIELDS]:  # formats list the ones that matter most first
             out.append(self._field(f, (1 << (8 * f.width)) - 1 if not f.der else 0xFFFFFFFF))
         if self.text in ("yaml", "json"):
             out.append(self._deep_nesting())

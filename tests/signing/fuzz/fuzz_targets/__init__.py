@@ -4,6 +4,6 @@ joins by adding its module here."""
 
 from __future__ import annotations
 
-from . import fit, hab, stm32
+from . import ahab, fip, fit, hab, stm32
 
-TARGETS = [t for module in (fit, stm32, hab) for t in module.TARGETS]
+TARGETS = [t for module in (fit, stm32, hab, ahab, fip) for t in module.TARGETS]

@@ -50,6 +50,29 @@ class Config:
     health_interval: float = 5.0
 
 
+# Every key the configuration may carry, by where it sits; anything else is a mistake (a typo would otherwise
+# silently fall back to a default, e.g. an unanchored audit log or a wide-open listener).
+TOP_KEYS = ("profile", "state_dir", "backend", "listen", "principals", "cert_profiles", "max_request_bytes",
+            "workers", "crl_days", "health_interval")
+BACKEND_KEYS = {"tpm": ("type", "tcti", "srk_handle", "audit_anchor_index", "flush_transient"),
+                "pkcs11": ("type", "module", "token_label", "token_serial", "pin_file", "pin_env"),
+                "software": ("type",)}
+LISTEN_KEYS = ("unix", "tcp")
+UNIX_KEYS = ("path", "group", "mode")
+TCP_KEYS = ("address", "server_name")
+PROFILE_KEYS = ("ekus", "san_patterns", "max_days", "key_types")
+
+
+def _known(mapping, allowed: tuple[str, ...], where: str) -> None:
+    """Refuse a key that is not in ``allowed`` (``where`` names the mapping, e.g. "listen.tcp")."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    for key in mapping:
+        if key not in allowed:
+            place = f" in {where}" if where != "config" else ""
+            raise ConfigError(f"unknown key '{key}'{place} (known: {', '.join(allowed)})")
+
+
 def _require(mapping: dict, key: str, where: str):
     if key not in mapping:
         raise ConfigError(f"{where}: missing '{key}'")
@@ -59,6 +82,7 @@ def _require(mapping: dict, key: str, where: str):
 def parse(data: dict, base: Path | None = None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError("configuration must be a mapping")
+    _known(data, TOP_KEYS, "config")
     profile = data.get("profile", "development")
     if profile not in ("development", "release"):
         raise ConfigError(f"profile must be 'development' or 'release', not {profile!r}")
@@ -68,7 +92,13 @@ def parse(data: dict, base: Path | None = None) -> Config:
     backend = _require(data, "backend", "config")
     if not isinstance(backend, dict) or backend.get("type") not in ("tpm", "pkcs11", "software"):
         raise ConfigError("backend.type must be one of tpm, pkcs11, software")
+    _known(backend, BACKEND_KEYS[backend["type"]], f"backend (type {backend['type']})")
     listen = data.get("listen") or {}
+    _known(listen, LISTEN_KEYS, "listen")
+    for u in listen.get("unix") or []:
+        _known(u, UNIX_KEYS, "listen.unix")
+    if listen.get("tcp"):
+        _known(listen["tcp"], TCP_KEYS, "listen.tcp")
     unix = [UnixListener(path=_require(u, "path", "listen.unix"), group=str(_require(u, "group", "listen.unix")),
                          mode=int(str(u.get("mode", "660")), 8)) for u in listen.get("unix", [])]
     tcp = None
@@ -87,6 +117,7 @@ def parse(data: dict, base: Path | None = None) -> Config:
         principals[str(name)] = {str(k): str(v) for k, v in roles.items()}
     profiles = {}
     for name, p in (data.get("cert_profiles") or {}).items():
+        _known(p, PROFILE_KEYS, f"cert_profiles.{name}")
         profiles[name] = Profile(name=name, ekus=list(p.get("ekus", [])), san_patterns=list(p.get("san_patterns", [])),
                                  max_days=int(p.get("max_days", 365)),
                                  key_types=list(p.get("key_types", ["EC_P256", "EC_P384", "RSA_2048", "RSA_3072"])))
@@ -111,5 +142,9 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"{path}: invalid YAML ({exc.__class__.__name__})") from None
     try:
         return parse(data, base=path.parent)
+    except ConfigError as exc:
+        if str(exc).startswith("unknown key"):
+            raise ConfigError(f"{path}: {exc}") from None
+        raise
     except (TypeError, AttributeError, ValueError) as exc:
         raise ConfigError(f"{path}: invalid configuration ({exc})") from None

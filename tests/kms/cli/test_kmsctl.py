@@ -33,7 +33,9 @@ def test_issue_user_certificate_and_sign_with_cli(tpm_daemon, tmp_path):
     assert v.returncode == 0 and "Verified OK" in v.stdout
     assert b"valid" in d.ctl("key", "verify", "acme/release", tmp_path / "artifact.sig", "--input",
                              tmp_path / "artifact", group="bin").stdout
-    assert "acme/release\tRSA_2048\tENABLED" in d.ctl("key", "list", "acme", group="bin").stdout.decode()
+    listing = d.ctl("key", "list", "acme", group="bin").stdout.decode().splitlines()
+    assert listing[0].split() == ["NAME", "ALGORITHM", "STATE", "VERSION", "USAGE"]
+    assert ["acme/release", "RSA_2048", "ENABLED"] in [line.split()[:3] for line in listing[1:]]
 
     # bob's certificate is his identity on the mTLS listener (principal = his e-mail SAN)
     port = (d.state / "tcp.port").read_text().strip()

@@ -400,8 +400,8 @@ def test_oeqa_kms_cases_pass_against_the_unit(kmsd):
                             "segway_kms.SegwayKmsTest.test_kms_sign_round_trip": "pass"}, outcomes
         # The round trip cleans up after itself: its key is destroyed (the record stays for the audit).
         status, listing = shell("segway-kmsctl --socket /run/segway-kms/admin.sock key list oeqa", 60)
-        assert status == 0 and [line.split("\t")[:3] for line in listing.splitlines()] == [
-            ["oeqa/roundtrip", "EC_P256", "DESTROYED"]], listing
+        assert status == 0 and [line.split()[:3] for line in listing.splitlines()] == [
+            ["NAME", "ALGORITHM", "STATE"], ["oeqa/roundtrip", "EC_P256", "DESTROYED"]], listing
         # Without the package the cases skip, as on an image without segway-kms.
         skipped = oeqa_cases.run_cases(cases, oeqa_cases.Target(shell), packages=set())
         assert all(v.startswith("skip") for v in skipped.values()), skipped

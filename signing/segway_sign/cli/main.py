@@ -35,6 +35,18 @@ for _name in _GROUPS:
     cli.add_command(_cmd, _name)
 
 
+def one_line(message: object) -> str:
+    """A message on one line: a library's multi-line text joined, control characters escaped
+    (a name taken from a malformed input may hold any byte)."""
+    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _fail(message: object, code: int) -> None:
+    click.echo(f"segway-sign: error: {one_line(message)}", err=True)
+    sys.exit(code)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
@@ -45,12 +57,14 @@ def main() -> None:
         err.show()
         sys.exit(err.exit_code)
     except SegwayError as err:
-        click.echo(f"segway-sign: error: {err}", err=True)
-        sys.exit(err.exit_code)
+        _fail(err, err.exit_code)
     except KeyboardInterrupt:
         click.echo("segway-sign: error: interrupted", err=True)
         sys.exit(130)
+    except RecursionError:  # a nesting no parser should have followed
+        _fail("input nested too deeply", 1)
+    except MemoryError:
+        _fail("out of memory (input too large?)", 1)
     except OSError as err:  # e.g. an unreadable input named on the command line
-        where = f" {err.filename}" if getattr(err, "filename", None) else ""
-        click.echo(f"segway-sign: error:{where}: {err.strerror or err}", err=True)
-        sys.exit(1)
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        _fail(f"{where}{err.strerror or err}", 1)

@@ -43,11 +43,36 @@ class Header:
             raise InputError(f"FDT version {hdr.version} is not supported (need 17)")
         if hdr.totalsize > len(blob):
             raise InputError(f"truncated device tree: header says {hdr.totalsize} bytes, file has {len(blob)}")
+        if hdr.last_comp_version > 17:
+            raise InputError(f"FDT last compatible version {hdr.last_comp_version} is not supported (need <= 17)")
         for name, off, size in (("struct", hdr.off_dt_struct, hdr.size_dt_struct),
                                 ("strings", hdr.off_dt_strings, hdr.size_dt_strings)):
             if off + size > hdr.totalsize or off < 40:
                 raise InputError(f"malformed device tree: {name} block [{off}, +{size}) outside totalsize {hdr.totalsize}")
+        if hdr.off_dt_struct % 4 or hdr.size_dt_struct % 4:
+            raise InputError("malformed device tree: the struct block is not 4-byte aligned")
+        struct_end, strings_end = hdr.off_dt_struct + hdr.size_dt_struct, hdr.off_dt_strings + hdr.size_dt_strings
+        if hdr.off_dt_struct < strings_end and hdr.off_dt_strings < struct_end:
+            raise InputError("malformed device tree: the struct and strings blocks overlap")
+        hdr._check_reserve_map(blob)
         return hdr
+
+    def _check_reserve_map(self, blob: bytes | bytearray) -> None:
+        """The memory reservation map must end (a zero-size entry) inside the tree and before the
+        struct and strings blocks it precedes: libfdt trusts it when it moves or grows a tree."""
+        off = self.off_mem_rsvmap
+        if off % 8 or off < 40:
+            raise InputError(f"malformed device tree: reservation map offset {off} is not 8-byte aligned after the header")
+        limit = self.totalsize
+        for block in (self.off_dt_struct, self.off_dt_strings):
+            if block >= off:
+                limit = min(limit, block)
+        while True:
+            if off + 16 > limit:
+                raise InputError("malformed device tree: the memory reservation map has no end")
+            if not any(blob[off + 8:off + 16]):
+                return
+            off += 16
 
 
 class _Walker:
@@ -164,6 +189,47 @@ def find_regions(blob: bytes | bytearray, include: set[str] | frozenset[str], ad
         last[1] += hdr.size_dt_strings
     regions.append(last)
     return [(o, s) for o, s in regions]
+
+
+def _printable(name: str, allowed_slash: bool = False) -> bool:
+    return all(0x20 < ord(c) < 0x7F and (allowed_slash or c != "/") for c in name)
+
+
+def check_structure(blob: bytes | bytearray) -> Header:
+    """Walk the whole struct block as libfdt will: one root node, balanced nodes, properties only
+    inside nodes, names of printable ASCII, FDT_END exactly at the end. libfdt's own checks are
+    lighter, and its write functions trust the structure (a bad one corrupts memory)."""
+    hdr = Header.parse(blob)
+    walker = _Walker(blob, hdr)
+    depth, offset, roots = 0, 0, 0
+    while True:
+        tag, nxt, name = walker.next_tag(offset)
+        if tag == FDT_BEGIN_NODE:
+            if depth == 0:
+                roots += 1
+                if roots > 1 or name != "":
+                    raise InputError("malformed device tree: not exactly one root node")
+            elif not name or not _printable(name):
+                raise InputError(f"malformed device tree: node name {name!r} is empty or not printable ASCII")
+            depth += 1
+            if depth > FDT_MAX_DEPTH:
+                raise InputError(f"malformed device tree: nodes nested deeper than {FDT_MAX_DEPTH}")
+        elif tag == FDT_END_NODE:
+            if depth == 0:
+                raise InputError("malformed device tree: unbalanced end of node")
+            depth -= 1
+        elif tag == FDT_PROP:
+            if depth == 0:
+                raise InputError("malformed device tree: property outside any node")
+            if not name or not _printable(name):
+                raise InputError(f"malformed device tree: property name {name!r} is empty or not printable ASCII")
+        elif tag == FDT_END:
+            if depth or not roots:
+                raise InputError("malformed device tree: FDT_END inside a node or before the root")
+            if nxt != hdr.size_dt_struct:
+                raise InputError("malformed device tree: FDT_END before the end of the struct block")
+            return hdr
+        offset = nxt
 
 
 def node_names(blob: bytes | bytearray) -> list[str]:

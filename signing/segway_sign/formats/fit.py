@@ -93,11 +93,14 @@ def split_payloads(blob: bytes) -> tuple[bytes, _Payloads]:
             # mkimage -p positions are the first image's position plus aligned sizes.
             layout = layout or _External(mode, start if mode == "position" else 0)
             views[name] = source[start:start + size]
-    fdt.resize(fdt.totalsize() + 16 * len(views) + 16)  # room for new, empty data properties
-    for name in views:
-        fdt.setprop(fdt.path_offset(f"{t.IMAGES}/{name}"), "data", b"")
-    fdt.pack()
-    return bytes(fdt.as_bytearray()), _Payloads(views, layout)
+
+    def empty_data(work: libfdt.Fdt) -> None:
+        for name in views:
+            work.setprop(work.path_offset(f"{t.IMAGES}/{name}"), "data", b"")
+
+    del fdt  # the copy of a large FIT; edit_tree makes its own
+    tree = t.edit_tree(blob, 16 * len(views) + 16, empty_data, "cannot take the image data out of the FIT")
+    return tree, _Payloads(views, layout)
 
 
 def join_payloads(tree: bytes, payloads: _Payloads) -> bytearray:
@@ -119,6 +122,7 @@ def join_payloads(tree: bytes, payloads: _Payloads) -> bytearray:
         return out
     # mkimage's fit_extract_data: data-offset (or data-position) and data-size replace data.
     layout, buf_ptr, chunks = payloads.external, 0, []
+    fdt.resize(fdt.totalsize() + 64 * len(payloads.views) + 64)  # data-offset/-position, data-size
     for name in t.subnodes(fdt, t.IMAGES):
         if name not in payloads.views:
             continue
@@ -152,20 +156,26 @@ def _add_missing_hashes(blob: bytes, hash_name: str) -> bytes:
     bare = [i for i in t.subnodes(fdt, t.IMAGES) if not t.hash_children(fdt, i)]
     if not bare:
         return blob
-    fdt.resize(fdt.totalsize() + 64 * len(bare) + 64)
-    for image in bare:
-        node = fdt.add_subnode(fdt.path_offset(f"{t.IMAGES}/{image}"), "hash-1")
-        fdt.setprop(node, "algo", hash_name.encode() + b"\0")
-    fdt.pack()
-    return bytes(fdt.as_bytearray())
+
+    def add(work: libfdt.Fdt) -> None:
+        for image in bare:
+            node = work.add_subnode(work.path_offset(f"{t.IMAGES}/{image}"), "hash-1")
+            work.setprop(node, "algo", hash_name.encode() + b"\0")
+
+    return t.edit_tree(blob, 64 * len(bare) + 64, add, "cannot add hash nodes")
 
 
 def _add_signature_nodes(blob: bytes, confs: Sequence[str], algo: str, pad: str,
                          key_name_hint: str, image_signatures: bool) -> bytes:
     """Give each named configuration (and, if asked, each image) a signature node to sign."""
-    fdt = libfdt.Fdt(bytearray(blob))
-    fdt.resize(fdt.totalsize() + 4096 * (len(confs) + 4) + 64 * len(t.subnodes(fdt, t.IMAGES)))
+    images = t.subnodes(t.open_fdt(blob), t.IMAGES)
+    return t.edit_tree(blob, 4096 * (len(confs) + 4) + 64 * len(images),
+                       lambda fdt: _write_signature_nodes(fdt, confs, algo, pad, key_name_hint, image_signatures),
+                       "cannot add signature nodes")
 
+
+def _write_signature_nodes(fdt: libfdt.Fdt, confs: Sequence[str], algo: str, pad: str,
+                           key_name_hint: str, image_signatures: bool) -> None:
     def add(path: str, props: list[tuple[str, bytes]]) -> None:
         parent = fdt.path_offset(path)
         node = fdt.add_subnode(parent, "signature-1")
@@ -191,8 +201,6 @@ def _add_signature_nodes(blob: bytes, confs: Sequence[str], algo: str, pad: str,
         if not props:
             raise InputError(f"configuration {conf} references no images")
         add(f"{t.CONFIGS}/{conf}", common + [("sign-images", strz(*props))])
-    fdt.pack()
-    return bytes(fdt.as_bytearray())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,6 +403,7 @@ def _self_check(blob: bytes, plans: list[SignatureNode], public) -> None:
             raise VerificationError(f"{node.path}: the written signature does not verify; nothing written") from None
 
 
+@t.fdt_errors("cannot sign the FIT")
 def sign_fit(blob: bytes, key, *, configs: Sequence[str] | None = None, key_name_hint: str | None = None,
              algo: str | None = None, padding_name: str | None = None, image_signatures: bool = False,
              timestamp: int | None = None, comment: str | None = None,

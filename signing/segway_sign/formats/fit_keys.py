@@ -6,7 +6,7 @@ import libfdt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..errors import InputError, UsageError
-from .fit_tree import getprop, getstr, open_fdt, subnodes
+from .fit_tree import fdt_errors, getprop, getstr, open_fdt, subnodes
 
 SIG_NODE = "/signature"
 _CURVES = {"prime256v1": ec.SECP256R1, "secp384r1": ec.SECP384R1}
@@ -85,6 +85,7 @@ def write_key_node(fdt: libfdt.Fdt, public_key, key_name_hint: str, algo: str, r
     return f"{SIG_NODE}/{name}"
 
 
+@fdt_errors("cannot add the key node")
 def add_pubkey(dtb: bytes, public_key, key_name_hint: str, algo: str | None = None,
                required: str | None = "conf") -> bytes:
     """Return ``dtb`` with the key node added, growing the tree 1 KiB at a time like mkimage."""
@@ -115,8 +116,11 @@ def public_key_from_node(fdt: libfdt.Fdt, path: str):
         size = _CURVES[curve].key_size // 8
         if not x or not y or len(x) != size or len(y) != size:
             raise InputError(f"key node {path}: EC point has the wrong length")
-        return ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"),
-                                             _CURVES[curve]()).public_key()
+        try:
+            return ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"),
+                                                 _CURVES[curve]()).public_key()
+        except ValueError:
+            raise InputError(f"key node {path}: the EC point is not on {curve}") from None
     modulus = getprop(fdt, path, "rsa,modulus")
     bits = getprop(fdt, path, "rsa,num-bits")
     if modulus is None or bits is None:
@@ -126,10 +130,15 @@ def public_key_from_node(fdt: libfdt.Fdt, path: str):
     e = int.from_bytes(exp, "big") if exp else 65537
     if int.from_bytes(bits, "big") != n.bit_length() or len(modulus) * 8 != n.bit_length():
         raise InputError(f"key node {path}: rsa,num-bits does not match the modulus")
+    if n % 2 == 0:
+        raise InputError(f"key node {path}: rsa,modulus is even")
     n0 = getprop(fdt, path, "rsa,n0-inverse")
     if n0 is None or int.from_bytes(n0, "big") != (-pow(n, -1, 1 << 32)) % (1 << 32):
         raise InputError(f"key node {path}: rsa,n0-inverse does not match the modulus")
-    return rsa.RSAPublicNumbers(e, n).public_key()
+    try:
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    except ValueError as err:
+        raise InputError(f"key node {path}: not a valid RSA public key ({err})") from None
 
 
 def key_nodes(fdt: libfdt.Fdt) -> list[str]:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import zlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import libfdt
 
 from ..errors import InputError
-from .fdt_regions import Header, node_names
+from .fdt_regions import check_structure, node_names
 
 IMAGES = "/images"
 CONFIGS = "/configurations"
@@ -21,12 +22,52 @@ DEFAULT_SIGN_IMAGES = ("kernel", "fdt", "script")
 Progress = Callable[[int], None]
 
 
+F = TypeVar("F", bound=Callable)
+
+
+def fdt_errors(what: str) -> Callable[[F], F]:
+    """Report a libfdt error escaping ``func`` as one line (InputError) naming ``what`` failed."""
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            try:
+                return func(*args, **kwargs)
+            except libfdt.FdtException as err:
+                raise InputError(f"{what}: {err}") from None
+        return wrapper  # type: ignore[return-value]
+    return decorate
+
+
 def open_fdt(blob: bytes | bytearray) -> libfdt.Fdt:
-    Header.parse(blob)
+    """A pylibfdt tree of ``blob`` once its whole structure is checked (libfdt trusts it)."""
+    check_structure(blob)
     try:
         return libfdt.Fdt(bytearray(blob))
     except libfdt.FdtException as err:
         raise InputError(f"malformed device tree: {err}") from None
+
+
+def edit_tree(blob: bytes | bytearray, room: int, edit: Callable[[libfdt.Fdt], None],
+              what: str = "cannot edit the device tree") -> bytes:
+    """``blob`` after ``edit(fdt)`` on a copy with ``room`` bytes to grow into, packed.
+
+    When libfdt runs out of space the edit is redone on a fresh copy with twice the room, so a
+    tree without slack (or an edit larger than guessed) still fits; other libfdt errors and a tree
+    that would grow beyond 64 MiB are one-line errors."""
+    room = max(room, 256)
+    while True:
+        fdt = open_fdt(blob)
+        try:
+            fdt.resize(fdt.totalsize() + room)
+            edit(fdt)
+            fdt.pack()
+            return bytes(fdt.as_bytearray())
+        except libfdt.FdtException as err:
+            if err.err != -libfdt.NOSPACE:
+                raise InputError(f"{what}: {err}") from None
+        if room >= 64 << 20:
+            raise InputError(f"{what}: the tree would grow by more than 64 MiB")
+        room *= 2
 
 
 def check_fit_structure(blob: bytes | bytearray) -> list[str]:

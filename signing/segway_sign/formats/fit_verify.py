@@ -101,6 +101,7 @@ def _check_signature(fdt, blob: bytes, sig_path: str, key_path: str, ctl, kind: 
         raise VerificationError(f"{sig_path}: signature does not verify with {key_path}") from None
 
 
+@t.fdt_errors("malformed device tree")
 def verify_fit(blob: bytes, control_dtb: bytes, config: str | None = None) -> FitReport:
     """Raise VerificationError unless U-Boot would accept configuration ``config`` (default: default)."""
     t.check_fit_structure(blob)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from asn1crypto import algos, core
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import (
@@ -218,13 +218,20 @@ def _load(name: str, der: bytes) -> x509.Certificate:
         raise VerificationError(f"{name} is not a DER X.509 certificate") from None
 
 
+def _public_key(cert: x509.Certificate, cert_name: str):
+    try:
+        return cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise VerificationError(f"{cert_name} holds an invalid or unsupported public key") from None
+
+
 def _ext(cert: x509.Certificate, cert_name: str, ext: str) -> bytes:
     try:
         found = cert.extensions.get_extension_for_oid(OID[ext])
     except x509.ExtensionNotFound:
         raise VerificationError(f"{cert_name} lacks the {ext} extension ({OID[ext].dotted_string})") from None
     except ValueError as err:
-        raise VerificationError(f"{cert_name} has malformed extensions: {err}") from None
+        raise VerificationError(f"{cert_name} has malformed extensions: {' '.join(str(err).split())}") from None
     if not found.critical:
         raise VerificationError(f"{cert_name} extension {ext} is not critical")
     return found.value.value
@@ -233,7 +240,7 @@ def _ext(cert: x509.Certificate, cert_name: str, ext: str) -> bytes:
 def _check_signature(cert: x509.Certificate, cert_name: str, public_key) -> None:
     if cert.signature_algorithm_oid != x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256:
         raise VerificationError(f"{cert_name} is not signed with ecdsa-with-SHA256")
-    if spki(cert.public_key()) != spki(public_key):
+    if spki(_public_key(cert, cert_name)) != spki(public_key):
         raise VerificationError(f"{cert_name} subject key is not the key its parent authorises")
     try:
         public_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
@@ -244,7 +251,7 @@ def _check_signature(cert: x509.Certificate, cert_name: str, public_key) -> None
 def _nv_value(der: bytes, cert_name: str) -> int:
     try:
         value = core.Integer.load(der, strict=True).native
-    except ValueError:
+    except (ValueError, TypeError):
         raise VerificationError(f"{cert_name} NV counter is not a DER INTEGER") from None
     return value
 
@@ -254,7 +261,7 @@ def _hash_value(der: bytes, cert_name: str, ext: str) -> bytes:
         info = algos.DigestInfo.load(der, strict=True)
         algorithm = info["digest_algorithm"]["algorithm"].native
         digest = info["digest"].native
-    except ValueError:
+    except (ValueError, TypeError, KeyError):
         raise VerificationError(f"{cert_name} {ext} is not a DER DigestInfo") from None
     if algorithm != "sha256" or len(digest) != 32:
         raise VerificationError(f"{cert_name} {ext} is not a SHA-256 DigestInfo")
@@ -278,7 +285,7 @@ def verify_certificates(
     if missing:
         raise VerificationError(f"missing certificate(s): {', '.join(missing)}")
     parsed = {n: _load(n, certs[n]) for n in CERT_NAMES}
-    root = parsed["trusted_key_cert"].public_key()
+    root = _public_key(parsed["trusted_key_cert"], "trusted_key_cert")
     if rot_public_key is not None and spki(root) != spki(rot_public_key):
         raise VerificationError("trusted_key_cert is not made for the given ROT key")
     check_rot_key(root)
@@ -299,8 +306,8 @@ def verify_certificates(
         for ext, role in spec.keys_carried:
             try:
                 authorised[role] = load_der_public_key(_ext(cert, spec.name, ext))
-            except (ValueError, TypeError):
-                raise VerificationError(f"{spec.name} {ext} is not a SubjectPublicKeyInfo") from None
+            except (ValueError, TypeError, UnsupportedAlgorithm):
+                raise VerificationError(f"{spec.name} {ext} is not a supported SubjectPublicKeyInfo") from None
         for ext, image, required in HASHED_IMAGES.get(spec.name, []):
             digest = _hash_value(_ext(cert, spec.name, ext), spec.name, ext)
             if image in images:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from ..errors import InputError
 from ..hsm.keygen import KEY_KINDS, RAW_KINDS
@@ -40,13 +42,44 @@ class Plan:
         return spec.token or self.token
 
 
+def _names(keys) -> str:
+    return ", ".join(sorted(str(k) for k in keys))
+
+
+def _uri(raw, where: str) -> Pkcs11Uri:
+    if not isinstance(raw, str):
+        raise InputError(f"{where}: token must be a pkcs11: URI string")
+    try:
+        return Pkcs11Uri.parse(raw)
+    except UnicodeDecodeError:
+        raise InputError(f"{where}: token URI {raw!r} does not decode to UTF-8") from None
+
+
 def _subject(raw, where: str) -> dict[str, str]:
     if not isinstance(raw, dict) or "CN" not in raw:
         raise InputError(f"{where}: subject must be a mapping with at least CN")
     unknown = set(raw) - set(_NAME_FIELDS)
     if unknown:
-        raise InputError(f"{where}: unknown subject field(s) {', '.join(sorted(unknown))}")
-    return {k: str(v) for k, v in raw.items()}
+        raise InputError(f"{where}: unknown subject field(s) {_names(unknown)}")
+    subject = {}
+    for k, v in raw.items():
+        if not isinstance(v, (str, int)) or isinstance(v, bool):
+            raise InputError(f"{where}: subject field {k} must be a text")
+        try:  # the checks the certificate builder applies (lengths, country codes)
+            x509.NameAttribute(getattr(NameOID, _NAME_FIELDS[k]), str(v))
+        except ValueError as err:
+            raise InputError(f"{where}: subject field {k}: {str(err).splitlines()[0]}") from None
+        subject[k] = str(v)
+    return subject
+
+
+def _text(raw: dict, name: str, where: str) -> str | None:
+    value = raw.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or not str(value):
+        raise InputError(f"{where}: {name} must be a non-empty text")
+    return str(value)
 
 
 def _spec(raw, where: str, purpose_required: bool) -> KeySpec:
@@ -55,38 +88,52 @@ def _spec(raw, where: str, purpose_required: bool) -> KeySpec:
     allowed = {"label", "key", "subject", "validity_days", "purpose", "key_name_hint", "token"}
     unknown = set(raw) - allowed
     if unknown:
-        raise InputError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        raise InputError(f"{where}: unknown field(s) {_names(unknown)}")
     for req in ("label", "key", "subject") + (("purpose",) if purpose_required else ()):
         if req not in raw:
             raise InputError(f"{where}: missing '{req}'")
-    if raw["key"] not in KEY_KINDS:
-        raise InputError(f"{where}: key type {raw['key']!r} is not one of {', '.join(KEY_KINDS)}")
+    kind = raw["key"]
+    if not isinstance(kind, str) or kind not in KEY_KINDS:
+        raise InputError(f"{where}: key type {kind!r} is not one of {', '.join(KEY_KINDS)}")
     purpose = raw.get("purpose")
+    if purpose is not None and not isinstance(purpose, str):
+        raise InputError(f"{where}: purpose {purpose!r} is not one of {', '.join(PURPOSES)}")
     if purpose_required and purpose not in PURPOSES:
         raise InputError(f"{where}: purpose {purpose!r} is not one of {', '.join(PURPOSES)}")
-    if raw["key"] in RAW_KINDS and purpose != "stm32":
+    if kind in RAW_KINDS and purpose != "stm32":
         # Only the STM32 header signer can use these keys (cryptography lacks the curve).
-        raise InputError(f"{where}: key type {raw['key']!r} is only for purpose stm32 "
+        raise InputError(f"{where}: key type {kind!r} is only for purpose stm32 "
                          f"(got {purpose or 'the root CA'})")
     days = raw.get("validity_days", 3650)
-    if not isinstance(days, int) or days <= 0:
-        raise InputError(f"{where}: validity_days must be a positive integer")
-    token = Pkcs11Uri.parse(raw["token"]) if raw.get("token") else None
-    if purpose == "fit" and not raw.get("key_name_hint"):
+    if not isinstance(days, int) or isinstance(days, bool) or not 0 < days <= 100 * 366:
+        raise InputError(f"{where}: validity_days must be a positive integer (at most 100 years)")
+    token = _uri(raw["token"], where) if raw.get("token") else None
+    hint = _text(raw, "key_name_hint", where)
+    if purpose == "fit" and not hint:
         raise InputError(f"{where}: a fit key needs key_name_hint (U-Boot's key-<hint> node)")
-    return KeySpec(str(raw["label"]), raw["key"], _subject(raw["subject"], where), days, purpose,
-                   raw.get("key_name_hint"), token)
+    label = _text(raw, "label", where)
+    if label is None:
+        raise InputError(f"{where}: label must be a non-empty text")
+    return KeySpec(label, kind, _subject(raw["subject"], where), days, purpose, hint, token)
 
 
-def load_plan(path: Path) -> Plan:
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"plan {path} does not exist") from None
+def load_plan(path: Path, text: bytes | None = None) -> Plan:
+    """Load a plan file (or ``text``, its content, already read from ``path``)."""
+    if text is None:
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"plan {path} does not exist") from None
+        except OSError as err:
+            raise InputError(f"cannot read plan {path}: {err.strerror}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise InputError(f"plan {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except RecursionError:
+        raise InputError(f"plan {path} is nested too deeply") from None
+    except (ValueError, OverflowError) as err:  # e.g. a value the YAML constructors cannot convert
+        raise InputError(f"plan {path} is not valid YAML: {str(err).splitlines()[0] if str(err) else err}") from None
     if not isinstance(raw, dict):
         raise InputError(f"plan {path}: top level must be a mapping")
     for req in ("token", "root", "keys"):
@@ -94,10 +141,13 @@ def load_plan(path: Path) -> Plan:
             raise InputError(f"plan {path}: missing '{req}'")
     unknown = set(raw) - {"name", "token", "root", "keys"}
     if unknown:
-        raise InputError(f"plan {path}: unknown field(s) {', '.join(sorted(unknown))}")
+        raise InputError(f"plan {path}: unknown field(s) {_names(unknown)}")
     if not isinstance(raw["keys"], list) or not raw["keys"]:
         raise InputError(f"plan {path}: 'keys' must be a non-empty list")
-    plan = Plan(str(raw.get("name", path.stem)), Pkcs11Uri.parse(raw["token"]),
+    name = raw.get("name", path.stem)
+    if not isinstance(name, (str, int)) or isinstance(name, bool):
+        raise InputError(f"plan {path}: name must be a text")
+    plan = Plan(str(name), _uri(raw["token"], f"plan {path}"),
                 _spec(raw["root"], "root", False),
                 [_spec(k, f"keys[{i}]", True) for i, k in enumerate(raw["keys"])],
                 hashlib.sha256(text).hexdigest())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -85,3 +86,46 @@ def test_errors(softhsm, tmp_path):
                             "--nt-fw", str(imgs["nt-fw"]), "--out", str(out)], softhsm), match="exists")
     assert out.read_bytes() == b"keep"
     one_line_error(run_cli(["fip", "verify", "--fip", str(imgs["tos-fw"])]), match="not a FIP")
+
+
+def _signed_fip(tok, tmp_path: Path, *extra: str, env: dict | None = None) -> tuple[str, Path]:
+    uri = tok.generate("p256", "rot")
+    imgs = images(tmp_path)
+    out = tmp_path / "fip-signed.bin"
+    ok(run_cli(["fip", "sign", "--rot-key", uri, "--tos-fw", str(imgs["tos-fw"]), "--nt-fw", str(imgs["nt-fw"]),
+                "--out", str(out), *extra], tok, env=env))
+    return uri, out
+
+
+def test_invalid_public_key_in_a_certificate(softhsm, tmp_path):
+    """A certificate whose subject key is not a point on P-256 (one byte of X changed where the
+    ROT key is carried): one line and exit 1, not cryptography's ValueError."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    uri, out = _signed_fip(softhsm, tmp_path, "--pin-file", str(softhsm.pin_file))
+    point = softhsm.open_key(uri).public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    data = out.read_bytes()
+    assert data.count(point) >= 2  # trusted_key_cert and stm32mp_cfg_cert
+    bad = bytearray(point)
+    bad[5] ^= 0x40
+    tampered = tmp_path / "tampered.bin"
+    tampered.write_bytes(data.replace(point, bytes(bad)))
+    one_line_error(run_cli(["fip", "verify", "--fip", str(tampered)]), match="public key")
+    pkh = json.loads(ok(run_cli(["stm32", "pkh", "--key", uri, "--pin-file", str(softhsm.pin_file), "--json"],
+                                softhsm)))["hash"]
+    one_line_error(run_cli(["fip", "verify", "--fip", str(tampered), "--pkh", pkh]), match="public key")
+
+
+def test_pin_env_is_not_inherited_by_children(softhsm, tmp_path):
+    """--pin-env: the variable leaves the environment once read; fiptool, which fip sign starts
+    afterwards, does not see it (a pass-through wrapper records fiptool's environment)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    seen = tmp_path / "fiptool.env"
+    real = shutil.which("fiptool")
+    wrapper = bindir / "fiptool"
+    wrapper.write_text(f'#!/bin/sh\nenv > "{seen}"\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    env = {"CI_TOKEN_PIN": softhsm.pin, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    _signed_fip(softhsm, tmp_path, "--pin-env", "CI_TOKEN_PIN", env=env)
+    recorded = seen.read_text()
+    assert "PATH=" in recorded and "CI_TOKEN_PIN" not in recorded and softhsm.pin not in recorded

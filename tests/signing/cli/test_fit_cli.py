@@ -199,3 +199,70 @@ def test_add_pubkey_from_certificate_needs_no_token(signing, tmp_path):
     failed(run_cli(["fit", "add-pubkey", "--key", str(tmp_path / "missing.crt"), "--dtb", str(dtb),
                     "--out", str(tmp_path / "x.dtb"), "--key-name-hint", "dev"]), "missing.crt", code=2)
     assert not (tmp_path / "x.dtb").exists()
+
+
+def _struct_tokens(blob: bytes):
+    """(absolute offset, token) of each token in an FDT struct block."""
+    import struct
+    off_struct, off_strings, size_struct = (struct.unpack_from(">I", blob, o)[0] for o in (8, 12, 36))
+    pos, end = off_struct, off_struct + size_struct
+    while pos < end:
+        tag = struct.unpack_from(">I", blob, pos)[0]
+        yield pos, tag
+        if tag == 1:
+            pos = (blob.index(b"\0", pos + 4) + 4) & ~3
+        elif tag == 3:
+            pos += 12 + ((struct.unpack_from(">I", blob, pos + 4)[0] + 3) & ~3)
+        else:
+            pos += 4
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("unknown-token", ["malformed device tree", "unknown token"]),
+    ("reserve-map", ["reservation map"]),
+    ("node-name", ["not printable"]),
+])
+def test_malformed_control_dtb(signing, tmp_path, damage, words):
+    """A control DTB whose header is fine but whose structure is not: libfdt's BADSTRUCTURE in
+    the middle of a check, or, for an unterminated reservation map, memory corruption when libfdt
+    moves the tree; both commands that read a control DTB refuse it in one line."""
+    tok, uri, unsigned = signing
+    signed, ctl = tmp_path / "s.itb", tmp_path / "ctl.dtb"
+    assert _sign(tok, uri, unsigned, signed, "--pin-file", str(tok.pin_file)).returncode == 0
+    res = run_cli(["fit", "add-pubkey", "--key", uri, "--dtb", str(empty_dtb(tmp_path / "e.dtb")),
+                   "--out", str(ctl), "--key-name-hint", "dev", "--pin-file", str(tok.pin_file)], tok)
+    assert res.returncode == 0, res.stderr.decode()
+    dtb = bytearray(ctl.read_bytes())
+    if damage == "unknown-token":
+        last_prop = [pos for pos, tag in _struct_tokens(bytes(dtb)) if tag == 3][-1]
+        dtb[last_prop:last_prop + 4] = (10).to_bytes(4, "big")
+    elif damage == "reserve-map":
+        rsvmap = int.from_bytes(dtb[16:20], "big")
+        dtb[rsvmap + 8:rsvmap + 16] = (0x2000).to_bytes(8, "big")  # the terminating entry is gone
+    else:
+        node = [pos for pos, tag in _struct_tokens(bytes(dtb)) if tag == 1][-1]
+        dtb[node + 4] = 0x0A  # a line break in the key node's name
+    bad = tmp_path / "bad.dtb"
+    bad.write_bytes(dtb)
+    failed(run_cli(["fit", "verify", "--dtb", str(bad), "--in", str(signed)]), *words)
+    res = run_cli(["fit", "add-pubkey", "--key", uri, "--dtb", str(bad), "--out", str(tmp_path / "x.dtb"),
+                   "--key-name-hint", "two", "--pin-file", str(tok.pin_file)], tok)
+    failed(res, *words)
+    assert not (tmp_path / "x.dtb").exists()
+
+
+def test_tree_without_room_grows(signing, tmp_path):
+    """New signature nodes larger than the room first made for them (here a long key name): the
+    tree grows until they fit, and the result verifies."""
+    tok, uri, _ = signing
+    unsigned = make_unsigned_fit(tmp_path / "bare", signature=False)
+    hint = "k" * 30000
+    out = tmp_path / "s.itb"
+    res = _sign(tok, uri, unsigned, out, "--pin-file", str(tok.pin_file), "--key-name-hint", hint)
+    assert res.returncode == 0, res.stderr.decode()
+    ctl = tmp_path / "ctl.dtb"
+    res = run_cli(["fit", "add-pubkey", "--key", uri, "--dtb", str(empty_dtb(tmp_path / "e.dtb")), "--out", str(ctl),
+                   "--key-name-hint", hint, "--pin-file", str(tok.pin_file)], tok)
+    assert res.returncode == 0, res.stderr.decode()
+    res = run_cli(["fit", "verify", "--dtb", str(ctl), "--in", str(out)])
+    assert res.returncode == 0, res.stderr.decode()

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from helpers import run_cli
+from helpers import one_line_error, run_cli
 from segway_sign.errors import InputError, TokenError
 from segway_sign.formats.fit_keys import add_pubkey
 from segway_sign.formats.fit_tree import open_fdt
@@ -193,3 +193,24 @@ def test_plan_not_yaml(tmp_path):
     path.write_text("token: [unclosed")
     with pytest.raises(InputError, match="not valid YAML"):
         load_plan(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("token: " + "[" * 100000, "nested too deeply"),
+    ("keys: " + "{a: " * 30000, "nested too deeply"),
+    ("token: pkcs11:token=x\nroot: 1\nkeys: [1]\n7: 8\n", "unknown field(s) 7"),
+    ("token: [1]\nroot: {}\nkeys: [1]\n", "token must be a pkcs11: URI"),
+    ("token: pkcs11:token=%ff\nroot: {}\nkeys: [1]\n", "UTF-8"),
+    ("token: pkcs11:token=x\nroot: {label: r, key: [p256], subject: {CN: r}}\nkeys: [1]\n", "key type"),
+    ("token: pkcs11:token=x\nroot: {label: r, key: p256, subject: {CN: r, C: Germany}}\nkeys: [1]\n", "subject field C"),
+    ("token: pkcs11:token=x\nroot: {label: r, key: p256, subject: {CN: r}, validity_days: 99999999}\nkeys: [1]\n",
+     "validity_days"),
+    ("name: \x80\n", "not valid YAML"),
+])
+def test_malformed_plans_are_one_line_errors(tmp_path, text, message):
+    """Through the CLI, before any token is opened: no RecursionError, TypeError or ValueError."""
+    path = tmp_path / "p.yaml"
+    path.write_bytes(text.encode("latin-1"))
+    res = run_cli(["pki", "init", str(path), "--out", str(tmp_path / "out")])
+    one_line_error(res, match=message)
+    assert not (tmp_path / "out").exists()

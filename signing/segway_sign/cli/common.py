@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 from asn1crypto import pem
@@ -15,12 +18,89 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key, lo
 
 from ..errors import InputError, UsageError
 from ..hsm import PinSource, TokenRawECKey, open_private_key, open_session
+from ..hsm.pin import take_env
 from ..hsm.session import TokenSession
 from ..raw_ec import RawECPublicKey
 
 
+# ---------------------------------------------------------------------------------------------
+# Inputs: every artifact a command reads goes through open_input/read_input, which refuse at once
+# (one line, no waiting) anything that is not a regular file: a FIFO would block the reader, a
+# device would never end, a directory is not an artifact. Inputs are only ever opened for reading.
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _refuse(path: Path, mode: int, what: str) -> None:
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{what} {path} is {_kind(mode)}, not a regular file")
+
+
+def check_input(path: str | os.PathLike, what: str = "input") -> Path:
+    """``path`` as a Path if it names an existing regular file (symlinks followed); else InputError."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise InputError(f"cannot read {what} {path}: {err.strerror}") from None
+    _refuse(path, st.st_mode, what)
+    return path
+
+
+def open_input(path: str | os.PathLike, what: str = "input") -> BinaryIO:
+    """Open an artifact for reading; InputError (one line) unless it is a regular file.
+
+    The file is opened without blocking (a FIFO that appeared since the check cannot stall the
+    open) and checked again on the open descriptor."""
+    path = check_input(path, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise InputError(f"cannot read {what} {path}: {err.strerror}") from None
+    try:
+        _refuse(path, os.fstat(fd).st_mode, what)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_input(path: str | os.PathLike, what: str = "input") -> bytes:
+    """An artifact's bytes (see open_input)."""
+    with open_input(path, what) as f:
+        try:
+            return f.read()
+        except OSError as err:
+            raise InputError(f"cannot read {what} {path}: {err.strerror}") from None
+
+
+class InputFile(click.Path):
+    """Option type of an artifact a command reads: an existing regular file.
+
+    A missing file stays click's usage error; a FIFO, device or directory is refused with one
+    line (InputError) while the options are parsed, before anything waits on it."""
+
+    def __init__(self):
+        super().__init__(exists=True, dir_okay=True, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        path = super().convert(value, param, ctx)
+        check_input(path, f"{param.opts[0] if param is not None and param.opts else 'input'}")
+        return path
+
+
 # Option types for files a command reads or writes.
-IN_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+IN_FILE = InputFile()
 OUT_FILE = click.Path(dir_okay=False, path_type=Path)
 
 
@@ -52,6 +132,8 @@ def token_options(func):
     @click.option("--pin-env", metavar="VAR", help="Name of an environment variable holding the user PIN.")
     @functools.wraps(func)
     def wrapper(*args, module_path, pin_file, pin_env, **kwargs):
+        if pin_env:
+            take_env(pin_env)  # out of the environment before any child process starts
         return func(*args, token=TokenOptions(module_path, PinSource(file=pin_file, env=pin_env)), **kwargs)
     return wrapper
 
@@ -76,7 +158,7 @@ def emit(result: dict, as_json: bool, text: str | None = None) -> None:
 
 def load_certificate(path: Path) -> x509.Certificate:
     """A PEM or DER X.509 certificate."""
-    data = path.read_bytes()
+    data = read_input(path, "certificate")
     for loader in (x509.load_pem_x509_certificate, x509.load_der_x509_certificate):
         try:
             return loader(data)
@@ -106,9 +188,9 @@ def load_public_key(spec: str, token: TokenOptions | None, raw_ok: bool = False)
             raise UsageError(f"key {spec}: a pkcs11: URI is not accepted here; give a key or certificate file")
         return token.open_key(spec, raw_ok=raw_ok).public_key()
     path = Path(spec)
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"key {spec} is neither a pkcs11: URI nor a file")
-    data = path.read_bytes()
+    data = read_input(path, "key")
     for loader in (load_pem_public_key, load_der_public_key):
         try:
             return loader(data)

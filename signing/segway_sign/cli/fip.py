@@ -9,7 +9,7 @@ import click
 from ..atomic import check_writable, output_dir, write_file
 from ..errors import UsageError
 from ..formats import fip
-from .common import IN_FILE, emit, load_public_key, output_options, token_options
+from .common import IN_FILE, emit, load_public_key, output_options, read_input, token_options
 from .stm32 import read_pkh
 
 # Separate-image options, named as fiptool/cert_create name them.
@@ -67,9 +67,9 @@ def sign_cmd(rot_uri, fip_path, out_path, tfw_nvctr, ntfw_nvctr, align, certs_di
     rot_key = token.open_key(rot_uri)
     options = dict(tfw_nvctr=tfw_nvctr, ntfw_nvctr=ntfw_nvctr, align=align)
     if fip_path:
-        packed, certs = fip.sign(fip_path.read_bytes(), rot_key, **options)
+        packed, certs = fip.sign(read_input(fip_path), rot_key, **options)
     else:
-        packed, certs = fip.sign_images({n: p.read_bytes() for n, p in given.items()}, rot_key, **options)
+        packed, certs = fip.sign_images({n: read_input(p) for n, p in given.items()}, rot_key, **options)
     report = fip.verify(packed, rot_public_key=rot_key.public_key())
     if certs_dir is not None:
         with output_dir(certs_dir, force=force) as tmp:
@@ -91,6 +91,6 @@ def verify_cmd(fip_path, rot_pubkey, pkh_hex, pkh_file, as_json):
     if rot_pubkey and rot_pubkey.startswith("pkcs11:"):
         raise UsageError("--rot-pubkey takes a file; export the public key or use --pkh")
     public_key = load_public_key(rot_pubkey, None) if rot_pubkey else None
-    report = fip.verify(fip_path.read_bytes(), rot_public_key=public_key, rot_pkh=read_pkh(pkh_hex, pkh_file))
+    report = fip.verify(read_input(fip_path), rot_public_key=public_key, rot_pkh=read_pkh(pkh_hex, pkh_file))
     report["input"] = str(fip_path)
     emit(report, as_json, f"OK {fip_path}\n{_report_text(report)}")

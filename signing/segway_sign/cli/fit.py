@@ -7,25 +7,15 @@ from pathlib import Path
 import click
 
 from ..atomic import check_writable, write_file
-from ..errors import InputError
 from ..formats.fit import sign_fit
 from ..formats.fit_keys import add_pubkey as add_pubkey_node
 from ..formats.fit_keys import algo_for_key
 from ..formats.fit_verify import verify_fit
-from .common import emit, load_public_key, output_options, token_options
+from .common import emit, load_public_key, output_options, read_input, token_options
 from .progress import DelayedProgress
 
 _ALGOS = [f"{h},{c}" for h in ("sha1", "sha256", "sha384", "sha512")
           for c in ("rsa2048", "rsa3072", "rsa4096", "ecdsa256", "ecdsa384")]
-
-
-def read_input(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"input {path} does not exist") from None
-    except IsADirectoryError:
-        raise InputError(f"input {path} is a directory") from None
 
 
 @click.group()
@@ -85,7 +75,7 @@ def add_pubkey(key_spec, dtb_path, out_path, key_name_hint, required, algo, toke
     Only the public key is needed, so a certificate works without the token (builds that defer
     signing still ship a U-Boot that enforces the release key)."""
     check_writable(out_path, force)
-    dtb = read_input(dtb_path)
+    dtb = read_input(dtb_path, "DTB")
     public = load_public_key(key_spec, token)
     algo = algo or algo_for_key(public)
     out = add_pubkey_node(dtb, public, key_name_hint, algo, required)
@@ -102,6 +92,6 @@ def add_pubkey(key_spec, dtb_path, out_path, key_name_hint, required, algo, toke
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def verify(dtb_path, in_path, config, as_json):
     """Apply U-Boot's signature checks to a FIT (exit status 1 if it would be refused)."""
-    report = verify_fit(read_input(in_path), read_input(dtb_path), config)
+    report = verify_fit(read_input(in_path), read_input(dtb_path, "control DTB"), config)
     emit({"config": report.config, "checks": report.checks, "ok": True}, as_json,
          "\n".join([f"{in_path}: configuration {report.config} verifies"] + [f"  {c}" for c in report.checks]))

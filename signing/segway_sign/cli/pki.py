@@ -8,7 +8,7 @@ import click
 
 from ..pki.ceremony import run_ceremony
 from ..pki.plan import load_plan
-from .common import emit, token_options
+from .common import emit, read_input, token_options
 
 
 @click.group()
@@ -26,7 +26,7 @@ def group() -> None:
 @token_options
 def init(plan_path, out_dir, replace_keys, force, as_json, token):
     """Create the keys a plan names inside the token and issue their certificates."""
-    plan = load_plan(plan_path)
+    plan = load_plan(plan_path, read_input(plan_path, "plan"))
     log = (lambda _msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     record = run_ceremony(plan, out_dir, lambda uri: token.open_session(str(uri)), replace_keys, force, log)
     emit(record, as_json, "\n".join(

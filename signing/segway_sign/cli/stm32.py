@@ -10,7 +10,7 @@ from ..atomic import check_writable, write_file
 from ..errors import UsageError
 from ..formats import stm32
 from ..pki.stm32_fuses import pkh_fuse_words
-from .common import IN_FILE, emit, load_public_key, output_options, token_options
+from .common import IN_FILE, emit, load_public_key, output_options, read_input, token_options
 
 HEADER_VERSIONS = {"1": stm32.HEADER_V1, "2": stm32.HEADER_V20, "2.0": stm32.HEADER_V20, "2.2": stm32.HEADER_V22}
 
@@ -31,7 +31,7 @@ def read_pkh(pkh_hex: str | None, pkh_file: Path | None) -> bytes | None:
     if pkh_hex and pkh_file:
         raise UsageError("give --pkh or --pkh-file, not both")
     if pkh_file:
-        data = pkh_file.read_bytes()
+        data = read_input(pkh_file, "PKH file")
         if len(data) == 32:
             return data
         pkh_hex = data.decode("ascii", "replace").strip()
@@ -77,7 +77,7 @@ def sign_cmd(key_uri, in_path, out_path, image_version, table, entry, load, bina
              token, force, as_json):
     """Sign an STM32 image with a key in the token."""
     check_writable(out_path, force)
-    data = in_path.read_bytes()
+    data = read_input(in_path)
     if entry is None:
         if load is not None or binary_type is not None or header_version is not None:
             raise UsageError("--load, --binary-type and --header-version describe a raw binary: also give --entry")
@@ -116,7 +116,7 @@ def sign_cmd(key_uri, in_path, out_path, image_version, table, entry, load, bina
 def verify_cmd(in_path, pkh_hex, pkh_file, as_json):
     """Verify a signed STM32 image (checksum, key table, signature, optional PKH)."""
     expected = read_pkh(pkh_hex, pkh_file)
-    result = stm32.verify(in_path.read_bytes(), expected_pkh=expected)
+    result = stm32.verify(read_input(in_path), expected_pkh=expected)
     kind = "PKH" if result.header_version == "1.0" else "PKHTH"
     summary = {
         "input": str(in_path),

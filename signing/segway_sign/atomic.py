@@ -1,50 +1,275 @@
-"""Atomic outputs: a failure never leaves a partial file or directory behind."""
+"""Atomic, durable outputs: a failure or a kill never leaves a partial output behind.
+
+Files are written into an unnamed file in the output's directory (``O_TMPFILE``), flushed to disk
+(``fsync``) and only then given their name (``linkat`` through ``/proc/self/fd``): a writer killed at
+any moment leaves nothing behind, not even a hidden file. ``linkat`` cannot replace a name, so an
+existing output replaced with ``--force`` gets the finished file under a temporary name first and
+then a rename; so does every output on a filesystem without ``O_TMPFILE``. Directories are built
+under a temporary name and renamed (swapped with ``renameat2(RENAME_EXCHANGE)`` when replaced).
+
+Temporary names are ``.<output>.segway-<machine>-<boot>-<pid>-<start>-<random>.tmp`` (``.old``
+for a replaced directory on its way out). ``<pid>`` and ``<start>`` (the process start time from
+``/proc/<pid>/stat``) name the writer, so a reused PID is not mistaken for it. Before writing, every
+run removes the temporaries next to its output whose writer is dead: same machine and PID
+namespace (``<machine>``), and an earlier boot (``<boot>``) or no live process with that PID and
+start time. Names of any other form are never touched.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
+import hashlib
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
 from pathlib import Path
 from typing import Iterator
 
 from .errors import OutputExistsError, SegwayError
 
+_TEMP_NAME = re.compile(
+    r"^\..*\.segway-(?P<machine>[0-9a-f]{8})-(?P<boot>[0-9a-f]{8})-(?P<pid>[0-9]+)-(?P<start>[0-9]+)"
+    r"-[0-9a-f]{6}\.(?:tmp|old)$", re.DOTALL)
+# Room for the writer's marks in a file name of at most 255 bytes.
+_MAX_OUTPUT_NAME = 150
+
+
+# ---------------------------------------------------------------------------------------------
+# Who wrote a temporary, and is it still running?
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _short_hash(text: bytes) -> str:
+    return hashlib.sha256(text).hexdigest()[:8]
+
+
+@functools.lru_cache(maxsize=None)
+def _machine_tag() -> str:
+    """Host name and PID namespace: PIDs are only comparable within both."""
+    try:
+        pid_ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pid_ns = "?"
+    return _short_hash(f"{socket.gethostname()}\0{pid_ns}".encode())
+
+
+@functools.lru_cache(maxsize=None)
+def _boot_tag() -> str:
+    return _short_hash(_read("/proc/sys/kernel/random/boot_id") or b"?")
+
+
+def _process_state(pid: int) -> tuple[str, str] | None:
+    """(state letter, start time in clock ticks since boot) of a process, or None if there is none."""
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: fields 3.. follow the last ')'.
+    fields = stat[stat.rfind(b")") + 2:].split()
+    if len(fields) < 20:
+        return None
+    return fields[0].decode("ascii", "replace"), fields[19].decode("ascii", "replace")
+
+
+def _writer_marks() -> str:
+    pid = os.getpid()
+    state = _process_state(pid)
+    return f"{_machine_tag()}-{_boot_tag()}-{pid}-{state[1] if state else 0}"
+
+
+def temp_name(output_name: str, suffix: str = ".tmp") -> str:
+    """A fresh temporary name for ``output_name`` in this process (see the module docstring)."""
+    return f".{output_name[:_MAX_OUTPUT_NAME]}.segway-{_writer_marks()}-{secrets.token_hex(3)}{suffix}"
+
+
+def _writer_is_dead(name: str) -> bool:
+    m = _TEMP_NAME.match(name)
+    if m is None or m["machine"] != _machine_tag():
+        return False  # not ours, or written on another machine or in another PID namespace
+    if m["boot"] != _boot_tag():
+        return True  # written before the last boot
+    state = _process_state(int(m["pid"]))
+    return state is None or state[1] != m["start"] or state[0] in ("Z", "X")
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
+    """Remove the temporaries (files and directories) in ``directory`` whose writer is dead.
+
+    Returns the names removed. Errors are ignored: a temporary that cannot be removed now is
+    retried by the next run."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(".") or ".segway-" not in entry.name or not _writer_is_dead(entry.name):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(entry.name)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Durability helpers
+
+def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and directory below ``root`` (deepest first), then ``root`` itself."""
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                _fsync_path(p)
+        for name in dirnames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                _fsync_path(p, directory=True)
+    _fsync_path(root, directory=True)
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.write(fd, view[:1 << 30])
+        view = view[written:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
 
 def check_writable(path: str | os.PathLike, force: bool = False) -> Path:
-    """Refuse an existing output unless ``force``; return it as a Path."""
+    """Refuse an existing output unless ``force``; return it as a Path.
+
+    Also removes stale temporaries of dead writers next to it."""
     path = Path(path)
     if path.exists() and not force:
         raise OutputExistsError(f"output {path} exists (use --force to replace it)")
-    if not path.parent.is_dir():
-        raise SegwayError(f"output directory {path.parent} does not exist")
+    parent = path.parent
+    if not parent.is_dir():
+        raise SegwayError(f"output directory {parent} does not exist")
+    remove_stale_temporaries(parent)
     return path
+
+
+def _open_unnamed(directory: Path) -> int | None:
+    """An O_TMPFILE descriptor in ``directory``, or None where the system cannot give (or name) one."""
+    flag = getattr(os, "O_TMPFILE", None)
+    if flag is None or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.open(directory, flag | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        if err.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+            return None
+        raise
+
+
+def _linkat(fd: int, path: Path) -> None:
+    """linkat(2) with AT_SYMLINK_FOLLOW through /proc/self/fd (no privilege needed, unlike
+    AT_EMPTY_PATH). A directory descriptor makes os.link call linkat, not link."""
+    fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(str(fd), path, src_dir_fd=fds, follow_symlinks=True)
+    finally:
+        os.close(fds)
+
+
+def _link_unnamed(fd: int, path: Path) -> bool:
+    """Give the unnamed file ``fd`` the name ``path``; False if the name exists."""
+    try:
+        _linkat(fd, path)
+    except FileExistsError:
+        return False
+    return True
 
 
 def write_file(path: str | os.PathLike, data: bytes, force: bool = False, mode: int = 0o644) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    """Write ``data`` to ``path`` atomically and durably (see the module docstring)."""
     path = check_writable(path, force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    parent = path.parent
+    fd = _open_unnamed(parent)
+    tmp: Path | None = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+        if fd is None:
+            tmp = parent / temp_name(path.name)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        _write_all(fd, data)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+        if tmp is None:
+            if not (force and os.path.lexists(path)) and _link_unnamed(fd, path):
+                _fsync_path(parent, directory=True)
+                return path
+            if not force:
+                raise OutputExistsError(f"output {path} exists (use --force to replace it)")
+            # Replacing: the finished file gets a temporary name, then takes the output's.
+            tmp = parent / temp_name(path.name)
+            _linkat(fd, tmp)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        tmp = None
+        _fsync_path(parent, directory=True)
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Directories
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two names atomically (renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 @contextlib.contextmanager
 def output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory that becomes ``path`` only if the block succeeds.
 
-    With ``force`` an existing ``path`` is replaced (after the new content is complete).
+    With ``force`` an existing ``path`` is replaced (after the new content is complete and on disk).
     """
     path = Path(path)
     if path.exists() and not force:
@@ -52,16 +277,33 @@ def output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise SegwayError(f"output directory {parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    remove_stale_temporaries(parent)
+    tmp = parent / temp_name(path.name)
+    os.mkdir(tmp, 0o700)
     try:
         yield tmp
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
-            os.rename(path, old / "content")
+        _fsync_tree(tmp)
+        if os.path.lexists(path):
+            if _exchange(tmp, path):
+                _fsync_path(parent, directory=True)
+                # ``tmp`` now holds the old content: a kill from here on leaves it to the next run.
+                if tmp.is_dir() and not tmp.is_symlink():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink()
+                return
+            old = parent / temp_name(path.name, ".old")
+            os.rename(path, old)
             os.rename(tmp, path)
-            shutil.rmtree(old)
+            _fsync_path(parent, directory=True)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
         else:
             os.rename(tmp, path)
+            _fsync_path(parent, directory=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ci_local import NESTED, REPO
+from ci_local import NESTED, REPO, CiCopy
 from fit_fixtures import make_unsigned_fit
 from helpers import SEGWAY_SIGN, P11KitToken, SoftHsmToken
 from segway_sign.hsm import devhsm, module
@@ -105,11 +105,12 @@ def test_sign_job_signs_a_deferred_build_through_p11kit(ci, segway_dev, tmp_path
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the test job's scripts/bootstrap runs as root (Debian 12, CI)")
-def test_test_job_runs_a_smoke_subset_without_running_itself(ci):
+def test_test_job_runs_a_smoke_subset_without_running_itself(tmp_path):
     # The job starts with scripts/bootstrap on the copy, which shares this checkout's .venv: bring
-    # it up to date from the checkout first, so the job's own bootstrap only finds it done.
+    # it up to date from the checkout first, then copy, so the job's own bootstrap only finds it done.
     boot = subprocess.run([str(REPO / "scripts" / "bootstrap")], capture_output=True, text=True, timeout=1800)
     assert boot.returncode == 0, boot.stderr
+    ci = CiCopy(tmp_path / "repo")
     r = ci.run("test", "--force-shell-executor", variables={
         "CI_PIPELINE_SOURCE": "push", "CI_COMMIT_BRANCH": "feature", "CI_PROJECT_DIR": str(ci.root),
         "PYTEST_ADDOPTS": f"-p no:cacheprovider {SMOKE}", NESTED: "1",

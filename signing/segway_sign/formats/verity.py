@@ -384,58 +384,6 @@ _SIGNATURE_ALGORITHMS = {
 }
 
 
-def check_signature_form(sig_der: bytes) -> None:
-    """Refuse a root-hash signature that is not in the form :func:`sign_root_hash` writes.
-
-    The kernel reads every byte of it, so nothing is ignored: DER (re-encoding gives the same bytes,
-    nothing trails), a version 1 SignedData without content, certificates or CRLs, and exactly one
-    signer (issuer and serial number) without signed or unsigned attributes, whose digest algorithm
-    is the only one listed and whose algorithm identifiers are the ones segway-sign writes.
-    """
-    try:
-        info = asn1_cms.ContentInfo.load(sig_der, strict=True)
-        if info["content_type"].native != "signed_data":
-            raise VerificationError("the root-hash signature is not a PKCS#7 SignedData")
-        signed = info["content"]
-        signers = list(signed["signer_infos"])
-        extra = []
-        if not isinstance(signed["certificates"], asn1_core.Void):
-            extra.append("certificates")
-        if not isinstance(signed["crls"], asn1_core.Void):
-            extra.append("CRLs")
-        encap = signed["encap_content_info"]
-        if encap["content_type"].native != "data" or not isinstance(encap["content"], asn1_core.Void):
-            extra.append("embedded content")
-        if len(signers) != 1:
-            extra.append(f"{len(signers)} signers")
-        else:
-            signer = signers[0]
-            if not isinstance(signer["signed_attrs"], asn1_core.Void):
-                extra.append("signed attributes")
-            if not isinstance(signer["unsigned_attrs"], asn1_core.Void):
-                extra.append("unsigned attributes")
-            digest = signer["digest_algorithm"].dump()
-            if [a.dump() for a in signed["digest_algorithms"]] != [digest]:
-                extra.append("digest algorithms other than its signer's")
-            if digest not in _SIGNATURE_ALGORITHMS:
-                extra.append("a digest algorithm segway-sign does not write")
-            elif signer["signature_algorithm"].dump() not in _SIGNATURE_ALGORITHMS[digest]:
-                extra.append("a signature algorithm segway-sign does not write")
-            if (signed["version"].native, signer["version"].native, signer["sid"].name) != \
-                    ("v1", "v1", "issuer_and_serial_number"):
-                extra.append("a version or signer identifier other than PKCS#7 v1 issuer and serial number")
-        der = info.dump(force=True) == sig_der
-    except VerificationError:
-        raise
-    except _PARSE_ERRORS as e:
-        raise InputError(f"the root-hash signature is not DER PKCS#7 ({_one_line(e)})") from None
-    if extra:
-        raise VerificationError(f"the root-hash signature carries {', '.join(extra)}; segway-sign writes one "
-                                "signer and nothing else")
-    if not der:
-        raise VerificationError("the root-hash signature is not in DER (re-encoding its values gives other bytes)")
-
-
 def sign_root_hash(root_hex: str, key, cert: x509.Certificate) -> bytes:
     """Detached PKCS#7 (DER, no signed attributes, no certificates) over the hex root hash.
 
@@ -443,20 +391,21 @@ def sign_root_hash(root_hex: str, key, cert: x509.Certificate) -> bytes:
     ``verify_pkcs7_signature`` expects; the signature is checked before it is returned.
     """
     der = cms.sign_detached(root_hex.encode("ascii"), key, cert, attributes=False, include_certs=False)
-    check_signature_form(der)
-    cms.verify_detached(der, root_hex.encode("ascii"), [cert])
+    cms.verify_exact(der, root_hex.encode("ascii"), [cert], include_cert=False)
     return der
 
 
 def verify_root_hash_signature(sig_der: bytes, root_hex: str, certs: Iterable[x509.Certificate]) -> x509.Certificate:
-    """Check the PKCS#7 over ``root_hex`` against ``certs``; returns the certificate that signed it."""
-    check_signature_form(sig_der)
+    """Check the PKCS#7 over ``root_hex`` against ``certs``; returns the certificate that signed it.
+
+    The kernel reads every byte of it, so it must be exactly the form :func:`sign_root_hash` writes
+    (``cms.verify_exact``: DER, one signer, no attributes, certificates or content)."""
     try:
-        return cms.verify_detached(sig_der, root_hex.encode("ascii"), list(certs))
+        return cms.verify_exact(sig_der, root_hex.encode("ascii"), list(certs), include_cert=False)
+    except InputError as e:
+        raise InputError(f"the root-hash signature is not DER PKCS#7: {_one_line(e)}") from None
     except SegwayError as e:
-        if "\n" in str(e):
-            raise type(e)(_one_line(e)) from None
-        raise
+        raise type(e)(f"the root-hash signature: {_one_line(e)}") from None
     except _PARSE_ERRORS as e:
         raise InputError(f"the root-hash signature cannot be read ({_one_line(e)})") from None
 

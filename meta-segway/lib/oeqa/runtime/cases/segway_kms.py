@@ -23,7 +23,8 @@ class SegwayKmsTest(OERuntimeTestCase):
         run = lambda cmd: self.target.run(cmd, timeout=180)
         status, output = run('%s key generate oeqa/roundtrip --algorithm EC_P256 --usage sign' % CTL)
         self.assertEqual(status, 0, msg='key generate failed: %s' % output)
-        status, output = run('printf segway-oeqa > /tmp/oeqa-msg && '
+        # segway-kmsctl never overwrites an output: clear what an interrupted run may have left.
+        status, output = run('rm -f /tmp/oeqa-msg.sig /tmp/oeqa-key.pem && printf segway-oeqa > /tmp/oeqa-msg && '
                              '%s key sign oeqa/roundtrip --input /tmp/oeqa-msg -o /tmp/oeqa-msg.sig && '
                              '%s key public oeqa/roundtrip -o /tmp/oeqa-key.pem' % (CTL, CTL))
         self.assertEqual(status, 0, msg='sign failed: %s' % output)

@@ -162,7 +162,7 @@ def load_certificate(path: Path) -> x509.Certificate:
     for loader in (x509.load_pem_x509_certificate, x509.load_der_x509_certificate):
         try:
             return loader(data)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             pass
     raise InputError(f"{path}: not a PEM/DER X.509 certificate")
 
@@ -205,3 +205,5 @@ def load_public_key(spec: str, token: TokenOptions | None, raw_ok: bool = False)
         return load_certificate(path).public_key()
     except InputError:
         raise InputError(f"{spec}: not a PEM/DER public key or certificate") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise InputError(f"{spec}: the certificate holds an invalid or unsupported public key") from None

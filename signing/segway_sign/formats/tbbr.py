@@ -214,8 +214,8 @@ def _certificate(cn: str, key, exts: list[tuple[str, bytes]], start: datetime.da
 def _load(name: str, der: bytes) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(der)
-    except ValueError:
-        raise VerificationError(f"{name} is not a DER X.509 certificate") from None
+    except (ValueError, x509.InvalidVersion):
+        raise VerificationError(f"{name} is not a DER X.509 v1-v3 certificate") from None
 
 
 def _public_key(cert: x509.Certificate, cert_name: str):

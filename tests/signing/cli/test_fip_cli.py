@@ -129,3 +129,20 @@ def test_pin_env_is_not_inherited_by_children(softhsm, tmp_path):
     _signed_fip(softhsm, tmp_path, "--pin-env", "CI_TOKEN_PIN", env=env)
     recorded = seen.read_text()
     assert "PATH=" in recorded and "CI_TOKEN_PIN" not in recorded and softhsm.pin not in recorded
+
+
+def test_certificate_of_an_unknown_version(softhsm, tmp_path):
+    """X.509 version 6 (cryptography's InvalidVersion, not a ValueError), inside the FIP and as
+    the --rot-pubkey certificate: one line each."""
+    from segway_sign.formats import fip
+    _, out = _signed_fip(softhsm, tmp_path, "--pin-file", str(softhsm.pin_file))
+    v3, v6 = bytes.fromhex("a003020102"), bytes.fromhex("a003020105")  # [0] EXPLICIT INTEGER 2 / 5
+    data = out.read_bytes()
+    assert data.count(v3) == 6
+    tampered = tmp_path / "tampered.bin"
+    tampered.write_bytes(data.replace(v3, v6))
+    one_line_error(run_cli(["fip", "verify", "--fip", str(tampered)]), match="certificate")
+    cert = tmp_path / "rot.der"
+    cert.write_bytes(fip.parse(data).by_name()["trusted_key_cert"].replace(v3, v6))
+    one_line_error(run_cli(["fip", "verify", "--fip", str(out), "--rot-pubkey", str(cert)]),
+                   match="not a PEM/DER public key or certificate")

@@ -30,10 +30,13 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from helpers import SEGWAY_SIGN
+from fuzz_targets.base import DeviceView
 from mutator import Mutation
 
-IN_PROCESS_TIMEOUT = float(os.environ.get("SEGWAY_FUZZ_TIMEOUT", "30"))
-SUBPROCESS_TIMEOUT = 2 * IN_PROCESS_TIMEOUT
+# Seconds before a case counts as a hang: a case takes milliseconds in-process, a second through
+# the CLI on a loaded CI machine.
+IN_PROCESS_TIMEOUT = float(os.environ.get("SEGWAY_FUZZ_TIMEOUT", "20"))
+SUBPROCESS_TIMEOUT = 1.5 * IN_PROCESS_TIMEOUT
 MEMORY_LIMIT = 3 << 30  # bytes of address space for a subprocess case: a huge length must not OOM CI
 
 
@@ -55,9 +58,15 @@ def _alarm(signum, frame):
     raise Hang()
 
 
-def in_process(argv: list[str], env: dict[str, str], timeout: float = IN_PROCESS_TIMEOUT) -> Outcome:
-    """The CLI's entry point in this process (SIGALRM bounds the time)."""
+def in_process(argv: list[str], env: dict[str, str], timeout: float = IN_PROCESS_TIMEOUT,
+               fresh_token: bool = False) -> Outcome:
+    """The CLI's entry point in this process (SIGALRM bounds the time). ``fresh_token``: start with
+    no PKCS#11 session, as a new process does (else an earlier case's login would stand in for a
+    PIN file under test)."""
     from segway_sign.cli.main import main
+    from segway_sign.hsm import module
+    if fresh_token:
+        module.reset()
     runner = CliRunner()
     start = time.monotonic()
     code, tb, hung = 0, None, False
@@ -196,8 +205,18 @@ def judge(case: Case, original: bytes, outcome: Outcome) -> Verdict:
     if case.input.device is None:
         return Verdict("accepted")
     mutated = case.mutation.data
+    if isinstance(case.input.device, DeviceView):
+        want = case.input.device.read(original)
+        try:
+            got = case.input.device.read(mutated)
+        except Exception as err:  # noqa: BLE001 - the device could not read it as it reads the valid one
+            return Verdict("failure", f"accepted, but not readable as the device reads it ({type(err).__name__})")
+        if got != want:
+            diff = next((f"{w!r:.80} became {g!r:.80}" for w, g in zip(want, got) if w != g), "items added or lost")
+            return Verdict("failure", f"accepted with what the device reads changed: {diff}")
+        return Verdict("accepted-outside")
     if case.input.canonical is not None:
-        original, mutated = case.input.canonical(original), case.input.canonical(mutated)
+        original, mutated = case.input.canonical(original, original), case.input.canonical(original, mutated)
     changed = changed_device_bytes(case.input.device(original), original, mutated)
     if changed:
         where = ", ".join(f"0x{a:x}" + (f"-0x{b - 1:x}" if b - a > 1 else "") for a, b in changed[:4])
@@ -218,6 +237,7 @@ class Tally:
     other: int = 0  # not one line, wrongly accepted
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (case, via, problem)
     outside: list[str] = field(default_factory=list)  # the accepted-outside cases, for the report
+    accepted_cases: list[str] = field(default_factory=list)  # and the accepted ones
 
     def add(self, case: Case, verdict: Verdict) -> None:
         self.cases += 1
@@ -229,6 +249,7 @@ class Tally:
             self.rejected += 1
         elif verdict.status == "accepted":
             self.accepted += 1
+            self.accepted_cases.append(case.describe())
         elif verdict.status == "accepted-outside":
             self.accepted_outside += 1
             self.outside.append(case.describe())
@@ -243,4 +264,4 @@ class Tally:
                                   verdict.problem))
 
     def counts(self) -> dict[str, int]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("failures", "outside")}
+        return {k: v for k, v in self.__dict__.items() if not isinstance(v, list)}

@@ -4,6 +4,6 @@ joins by adding its module here."""
 
 from __future__ import annotations
 
-from . import ahab, fip, fit, hab, stm32
+from . import ahab, fip, fit, hab, pki, release, stm32, verity
 
-TARGETS = [t for module in (fit, stm32, hab, ahab, fip) for t in module.TARGETS]
+TARGETS = [t for module in (fit, stm32, hab, ahab, fip, verity, release, pki) for t in module.TARGETS]

@@ -6,15 +6,17 @@ file the command reads (``Input``):
 
 - ``device``: the byte ranges of the valid file the device reads and acts on (the boot ROM, SPL,
   U-Boot, TF-A, the kernel, the initramfs, or the tool that flashes a release). An input accepted by
-  the command must equal the valid one on all of them; only bytes outside may differ. ``None`` for an
-  input that is not a signed artifact (a plan, a trust anchor, a PIN file): any content may be
-  accepted, and only the rules every input obeys apply (no traceback, no hang, one-line errors).
+  the command must equal the valid one on all of them; only bytes outside may differ. Or a
+  ``DeviceView``, for formats whose structure decides what is read. ``None`` for an input that is
+  not a signed artifact (a plan, a trust anchor, a PIN file): any content may be accepted, and only
+  the rules every input obeys apply (no traceback, no hang, one-line errors).
 - ``fields``: where its length/size/offset fields are (the mutator writes huge values there);
 - ``hot``: ranges to hit more often than the rest (headers, metadata — not the payload's bytes);
 - ``text``: "yaml", "json" or "env" for text inputs;
-- ``canonical``: what the device makes of the bytes before acting on them, where several encodings
-  mean the same to it (e.g. libfdt treats every FDT version from 17 up alike); applied to both the
-  valid and the mutated input before their device bytes are compared.
+- ``canonical(valid, data)``: what the device makes of the bytes before acting on them, where several
+  encodings mean the same to it (e.g. libfdt treats every FDT version from 17 up alike); applied to
+  both the valid and the mutated input before their device bytes are compared (``valid`` gives the
+  positions).
 
 A format added later joins the test with one module declaring its targets (see ``__init__.py``).
 """
@@ -22,6 +24,7 @@ A format added later joins the test with one module declaring its targets (see `
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,15 @@ from typing import Callable
 from mutator import Field, Range
 
 DeviceBytes = Callable[[bytes], list[Range]]
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """Where byte ranges cannot say it (a tree whose lengths and names decide what is read): what
+    the device acts on, as a value computed from the file the way the device reads it. An accepted
+    input must give the valid input's view."""
+
+    read: Callable[[bytes], object]
 
 
 def all_bytes(data: bytes) -> list[Range]:
@@ -44,12 +56,12 @@ def no_fields(data: bytes) -> list[Field]:
 @dataclass(frozen=True)
 class Input:
     path: str  # relative to the case directory
-    device: DeviceBytes | None
+    device: DeviceBytes | DeviceView | None
     fields: Callable[[bytes], list[Field]] = no_fields
     hot: Callable[[bytes], list[Range]] = all_bytes
     text: str | None = None
     weight: int = 1  # share of the target's cases that mutate this input
-    canonical: Callable[[bytes], bytes] | None = None
+    canonical: Callable[[bytes, bytes], bytes] | None = None
     # What else stands in for the file (always through the real CLI): each must be refused at once.
     specials: tuple[str, ...] = ("fifo", "device", "directory", "missing")
 
@@ -61,7 +73,7 @@ class Target:
     build: Callable[["Shop", Path], None]  # writes the valid inputs into an empty case directory
     argv: Callable[["Shop", Path], list[str]]  # the command line for a case directory
     token: bool = False  # the command signs: the token must be reachable in-process too
-    slow_accept: bool = False  # an accepted case is expensive (key generation): fewer cases
+    share: float = 1.0  # of SEGWAY_FUZZ_CASES: less where an accepted case is slow (key generation)
 
 
 @dataclass
@@ -92,9 +104,18 @@ class Shop:
         directory under the shop."""
         if name not in self._made:
             where = self.root / "shared" / name
+            shutil.rmtree(where, ignore_errors=True)  # what a failed attempt left
             where.mkdir(parents=True)
             self._made[name] = make(where)
         return self._made[name]
+
+    def token_certs(self) -> tuple[dict[str, str], Path]:
+        """The verity (RSA) and release manifest (P-256) keys in the token with self-signed
+        certificates, as the release tests make them: key name → URI, and the certificates' directory."""
+        def make(where: Path):
+            fixtures = load_test_module("signing/release/release_fixtures.py")
+            return fixtures.token_certs(self.token, where), where
+        return self.once("token-certs", make)
 
     def cli(self, args: list[str], env: dict | None = None) -> str:
         """Run the real CLI (to make a valid input); it must succeed. Its stdout."""

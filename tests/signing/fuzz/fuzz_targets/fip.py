@@ -51,7 +51,7 @@ def device_bytes(fip: bytes) -> list[tuple[int, int]]:
     return out
 
 
-def canonical(fip: bytes) -> bytes:
+def canonical(valid: bytes, fip: bytes) -> bytes:
     if len(fip) >= 8 and fip[4:8] != bytes(4):
         return fip[:4] + b"\x01\0\0\0" + fip[8:]
     return fip

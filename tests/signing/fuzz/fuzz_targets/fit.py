@@ -10,7 +10,7 @@ from pathlib import Path
 import fit_fixtures
 
 from . import fdt
-from .base import Input, Shop, Target, run
+from .base import DeviceView, Input, Shop, Target, run
 
 KERNEL = 40_000
 
@@ -53,89 +53,80 @@ def _build_unsigned(shop: Shop, case: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Device bytes of a signed FIT.
+# What U-Boot acts on in a signed FIT. Its structure decides too much for byte ranges (a length
+# that swallows an unread property, a string property whose value grows by a padding byte), so
+# FITs declare a view instead: what U-Boot reads, as it reads it; an accepted FIT must give the
+# valid FIT's view.
 #
-# U-Boot walks the whole structure block (every node and property header) to find nodes, reads the
-# header (totalsize places external data: data-offset counts from the 4-byte aligned end of the
-# tree), the strings block (property names), the properties of the nodes it looks up, and the
-# images' data. So: everything in [0, totalsize), plus each image's external data, except:
+# - the signed nodes (root, the configuration, its images and their hash nodes): every property
+#   record byte for byte (tag, length, name offset, value, padding), since U-Boot hashes them;
+#   and the strings block up to hashed-strings;
+# - the other nodes (/images, /configurations): the node names and property values (a string
+#   property such as ``default`` up to its NUL);
+# - the configuration's signature nodes (their names count up to the "signature" prefix U-Boot
+#   matches): the first algo and padding (up to the NUL), value, and the second cell of
+#   hashed-strings (boot/image-fit-sig.c takes the first, the strings offset, as 0). U-Boot checks
+#   a configuration against the required key node of its control DTB, so key-name-hint is only
+#   printed; hashed-nodes (the signed node list is rebuilt from the configuration), timestamp,
+#   signer-name, signer-version, comment and sign-images are for people and mkimage;
+# - each image's external data (data-offset counts from the tree's end rounded up to 4 bytes);
+# - the header as libfdt takes it: the magic, and a tree that ends within the file.
 #
-# - bytes after the tree and between external payloads (alignment padding, anything appended):
-#   nothing reads them;
-# - the header's boot_cpuid_phys and the memory reservation block: only a kernel booted with this
-#   tree as its DTB would use them; fdt_check_header() bounds-checks off_mem_rsvmap, no more;
-# - values of signature-node properties U-Boot never looks up: boot/image-fit-sig.c reads algo,
-#   padding, key-name-hint, value and the second cell of hashed-strings (its first cell, the
-#   strings offset, is taken as 0); hashed-nodes (the signed node list is rebuilt from the
-#   configuration), timestamp, signer-name, signer-version, comment and sign-images are for
-#   people and for mkimage, at most printed. Their names too, where the strings block holds them
-#   after the hashed strings (they were added when the signature was written): U-Boot compares
-#   them with the names it looks up and finds no match.
-#
-# libfdt treats every header version from 17 up, and every last_comp_version up to 17, alike
-# (fdt_check_header() only compares them): ``canonical`` maps those to one value.
+# Not in the view, so never acted on: the memory reservation block and boot_cpuid_phys (only a
+# kernel booted with this tree as its DTB would use them), free space between and after the
+# blocks, padding between external payloads and after them.
 
-UNREAD_SIGNATURE_PROPS = ("hashed-nodes", "timestamp", "signer-name", "signer-version", "comment", "sign-images")
-BOOT_CPUID_PHYS = 0x1C
+READ_SIGNATURE_PROPS = ("algo", "padding", "value", "hashed-strings")
+STRING_PROPS = ("algo", "padding", "default", "description")
 
 
 def _is_signature(node: str) -> bool:
-    return node.rsplit("/", 1)[-1].startswith("signature")
+    return node.startswith("/configurations/") and node.rsplit("/", 1)[-1].startswith("signature")
 
 
-def device_bytes(blob: bytes) -> list[tuple[int, int]]:
+def _signed(node: str) -> bool:
+    """A node U-Boot hashes for the configuration signature (the fixtures' configuration loads
+    every image)."""
+    return node == "/" or (node.startswith(("/images/", "/configurations/")) and not _is_signature(node))
+
+
+def _cstring(value: bytes) -> bytes:
+    return value.split(b"\0", 1)[0]
+
+
+def view(blob: bytes) -> list:
     tree = fdt.parse(blob)
-    size = tree.header["totalsize"]
     h = tree.header
-    holes = [(BOOT_CPUID_PHYS, BOOT_CPUID_PHYS + 4), (h["off_mem_rsvmap"], h["off_dt_struct"])]
-    unread, read_names, hashed_strings = set(), set(), 0
+    out: list = [("magic", h["magic"]), ("tree within the file", h["totalsize"] <= len(blob))]
+    for path, _ in tree.nodes:
+        out.append(("node", path.rsplit("/", 1)[0] + "/signature" if _is_signature(path) else path))
+    seen: set[tuple[str, str]] = set()
+    hashed_strings, external = 0, {}
     for p in tree.props:
-        if _is_signature(p.node) and p.name in UNREAD_SIGNATURE_PROPS:
-            holes.append((p.value, p.end))
-            unread.add(p.name)
-        elif _is_signature(p.node) and p.name == "hashed-strings":
-            holes += [(p.value, p.value + 4), (p.value + 8, p.end)]
-            hashed_strings = int.from_bytes(blob[p.value + 4:p.value + 8], "big")
+        value = blob[p.value:p.end]
+        if _signed(p.node):
+            out.append(("signed", p.node, p.name, blob[p.offset:(p.end + 3) & ~3]))
+        elif _is_signature(p.node):
+            if p.name in READ_SIGNATURE_PROPS and (p.node, p.name) not in seen:
+                seen.add((p.node, p.name))
+                if p.name == "hashed-strings":
+                    hashed_strings = int.from_bytes(value[4:8], "big") if len(value) >= 8 else -1
+                    value = hashed_strings
+                out.append(("signature", p.name, _cstring(value) if p.name in STRING_PROPS else value))
         else:
-            read_names.add(p.name)
+            out.append(("prop", p.node, p.name, _cstring(value) if p.name in STRING_PROPS else value))
+        if p.node.startswith("/images/") and p.name in ("data-size", "data-offset", "data-position"):
+            external.setdefault(p.node, {})[p.name] = int.from_bytes(value, "big")
     strings = h["off_dt_strings"]
-    pos = strings + hashed_strings
-    for name in blob[pos:strings + h["size_dt_strings"]].split(b"\0"):
-        if name and name.decode(errors="replace") in unread - read_names:
-            holes.append((pos, pos + len(name)))
-        pos += len(name) + 1
-    out, pos = [], 0
-    for a, b in sorted(holes):
-        out.append((pos, a))
-        pos = max(pos, b)
-    out.append((pos, size))
-    by_node: dict[str, dict[str, bytes]] = {}
-    for p in tree.props:
-        by_node.setdefault(p.node, {})[p.name] = blob[p.value:p.end]
-    for node, props in by_node.items():
-        if node.startswith("/images/") and node.count("/") == 2 and "data-size" in props:
-            length = int.from_bytes(props["data-size"], "big")
-            if "data-position" in props:
-                start = int.from_bytes(props["data-position"], "big")
-            else:
-                start = ((size + 3) & ~3) + int.from_bytes(props["data-offset"], "big")
-            out.append((start, start + length))
-    return [(a, b) for a, b in out if b > a]
+    out.append(("hashed strings", blob[strings:strings + max(hashed_strings, 0)]))
+    for node, ext in sorted(external.items()):
+        start = ext["data-position"] if "data-position" in ext else \
+            ((h["totalsize"] + 3) & ~3) + ext.get("data-offset", 0)
+        out.append(("external data", node, blob[start:start + ext.get("data-size", 0)]))
+    return out
 
 
-def canonical(blob: bytes) -> bytes:
-    if len(blob) < 0x1C:
-        return blob
-    out = bytearray(blob)
-    version, last_comp = int.from_bytes(blob[0x14:0x18], "big"), int.from_bytes(blob[0x18:0x1C], "big")
-    if version >= 17:
-        out[0x14:0x18] = (17).to_bytes(4, "big")
-    if last_comp <= 17:
-        out[0x18:0x1C] = (16).to_bytes(4, "big")
-    return bytes(out)
-
-
-FIT = Input("fit.itb", device_bytes, fields=fdt.length_fields, hot=fdt.metadata, weight=4, canonical=canonical)
+FIT = Input("fit.itb", DeviceView(view), fields=fdt.length_fields, hot=fdt.metadata, weight=4)
 # The control DTB is U-Boot's own (inside the signed U-Boot binary): the trust anchor the FIT is
 # checked against, not a signed artifact. Mutated, it must still never produce a traceback.
 CONTROL_DTB = Input("ctl.dtb", None, fields=fdt.length_fields, weight=1)

@@ -80,7 +80,7 @@ def _argv(shop: Shop, case: Path) -> list[str]:
 IMAGE = Input("bl2-signed.stm32", device_bytes, fields=fields, hot=hot, weight=6)
 # The expected PKH is what is fused in the SoC: every byte of its value counts, whatever its
 # spelling (hex text, any case, with 0x or spaces around, or the 32 bytes themselves).
-def pkh_value(data: bytes) -> bytes:
+def pkh_value(valid: bytes, data: bytes) -> bytes:
     if len(data) == 32:
         return data
     try:

@@ -13,7 +13,7 @@ from ..errors import SegwayError, UsageError
 from ..formats import verity
 from ..release.runner import load_cert
 from ..release.verify import load_certs_dir
-from .common import emit, output_options, token_options
+from .common import check_input, emit, output_options, token_options
 
 
 @click.group()
@@ -88,8 +88,7 @@ def sign_cmd(key_uri, cert_path, image, out_dir, data_block, hash_block, hash_al
         hash_algorithm=hash_algorithm, superblock=not no_superblock, uuid=None if no_superblock else uid,
     )
     cert = load_cert(cert_path)
-    if not image.is_file():
-        raise UsageError(f"--in {image}: no such file")
+    check_input(image, "--in")  # a FIFO or device is refused at once instead of hanging the hasher
     verity.output_names(image, appended)
     verity.check_size(image.stat().st_size, params)
     key = token.open_key(key_uri)

@@ -20,7 +20,7 @@ from typing import Sequence
 from cryptography import x509
 
 from ..errors import InputError, SegwayError, UsageError, VerificationError
-from . import hab_csf, hab_srk
+from . import fit_tree, hab_csf, hab_srk
 from .hab_csf import Block
 # Re-exported: the key ceremony (pki init) takes the SRK fuse values from here.
 from .hab_srk import fuse_prog_lines, hash_fuse_words, srk_fuse_words, srk_hash, srk_table  # noqa: F401
@@ -135,9 +135,10 @@ def _fit_layout(image: bytes, ivt: Ivt) -> tuple[list[tuple[str, int | None, int
 
     fit_off, pad = _fit_start(image, ivt)
     try:
-        fdt = libfdt.Fdt(bytes(image[fit_off : fit_off + pad]))
+        # libfdt trusts the structure it is given: a damaged tree must be refused before it parses.
+        fdt = fit_tree.open_fdt(image[fit_off : fit_off + pad])
         images = fdt.path_offset("/images")
-    except libfdt.FdtException as err:
+    except (libfdt.FdtException, InputError) as err:
         raise InputError(f"FIT at 0x{fit_off:x}: {err}") from None
     try:
         return _fit_image_entries(fdt, images, image, fit_off)

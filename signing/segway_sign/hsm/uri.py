@@ -69,7 +69,10 @@ class Pkcs11Uri:
                 if field in values:
                     raise UsageError(f"PKCS#11 URI repeats attribute {name!r}")
                 value = unquote_to_bytes(raw)
-                values[field] = value if field == "id" else value.decode("utf-8")
+                try:
+                    values[field] = value if field == "id" else value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise UsageError(f"PKCS#11 URI attribute {name!r} is not UTF-8 once unescaped") from None
         if values.get("type") is not None and values["type"] not in _TYPES:
             raise UsageError(f"unknown PKCS#11 object type {values['type']!r}")
         return cls(**values)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ import hashlib
 import libfdt
 
 from ..errors import InputError
+from ..formats import fit_tree
 from .initramfs import append_files
 
 VERITY_DIR_IN_INITRAMFS = "usr/share/segway/verity"
@@ -23,7 +24,7 @@ ENV_PATH_IN_INITRAMFS = f"{VERITY_DIR_IN_INITRAMFS}/verity.env"
 
 def _open(fit: bytes, headroom: int) -> libfdt.Fdt:
     try:
-        fdt = libfdt.Fdt(bytes(fit))
+        fdt = fit_tree.open_fdt(fit)  # the whole structure checked first: libfdt trusts it
         if headroom:
             fdt.resize(fdt.totalsize() + headroom)
     except libfdt.FdtException as e:

@@ -71,7 +71,8 @@ def test_progress_bar_on_request(softhsm, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--in", "{tmp}/missing.img"], "--in {tmp}/missing.img: no such file"),
+    (["--in", "{tmp}/missing.img"], "--in {tmp}/missing.img does not exist"),
+    (["--in", "{tmp}/fifo.img"], "--in {tmp}/fifo.img is a FIFO, not a regular file"),
     (["--in", "{tmp}/odd.img"], "not a multiple of the data block size 4096"),
     (["--in", "{tmp}/ok.img", "--salt", "xyz"], "salt 'xyz' is not hex"),
     (["--in", "{tmp}/ok.img", "--uuid", "nope"], "--uuid 'nope' is not a UUID"),
@@ -83,6 +84,7 @@ def test_bad_input_is_one_line_error(softhsm, tmp_path, args, message):
     uris = token_certs(softhsm, tmp_path / "certs", names=("verity",))
     (tmp_path / "odd.img").write_bytes(b"\0" * 5000)
     (tmp_path / "ok.img").write_bytes(b"\0" * 8192)
+    os.mkfifo(tmp_path / "fifo.img")  # nothing ever writes to it: reading it would hang
     base = {"--key": uris["verity"], "--cert": str(tmp_path / "certs" / "verity.pem"),
             "--out-dir": str(tmp_path / "out"), "--pin-file": str(softhsm.pin_file)}
     args = [a.format(tmp=tmp_path) for a in args]

@@ -38,3 +38,8 @@ def test_error_never_echoes_a_pin():
 
 def test_vendor_attributes_are_ignored():
     assert Pkcs11Uri.parse("pkcs11:token=t;x-vendor=1;object=k").object == "k"
+
+
+def test_attribute_that_is_not_utf8_is_a_usage_error():
+    with pytest.raises(UsageError, match="'token' is not UTF-8"):
+        Pkcs11Uri.parse("pkcs11:token=%ff;object=k")

@@ -1,13 +1,12 @@
-"""The README's segway-kms walkthrough, run as written against a real swtpm and daemon.
+"""The KMS page's walkthrough (docs/kms.md), run as written against a real swtpm and daemon.
 
-How the blocks are extracted: in README.md, between the heading "## segway-kms: on-device key management
-and mini-CA" and the next "## " heading, every fenced ```sh block whose preceding non-blank line is the
+How the blocks are extracted: in docs/kms.md, every fenced ```sh block whose preceding non-blank line is the
 HTML comment ``<!-- runnable -->`` is taken, in document order, and the blocks are joined into one bash
 script run with ``set -eo pipefail`` (so a later block sees the variables an earlier one exported, as in a
 reader's shell). The only changes made to the text: ``/tmp/kms`` becomes a fresh temporary directory, and
 the ports 2321/2322 (swtpm) and 50051 (mTLS) become free ones, so that the test can run next to others.
 Blocks marked ``<!-- not runnable: <reason> -->`` are skipped; any other ```sh block in the section is an
-error (each block must say which it is). swtpm and segway-kmsd are stopped by the PIDs they wrote.
+error (each block of the page must say which it is). swtpm and segway-kmsd are stopped by the PIDs they wrote.
 """
 from __future__ import annotations
 
@@ -25,15 +24,12 @@ import pytest
 from ..conftest import free_port_pair, require_tools
 
 REPO = Path(__file__).resolve().parents[3]
-SECTION = "## segway-kms: on-device key management and mini-CA"
+PAGE = REPO / "docs" / "kms.md"
 RUNNABLE = "<!-- runnable -->"
 
 
 def kms_section() -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    return text[start:end if end != -1 else len(text)]
+    return PAGE.read_text()
 
 
 def shell_blocks(section: str) -> list[tuple[str, str]]:

@@ -12,7 +12,6 @@ from typing import BinaryIO
 
 import click
 from asn1crypto import pem
-from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
@@ -21,6 +20,7 @@ from ..hsm import PinSource, TokenRawECKey, open_private_key, open_session
 from ..hsm.pin import take_env
 from ..hsm.session import TokenSession
 from ..raw_ec import RawECPublicKey
+from ..release.certs import load_certificate  # noqa: F401  (the one certificate loader, for every command)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,17 +154,6 @@ def emit(result: dict, as_json: bool, text: str | None = None) -> None:
         click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
     elif text is not None:
         click.echo(text)
-
-
-def load_certificate(path: Path) -> x509.Certificate:
-    """A PEM or DER X.509 certificate."""
-    data = read_input(path, "certificate")
-    for loader in (x509.load_pem_x509_certificate, x509.load_der_x509_certificate):
-        try:
-            return loader(data)
-        except (ValueError, x509.InvalidVersion):
-            pass
-    raise InputError(f"{path}: not a PEM/DER X.509 certificate")
 
 
 def _raw_ec_public_key(data: bytes) -> RawECPublicKey | None:

@@ -9,11 +9,11 @@ import click
 
 from ..errors import UsageError
 from ..release import steps
+from ..release.certs import load_certs_dir
 from ..release.plan import load_plan
 from ..release.runner import run_release
-from ..release.verify import load_certs_dir, verify_release
+from ..release.verify import verify_release
 from .common import emit, output_options, token_options
-
 
 
 def _progress_printer(enabled: bool):

@@ -11,8 +11,8 @@ import click
 
 from ..errors import SegwayError, UsageError
 from ..formats import verity
-from ..release.runner import load_cert
-from ..release.verify import load_certs_dir
+from ..release.certs import load_certificate as load_cert
+from ..release.certs import load_certs_dir
 from .common import check_input, emit, output_options, token_options
 
 

@@ -1,4 +1,5 @@
-"""``manifest.json``: what a release contains and how it was made, and its CMS signature.
+"""``manifest.json``: what a release contains and how it was made, and its CMS signature; built here
+when a release is signed, and read here (signature first) when it is checked.
 
 The manifest lists the sha256 of every input and output, the key URIs (never a PIN), the
 certificate fingerprints, tool versions and the time (``SOURCE_DATE_EPOCH`` when set). Its signature
@@ -8,71 +9,30 @@ SHA-256, no signed attributes, the signer's certificate and nothing else (``cms.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
-import os
 import platform
-import stat
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from ..errors import InputError
-from ..hsm.uri import Pkcs11Uri
 from .. import cms
+from ..errors import InputError, SegwayError, VerificationError
+from ..hsm.uri import Pkcs11Uri
 from ..reproducible import source_datetime
+from .files import read_regular, sha256_file
+
+if TYPE_CHECKING:
+    from .plan import Plan, Step
 
 FORMAT = "segway-release-manifest/1"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.p7s"
-_BUF = 1 << 20
 # Far above any real manifest (a few KiB per step) or signature (one certificate and a signature).
 MAX_MANIFEST = 64 << 20
 MAX_SIGNATURE = 1 << 20
-
-
-def read_regular(path: Path, limit: int) -> bytes:
-    """A release file's bytes. Anything but a regular file (a FIFO, a device, a directory, a symlink)
-    is refused at once, without waiting on it; so is a file larger than ``limit``."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise InputError(f"{path} is a symbolic link, not a regular file") from None
-        raise InputError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{path} is not a regular file")
-        if st.st_size > limit:
-            raise InputError(f"{path} is {st.st_size} bytes, more than the {limit} a release holds there")
-        os.set_blocking(fd, True)
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(fd, min(_BUF, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        data = b"".join(chunks)
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise InputError(f"{path} grew while it was read")
-    return data
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_BUF), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def public_uri(uri: str) -> str:
@@ -111,6 +71,37 @@ def tool_versions() -> dict[str, str]:
     return tools
 
 
+def step_record(step: Step, input_sha256: dict[str, str], outputs: dict[str, str], details: dict) -> dict:
+    """A step's entry in the manifest: what it was asked to do, the sha256 of what it read and wrote,
+    and what it reports (``details``, which its ``verify`` reads back)."""
+    return {"id": step.id, "type": step.type, "key": step.key,
+            "inputs": {role: step.inputs[role] for role in sorted(step.inputs)},
+            "input_sha256": input_sha256, "options": step.options, "outputs": outputs, "details": details}
+
+
+def build(plan: Plan, certs: dict[str, x509.Certificate], input_hashes: dict[str, str],
+          step_records: list[dict]) -> dict:
+    """The manifest of a release made from ``plan`` (its keys' certificates by key name), whose
+    deploy-dir inputs hash to ``input_hashes``, by steps that made ``step_records``."""
+    return {
+        "format": FORMAT,
+        "machine": plan.machine,
+        "plan": {"file": plan.path.name, "sha256": plan.sha256},
+        "created": release_time(),
+        "tools": tool_versions(),
+        "keys": {
+            name: {"uri": public_uri(spec.uri), "certificate": spec.cert,
+                   "certificate_sha256": cert_fingerprint(certs[name]),
+                   "subject": certs[name].subject.rfc4514_string()}
+            for name, spec in sorted(plan.keys.items())
+        },
+        "manifest_key": plan.manifest_key,
+        "inputs": input_hashes,
+        "steps": step_records,
+        "outputs": {k: v for r in step_records for k, v in r["outputs"].items()},
+    }
+
+
 def encode(manifest: dict) -> bytes:
     """Canonical bytes: sorted keys, two-space indent, trailing newline."""
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
@@ -144,3 +135,43 @@ def load(release_dir: Path) -> tuple[dict, bytes]:
     path = Path(release_dir) / MANIFEST
     raw = read_regular(path, MAX_MANIFEST)
     return parse(raw, path), raw
+
+
+def read_verified(release_dir: Path, certs: list[x509.Certificate]) -> tuple[dict, x509.Certificate]:
+    """A release's manifest, once its signature is checked (see :func:`check_manifest`)."""
+    raw = read_regular(release_dir / MANIFEST, MAX_MANIFEST)
+    sig = read_regular(release_dir / SIGNATURE, MAX_SIGNATURE)
+    return check_manifest(raw, sig, certs, release_dir)
+
+
+def check_manifest(raw: bytes, sig: bytes, certs: list[x509.Certificate],
+                   release_dir: Path = Path(".")) -> tuple[dict, x509.Certificate]:
+    """``manifest.json`` bytes and their ``manifest.json.p7s``: the signature must be exactly the form
+    :func:`sign` writes and verify with one of ``certs`` (checked before the JSON is even parsed),
+    and its signer must be the manifest key the manifest names. Returns (manifest, signer)."""
+    try:
+        signer = verify_signature(sig, raw, certs)
+    except SegwayError as e:
+        raise type(e)(f"{release_dir / SIGNATURE}: {e}") from None
+    doc = parse(raw, release_dir / MANIFEST)
+    keys, name = doc.get("keys"), doc.get("manifest_key")
+    mkey = keys.get(name) if isinstance(keys, dict) and isinstance(name, str) else None
+    if not isinstance(mkey, dict) or mkey.get("certificate_sha256") != cert_fingerprint(signer):
+        raise VerificationError("the manifest was signed by a certificate other than its manifest key's")
+    return doc, signer
+
+
+def listed_outputs(doc: dict) -> dict[str, str]:
+    """The manifest's ``outputs`` (release-relative file name → sha256), each name checked to be a file
+    inside the release other than the manifest files."""
+    listed = doc.get("outputs", {})
+    if not isinstance(listed, dict):
+        raise InputError("the manifest's outputs are not a mapping")
+    for rel, digest in listed.items():
+        parts = rel.split("/")
+        if (not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts)
+                or rel in (MANIFEST, SIGNATURE)):
+            raise VerificationError(f"the manifest lists {rel!r}, which is not a file name inside the release")
+        if not isinstance(digest, str):
+            raise VerificationError(f"the manifest's sha256 of {rel} is not a string")
+    return listed

@@ -26,7 +26,9 @@ from segway_sign.release import manifest as mf
 from segway_sign.release import steps
 from segway_sign.release.plan import load_plan
 from segway_sign.release.runner import run_release
-from segway_sign.release.verify import check_manifest, load_certs_dir, verify_release
+from segway_sign.release.certs import load_certs_dir
+from segway_sign.release.manifest import check_manifest
+from segway_sign.release.verify import verify_release
 
 # (byte offset, bit) of manifest.json.p7s that release verify may accept flipped, with the reason.
 # Empty: every field outside the signature value is rebuilt from the trusted certificate, and the

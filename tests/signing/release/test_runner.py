@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from release_fixtures import make_deploy, plan_doc, self_signed, write_cert, write_plan
-from segway_sign.errors import InputError, OutputExistsError, SegwayError, UsageError, VerificationError
+from segway_sign.errors import InputError, OutputExistsError, SegwayError, VerificationError
 from segway_sign.release import steps
 from segway_sign.release.manifest import sha256_file
 from segway_sign.release.plan import load_plan
@@ -88,7 +88,8 @@ def test_rerun_is_idempotent_and_reproducible(tmp_path, file_keys, monkeypatch):
 
 @pytest.mark.parametrize("breakage,error,message", [
     ("missing-input", InputError, "rootfs.ext4 is not in"),
-    ("pending-type", UsageError, "step 'boot': step type 'ahab'"),
+    ("keyless-step", InputError, "step 'rootfs-verity' (type verity) needs a key"),
+    ("copy-option", InputError, "step 'disk': unknown option(s) colour for type copy"),
     ("wrong-cert", InputError, "does not match key 'verity'"),
     ("bad-option", InputError, "unknown option(s) colour"),
     ("bad-image", InputError, "not a multiple of the data block size"),
@@ -98,10 +99,10 @@ def test_failure_at_any_step_leaves_no_output(tmp_path, file_keys, breakage, err
     doc = plan_doc(file_keys.uris)
     if breakage == "missing-input":
         (deploy / "rootfs.ext4").unlink()
-    elif breakage == "pending-type":
-        doc["keys"]["boot"] = {"uri": file_keys.uris["verity"], "cert": "verity.pem"}
-        doc["steps"].append({"id": "boot", "type": "ahab", "key": "boot", "after": ["rootfs-verity"],
-                             "inputs": {"image": "disk.wic"}})
+    elif breakage == "keyless-step":
+        del doc["steps"][1]["key"]
+    elif breakage == "copy-option":
+        doc["steps"][0]["options"] = {"colour": "red"}
     elif breakage == "wrong-cert":
         write_cert(file_keys.certs / "verity.pem",
                    self_signed(rsa.generate_private_key(public_exponent=65537, key_size=2048), "x"))

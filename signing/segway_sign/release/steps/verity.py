@@ -1,4 +1,4 @@
-"""Step type ``verity``: dm-verity tree, root hash and its PKCS#7 for a rootfs image."""
+"""Step type ``verity``, and the check that a FIT carries exactly a verity step's env."""
 
 from __future__ import annotations
 
@@ -6,76 +6,104 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import libfdt
+
 from ...errors import InputError, VerificationError
-from . import StepContext, StepType, VerifyContext, register
+from ...formats import verity
+from .. import fitprep
+from ..initramfs import ends_with_archive
+from .base import StepContext, StepType, VerifyContext, register
 
 
-def _verity_run(ctx: StepContext) -> dict:
-    from ...formats import verity
+@register("verity")
+class Verity(StepType):
+    """dm-verity hash tree, root hash and its PKCS#7 signature for a rootfs image.
 
-    image = ctx.input("image")
-    salt_opt = str(ctx.option("salt", "derived"))
-    hash_alg = ctx.option("hash", "sha256")
-    digest_size = hashlib.new(hash_alg).digest_size if hash_alg in verity.HASH_ALGORITHMS else 32
-    if salt_opt == "derived":
-        salt = verity.derived_salt(bytes.fromhex(ctx.input_sha256["image"]), digest_size)
-    else:
-        salt = verity.parse_salt(salt_opt, digest_size)
-    superblock = bool(ctx.option("superblock", True))
-    params = verity.VerityParams(
-        salt=salt,
-        data_block_size=int(ctx.option("data_block", 4096)),
-        hash_block_size=int(ctx.option("hash_block", 4096)),
-        hash_algorithm=hash_alg,
-        superblock=superblock,
-        uuid=verity.uuid_from_salt(salt) if superblock else None,
-    )
-    layout = ctx.option("layout", "separate")
-    if layout not in ("separate", "appended"):
-        raise InputError(f"step '{ctx.step.id}': layout must be 'separate' or 'appended'")
-    total = image.stat().st_size
-    done = [0]
+    The step writes what ``verity sign`` writes into its directory: the tree (in its own file, or
+    appended to a copy of the image), the root hash, its detached PKCS#7 signature by the step's
+    key (the form the kernel's ``dm-verity.require_signatures`` checks) and ``verity.env``, the
+    parameters the initramfs passes to veritysetup; with the separate layout, the image too. The
+    manifest records the root hash, salt, layout, env file name and data block count.
+    ``release verify`` runs ``verity verify`` on the directory (every byte of ``verity.env``, the
+    signature with the trusted certificates, the whole tree) and compares the parameters with the
+    plan's options and the recorded details.
 
-    def progress(n: int) -> None:
-        done[0] += n
-        if ctx.progress:
-            ctx.progress(f"{ctx.step.id}: hashing {image.name}", done[0], total)
+    Inputs:
+        image: the filesystem image (a multiple of the data block size)
 
-    # sign_image creates its directory atomically; the step directory itself is that directory.
-    ctx.out_dir.rmdir()
-    res = verity.sign_image(image, ctx.out_dir, ctx.key, ctx.cert, params,
-                            appended=layout == "appended", progress=progress,
-                            name=ctx.option("name"))
-    if layout == "separate":
-        # The release carries the rootfs too, so it can be flashed and checked on its own.
-        shutil.copyfile(image, ctx.out_dir / res.files["image"])
-    return {"root_hash": res.tree.root_hex, "salt": params.salt.hex(), "layout": layout,
-            "env": res.files["env"], "data_blocks": res.tree.layout.data_blocks}
+    Options:
+        layout: ``separate`` (default; tree in its own file) or ``appended`` (tree after the
+            data, in one file, as the wic partitions hold it)
+        salt: ``derived`` (default; from the image's sha256, so that signing a build again gives the
+            same tree) or the salt in hex
+        data_block: data block size in bytes (default 4096)
+        hash_block: hash block size in bytes (default 4096)
+        hash: hash algorithm, ``sha256`` (default) or ``sha512``
+        superblock: write a veritysetup superblock (default true; its UUID derives from the salt)
+        name: base name of the output files (default: from the image's name)
+    """
 
+    def run(self, ctx: StepContext) -> dict:
+        image = ctx.input("image")
+        salt_opt = str(ctx.option("salt", "derived"))
+        hash_alg = ctx.option("hash", "sha256")
+        digest_size = hashlib.new(hash_alg).digest_size if hash_alg in verity.HASH_ALGORITHMS else 32
+        if salt_opt == "derived":
+            salt = verity.derived_salt(bytes.fromhex(ctx.input_sha256["image"]), digest_size)
+        else:
+            salt = verity.parse_salt(salt_opt, digest_size)
+        superblock = bool(ctx.option("superblock", True))
+        params = verity.VerityParams(
+            salt=salt,
+            data_block_size=int(ctx.option("data_block", 4096)),
+            hash_block_size=int(ctx.option("hash_block", 4096)),
+            hash_algorithm=hash_alg,
+            superblock=superblock,
+            uuid=verity.uuid_from_salt(salt) if superblock else None,
+        )
+        layout = ctx.option("layout", "separate")
+        if layout not in ("separate", "appended"):
+            raise InputError(f"step '{ctx.step.id}': layout must be 'separate' or 'appended'")
+        total = image.stat().st_size
+        done = [0]
 
-def _verity_verify(ctx: VerifyContext) -> None:
-    """``verity verify`` on the step directory (every byte of verity.env, the signature, the tree), then
-    the parameters against the plan options and results the signed manifest records."""
-    from ...formats import verity
+        def progress(n: int) -> None:
+            done[0] += n
+            if ctx.progress:
+                ctx.progress(f"{ctx.step.id}: hashing {image.name}", done[0], total)
 
-    res = verity.verify_dir(ctx.out_dir, ctx.certs)
-    details, options = ctx.record["details"], ctx.record.get("options", {})
-    p = res.tree.params
-    recorded = [
-        ("root hash", res.tree.root_hex, details["root_hash"]),
-        ("salt", p.salt.hex(), details["salt"]),
-        ("layout", res.layout_kind, details["layout"]),
-        ("layout", res.layout_kind, options.get("layout", "separate")),
-        ("env file", res.files["env"], details["env"]),
-        ("data block count", res.tree.layout.data_blocks, details["data_blocks"]),
-        ("data block size", p.data_block_size, options.get("data_block", 4096)),
-        ("hash block size", p.hash_block_size, options.get("hash_block", 4096)),
-        ("hash algorithm", p.hash_algorithm, options.get("hash", "sha256")),
-        ("superblock", p.superblock, bool(options.get("superblock", True))),
-    ]
-    for what, found, expected in recorded:
-        if str(found) != str(expected):
-            raise InputError(f"step '{ctx.step_id}': {what} differs from the manifest")
+        # sign_image creates its directory atomically; the step directory itself is that directory.
+        ctx.out_dir.rmdir()
+        res = verity.sign_image(image, ctx.out_dir, ctx.key, ctx.cert, params,
+                                appended=layout == "appended", progress=progress,
+                                name=ctx.option("name"))
+        if layout == "separate":
+            # The release carries the rootfs too, so it can be flashed and checked on its own.
+            shutil.copyfile(image, ctx.out_dir / res.files["image"])
+        return {"root_hash": res.tree.root_hex, "salt": params.salt.hex(), "layout": layout,
+                "env": res.files["env"], "data_blocks": res.tree.layout.data_blocks}
+
+    def verify(self, ctx: VerifyContext) -> None:
+        """``verity verify`` on the step directory (every byte of verity.env, the signature, the tree), then
+        the parameters against the plan options and results the signed manifest records."""
+        res = verity.verify_dir(ctx.out_dir, ctx.certs)
+        details, options = ctx.record["details"], ctx.record.get("options", {})
+        p = res.tree.params
+        recorded = [
+            ("root hash", res.tree.root_hex, details["root_hash"]),
+            ("salt", p.salt.hex(), details["salt"]),
+            ("layout", res.layout_kind, details["layout"]),
+            ("layout", res.layout_kind, options.get("layout", "separate")),
+            ("env file", res.files["env"], details["env"]),
+            ("data block count", res.tree.layout.data_blocks, details["data_blocks"]),
+            ("data block size", p.data_block_size, options.get("data_block", 4096)),
+            ("hash block size", p.hash_block_size, options.get("hash_block", 4096)),
+            ("hash algorithm", p.hash_algorithm, options.get("hash", "sha256")),
+            ("superblock", p.superblock, bool(options.get("superblock", True))),
+        ]
+        for what, found, expected in recorded:
+            if str(found) != str(expected):
+                raise InputError(f"step '{ctx.step_id}': {what} differs from the manifest")
 
 
 def check_carried_envs(release_dir: Path, doc: dict) -> None:
@@ -86,12 +114,6 @@ def check_carried_envs(release_dir: Path, doc: dict) -> None:
     roothash and roothash.p7s — by comparing them with the verity step's files, which
     :func:`segway_sign.formats.verity.verify_dir` checked against the tree.
     """
-    import libfdt
-
-    from ...formats import verity
-    from .. import fitprep
-    from ..initramfs import ends_with_archive
-
     records = {r.get("id"): r for r in doc.get("steps", []) if isinstance(r, dict)}
     for sid, record in records.items():
         details = record.get("details") or {}
@@ -139,7 +161,3 @@ def check_carried_envs(release_dir: Path, doc: dict) -> None:
         if not ok:
             raise VerificationError(f"step '{sid}': {fit_path.name} does not carry exactly the verity.env, roothash "
                                     f"and roothash.p7s of step '{ref_id}' ({where})")
-
-
-register(StepType("verity", True, _verity_run, _verity_verify,
-                  frozenset({"layout", "salt", "data_block", "hash_block", "hash", "superblock", "name"})))

@@ -64,3 +64,10 @@ def test_register_refuses_undocumented_and_unwritten_types():
         register("copy")(NoOptions)
     assert "test-no-options" not in steps.REGISTRY and "test-unwritten" not in steps.REGISTRY
     assert type(steps.get("copy")).__name__ == "Copy"
+
+
+def test_docs_hold_every_step_type_docstring():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[3] / "docs" / "release.md").read_text()
+    assert steps.describe() in page, "docs/release.md: paste steps.describe() under 'Step types'"

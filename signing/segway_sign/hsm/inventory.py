@@ -7,8 +7,9 @@ from pkcs11.exceptions import PKCS11Error
 
 from ..errors import SegwayError, TokenError
 from . import module
+from .module import describe
 from .pin import PinSource
-from .session import TokenSession, describe, initialized
+from .session import TokenSession, initialized
 from .uri import Pkcs11Uri
 
 _CLASSES = {ObjectClass.PRIVATE_KEY: "private", ObjectClass.PUBLIC_KEY: "public",
@@ -17,24 +18,24 @@ _CLASSES = {ObjectClass.PRIVATE_KEY: "private", ObjectClass.PUBLIC_KEY: "public"
 
 def describe_module(module_path: str | None, pin: PinSource) -> dict:
     path = module.resolve(module_path)
-    lib = module.load(path)
-    with module.MODULE_LOCK:
+    mod = module.load(path)
+    with mod.lock:
         try:
-            tokens = [t for t in lib.get_tokens() if initialized(t)]
+            tokens = [t for t in mod.lib.get_tokens() if initialized(t)]
         except PKCS11Error as err:
             raise TokenError(f"cannot list tokens of {path}: {describe(err)}") from None
     have_pin = bool(pin.file or pin.env)
-    report = {"module": path, "transport": module.transport(path), "tokens": []}
+    report = {"module": path, "transport": mod.transport, "tokens": []}
     for tok in tokens:
         serial = tok.serial.decode(errors="replace").strip()
         uri = Pkcs11Uri(token=tok.label, serial=serial or None)
-        with module.MODULE_LOCK:
+        with mod.lock:
             mechanisms = sorted(getattr(m, "name", hex(int(m))) for m in tok.slot.get_mechanisms())
         entry = {"label": tok.label, "serial": serial, "manufacturer": tok.manufacturer_id.strip(),
                  "model": tok.model.strip(), "uri": str(uri), "mechanisms": mechanisms, "objects": [],
                  "logged_in": False}
         try:
-            session = TokenSession(path, uri, pin, login=have_pin)
+            session = TokenSession(mod, uri, pin, login=have_pin)
         except SegwayError:
             if have_pin:
                 raise

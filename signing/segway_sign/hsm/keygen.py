@@ -19,9 +19,10 @@ from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 from pkcs11.util.rsa import encode_rsa_public_key
 
 from ..errors import TokenError, UsageError
-from .keys import find_private_key
 from ..raw_ec import RAW_CURVES, decode_ec_point
-from .session import TokenSession, describe
+from .keys import find_private_key
+from .module import describe
+from .session import TokenSession
 
 # What tokens answer to EC_PARAMS naming a curve they do not implement (CKR_CURVE_NOT_SUPPORTED
 # has no class of its own in python-pkcs11 and arrives as a general error or failure).

@@ -1,7 +1,11 @@
-"""Which PKCS#11 module to load, and loading it once per process.
+"""Which PKCS#11 module to load, and the one object per loaded module that owns its state.
 
 Order: ``--module``, then ``SEGWAY_PKCS11_MODULE``, then the URI's ``module-path``, then the
 project's development SoftHSM (see :mod:`.devhsm`).
+
+As in python-pkcs11 (lib → slot → token → session), each child holds its parent: a
+:class:`Module` holds the library, the sessions opened on it and the process-wide lock; a token
+session holds its module; a token key holds its session.
 """
 
 from __future__ import annotations
@@ -9,19 +13,27 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Callable, Hashable, TypeVar
 
 import pkcs11
 
 from ..errors import TokenError
 from . import devhsm
 
+T = TypeVar("T")
+
 # python-pkcs11 releases the GIL on every call and initialises modules with NULL args, which
 # SoftHSM takes as "no locking": concurrent calls corrupt its heap. One lock for every call into
 # any module keeps us safe, and also bounds calls in flight to one per process (pkcs11-proxy's
 # client pool breaks beyond eight).
-MODULE_LOCK = threading.RLock()
+LOCK = threading.RLock()
 
-_loaded: dict[str, pkcs11.lib] = {}
+_loaded: dict[str, "Module"] = {}
+
+
+def describe(err: Exception) -> str:
+    """A PKCS#11 (or loader) error in one line: its class, and its message when it has one."""
+    return type(err).__name__ + (f" ({err})" if str(err) else "")
 
 
 def resolve(explicit: str | None, uri_module: str | None = None) -> str:
@@ -31,8 +43,84 @@ def resolve(explicit: str | None, uri_module: str | None = None) -> str:
     return devhsm.default_module()
 
 
-def load(path: str) -> pkcs11.lib:
-    with MODULE_LOCK:
+def transport(path: str) -> str:
+    name = os.path.basename(path)
+    if name.startswith("libpkcs11-proxy"):
+        return "pkcs11-proxy"
+    if name.startswith("p11-kit-client"):
+        return "p11-kit"
+    return "direct"
+
+
+def _hint(kind: str) -> str:
+    """Where a remote module's server is expected, for an error message."""
+    if kind == "pkcs11-proxy":
+        return f" (is the pkcs11-daemon at PKCS11_PROXY_SOCKET={os.environ.get('PKCS11_PROXY_SOCKET')} reachable?)"
+    if kind == "p11-kit":
+        return f" (is the p11-kit server at P11_KIT_SERVER_ADDRESS={os.environ.get('P11_KIT_SERVER_ADDRESS')} running?)"
+    return ""
+
+
+class Module:
+    """One loaded PKCS#11 library, the sessions this process opened on it, and the lock."""
+
+    lock = LOCK
+
+    def __init__(self, path: str, lib: pkcs11.lib):
+        self.path = path
+        self.lib = lib
+        self.transport = transport(path)
+        self.loaded = True
+        self._sessions: dict[Hashable, object] = {}
+        # Sessions that hold a login are kept open until the process exits (or reset()):
+        # python-pkcs11's Session.close() would C_Logout, which ends the login for every client
+        # behind a proxy.
+        self._keep_alive: list[pkcs11.Session] = []
+
+    def shared(self, key: Hashable, create: Callable[[], T]) -> T:
+        """The session this process shares under ``key``, created on first use."""
+        with self.lock:
+            if key not in self._sessions:
+                self._sessions[key] = create()
+            return self._sessions[key]  # type: ignore[return-value]
+
+    @property
+    def has_sessions(self) -> bool:
+        return bool(self._sessions)
+
+    def keep_alive(self, session: pkcs11.Session) -> None:
+        self._keep_alive.append(session)
+
+    def hint(self) -> str:
+        return _hint(self.transport)
+
+    def reinitialize(self) -> None:
+        """C_Finalize + C_Initialize: SoftHSM (also behind a p11-kit server, which starts one per
+        connection) lists its tokens only when initialised."""
+        with self.lock:
+            try:
+                self.lib.reinitialize()
+            except pkcs11.exceptions.PKCS11Error as err:
+                raise TokenError(f"cannot re-initialise PKCS#11 module {self.path}: {describe(err)}") from None
+
+    def reset(self) -> None:
+        """Forget every session, finalize and unload the library; later calls through it are errors."""
+        with self.lock:
+            self._sessions.clear()
+            self._keep_alive.clear()
+            self.loaded = False
+            try:
+                self.lib.finalize()
+            except pkcs11.exceptions.PKCS11Error:
+                pass  # a remote module whose server is gone: nothing left to finalize
+            # Unload too: some modules (p11-kit-client, pkcs11-spy) read their environment only
+            # when first loaded.
+            pkcs11.unload(self.path)
+
+
+def load(path: str) -> Module:
+    """The module at ``path``, loaded once per process (until :func:`reset`)."""
+    with LOCK:
         if path in _loaded:
             return _loaded[path]
         if not Path(path).exists():
@@ -46,68 +134,20 @@ def load(path: str) -> pkcs11.lib:
         try:
             lib = pkcs11.lib(path)
         except pkcs11.exceptions.PKCS11Error as err:
-            raise TokenError(f"cannot initialise PKCS#11 module {path}: {_describe(err)}"
-                             f"{_transport_hint(path)}") from None
+            raise TokenError(f"cannot initialise PKCS#11 module {path}: {describe(err)}"
+                             f"{_hint(transport(path))}") from None
         except RuntimeError as err:  # dlopen failure
             raise TokenError(f"cannot load PKCS#11 module {path}: {err}") from None
-        _loaded[path] = lib
-        return lib
-
-
-def is_loaded(path: str, lib: pkcs11.lib) -> bool:
-    """Whether ``lib`` is still the loaded instance of ``path`` (not finalized and unloaded)."""
-    return _loaded.get(path) is lib
-
-
-def reinitialize(path: str) -> None:
-    """C_Finalize + C_Initialize: SoftHSM (also behind a p11-kit server, which starts one per
-    connection) lists its tokens only when initialised."""
-    with MODULE_LOCK:
-        lib = _loaded.get(path)
-        if lib is not None:
-            try:
-                lib.reinitialize()
-            except pkcs11.exceptions.PKCS11Error as err:
-                raise TokenError(f"cannot re-initialise PKCS#11 module {path}: {_describe(err)}") from None
-
-
-def transport(path: str) -> str:
-    name = os.path.basename(path)
-    if name.startswith("libpkcs11-proxy"):
-        return "pkcs11-proxy"
-    if name.startswith("p11-kit-client"):
-        return "p11-kit"
-    return "direct"
-
-
-def _transport_hint(path: str) -> str:
-    kind = transport(path)
-    if kind == "pkcs11-proxy":
-        return f" (is the pkcs11-daemon at PKCS11_PROXY_SOCKET={os.environ.get('PKCS11_PROXY_SOCKET')} reachable?)"
-    if kind == "p11-kit":
-        return f" (is the p11-kit server at P11_KIT_SERVER_ADDRESS={os.environ.get('P11_KIT_SERVER_ADDRESS')} running?)"
-    return ""
-
-
-def _describe(err: Exception) -> str:
-    return type(err).__name__ + (f": {err}" if str(err) else "")
+        _loaded[path] = Module(path, lib)
+        return _loaded[path]
 
 
 def reset() -> None:
-    """Forget every session and finalize loaded modules, so the next load re-reads its environment.
+    """Reset every loaded module, so the next load re-reads its environment.
 
     For tools that switch tokens within one process (test suites); a signing run never needs it.
     """
-    from . import session
-    with MODULE_LOCK:
-        session._SESSIONS.clear()
-        session._KEEP_ALIVE.clear()
-        for path, lib in _loaded.items():
-            try:
-                lib.finalize()
-            except pkcs11.exceptions.PKCS11Error:
-                pass  # a remote module whose server is gone: nothing left to finalize
-            # Unload too: some modules (p11-kit-client, pkcs11-spy) read their environment only
-            # when first loaded.
-            pkcs11.unload(path)
+    with LOCK:
+        for mod in _loaded.values():
+            mod.reset()
         _loaded.clear()

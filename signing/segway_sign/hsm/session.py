@@ -1,4 +1,4 @@
-"""A logged-in view of one token, shared by every key of a process.
+"""A logged-in view of one token, shared by every key of a process; it holds its module.
 
 Rules (see the pkcs11-proxy behaviour in the project specs):
 - the token is chosen by label/serial/manufacturer/model, never by slot number;
@@ -13,20 +13,19 @@ Rules (see the pkcs11-proxy behaviour in the project specs):
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
 import pkcs11
 from pkcs11 import Attribute, ObjectClass, TokenFlag
-import time
-
 from pkcs11.exceptions import (DeviceError, DeviceRemoved, GeneralError, NoSuchToken,
                                PinExpired, PinIncorrect, PinInvalid, PinLenRange, PinLocked,
                                PKCS11Error, SessionHandleInvalid, TokenNotPresent,
                                TokenNotRecognised, UserAlreadyLoggedIn)
 
 from ..errors import PinError, TokenError
-from . import module as modules
+from .module import Module, describe
 from .pin import PinSource
 from .uri import Pkcs11Uri
 
@@ -37,19 +36,10 @@ RETRYABLE = (DeviceError, DeviceRemoved, SessionHandleInvalid)
 TRANSIENT_AT_OPEN = (NoSuchToken, TokenNotPresent, TokenNotRecognised, GeneralError, DeviceError)
 OPEN_ATTEMPTS = 6
 
-# Sessions that hold a login are kept open until the process exits: python-pkcs11's
-# Session.close() would C_Logout, which ends the login for every client behind a proxy.
-_KEEP_ALIVE: list[pkcs11.Session] = []
-_SESSIONS: dict[tuple, "TokenSession"] = {}
-
 
 def initialized(token: pkcs11.Token) -> bool:
     """SoftHSM always offers one empty slot; an uninitialised token is never a signing target."""
     return bool(token.flags & TokenFlag.TOKEN_INITIALIZED)
-
-
-def describe(err: Exception) -> str:
-    return type(err).__name__ + (f" ({err})" if str(err) else "")
 
 
 @contextmanager
@@ -87,13 +77,11 @@ class _Transient(Exception):
 class TokenSession:
     """An open, logged-in session on the token a URI names."""
 
-    def __init__(self, module_path: str, uri: Pkcs11Uri, pin: PinSource, login: bool = True):
-        self.module_path = module_path
+    def __init__(self, module: Module, uri: Pkcs11Uri, pin: PinSource, login: bool = True):
+        self.module = module
         self.uri = uri.token_only
         self.pin_source = pin
         self.want_login = login
-        self.transport = modules.transport(module_path)
-        self.lib = modules.load(module_path)
         self._pin: str | None = None
         self.token = self._retrying(self._select_token, reinit=True)
         self.session = self._retrying(self._open)
@@ -108,17 +96,15 @@ class TokenSession:
                 time.sleep(0.1 * attempt)
                 # A token missing from the list stays missing until the module lists tokens again,
                 # which it does on C_Initialize; only safe while no session of ours uses the module.
-                if reinit and not any(s.module_path == self.module_path for s in _SESSIONS.values()):
-                    modules.reinitialize(self.module_path)
+                if reinit and not self.module.has_sessions:
+                    self.module.reinitialize()
         raise AssertionError("unreachable")
 
     @classmethod
-    def get(cls, module_path: str, uri: Pkcs11Uri, pin: PinSource, login: bool = True) -> "TokenSession":
-        key = (module_path, uri.token, uri.serial, uri.manufacturer, uri.model, login)
-        with modules.MODULE_LOCK:
-            if key not in _SESSIONS:
-                _SESSIONS[key] = cls(module_path, uri, pin, login)
-            return _SESSIONS[key]
+    def shared(cls, module: Module, uri: Pkcs11Uri, pin: PinSource, login: bool = True) -> "TokenSession":
+        """The session on the token ``uri`` selects that every key of this process shares."""
+        key = (uri.token, uri.serial, uri.manufacturer, uri.model, login)
+        return module.shared(key, lambda: cls(module, uri, pin, login))
 
     @property
     def label(self) -> str:
@@ -128,28 +114,28 @@ class TokenSession:
         u = self.uri
         criteria = {k: v for k, v in (("token_label", u.token), ("token_serial", u.serial.encode() if u.serial else None),
                                       ("manufacturer_id", u.manufacturer)) if v is not None}
-        with modules.MODULE_LOCK:
+        with self.module.lock:
             try:
-                tokens = [t for t in self.lib.get_tokens(**criteria)
+                tokens = [t for t in self.module.lib.get_tokens(**criteria)
                           if initialized(t) and (u.model is None or t.model.strip() == u.model)]
             except TRANSIENT_AT_OPEN as err:
-                raise _Transient(f"cannot list tokens of {self.module_path}: {describe(err)}") from None
+                raise _Transient(f"cannot list tokens of {self.module.path}: {describe(err)}") from None
             except PKCS11Error as err:
-                raise TokenError(f"cannot list tokens of {self.module_path}: {describe(err)}"
-                                 f"{modules._transport_hint(self.module_path)}") from None
+                raise TokenError(f"cannot list tokens of {self.module.path}: {describe(err)}"
+                                 f"{self.module.hint()}") from None
         wanted = ", ".join(f"{k}={v}" for k, v in (("token", u.token), ("serial", u.serial),
                                                     ("manufacturer", u.manufacturer), ("model", u.model)) if v)
         if not tokens:
             # SoftHSM shows no token while another process rewrites its token file at login, so
             # an empty match is retried like the other transient errors before it is reported.
-            raise _Transient(f"no token matching {wanted or 'any'} in {self.module_path}")
+            raise _Transient(f"no token matching {wanted or 'any'} in {self.module.path}")
         if len(tokens) > 1:
             found = ", ".join(f"'{t.label}' (serial {t.serial.decode(errors='replace')})" for t in tokens)
             raise TokenError(f"several tokens match {wanted or 'the URI'}: {found}; name one by token= or serial=")
         return tokens[0]
 
     def _open(self) -> pkcs11.Session:
-        with modules.MODULE_LOCK:
+        with self.module.lock:
             try:
                 public = self.token.open(rw=True)
             except TRANSIENT_AT_OPEN as err:
@@ -175,7 +161,7 @@ class TokenSession:
                 raise _Transient(f"login to token '{self.token.label}' failed: {describe(err)}") from None
             except PKCS11Error as err:
                 raise TokenError(f"login to token '{self.token.label}' failed: {describe(err)}") from None
-            _KEEP_ALIVE.append(session)
+            self.module.keep_alive(session)
             return session
 
     @staticmethod
@@ -186,10 +172,10 @@ class TokenSession:
 
     def call(self, operation: Callable[[pkcs11.Session], T], what: str) -> T:
         """Run ``operation(session)`` under the module lock, retrying once on a lost session."""
-        with modules.MODULE_LOCK, _quiet_operation_finalizers():
-            if not modules.is_loaded(self.module_path, self.lib):
-                # module.reset() unloaded the library: calling into it would crash the process.
-                raise TokenError(f"{what}: the PKCS#11 module {self.module_path} was reset; open the key again")
+        with self.module.lock, _quiet_operation_finalizers():
+            if not self.module.loaded:
+                # Module.reset() unloaded the library: calling into it would crash the process.
+                raise TokenError(f"{what}: the PKCS#11 module {self.module.path} was reset; open the key again")
             for attempt in (1, 2):
                 try:
                     return operation(self.session)

@@ -35,7 +35,7 @@ def test_wrong_pin_is_one_login_and_a_clear_error(softhsm, tmp_path, monkeypatch
 def test_user_already_logged_in_is_tolerated(softhsm):
     """A shared-login proxy: another client's login is already in force for this application."""
     softhsm.activate()
-    lib = module.load(softhsm.module)
+    lib = module.load(softhsm.module).lib
     tok = lib.get_token(token_label=softhsm.token_label)
     other = tok.open(rw=True, user_pin=softhsm.pin)  # the "other job", logged in; no keys yet
     session = open_session(softhsm.token_uri, module_path=softhsm.module, pin=PinSource(file=softhsm.pin_file))

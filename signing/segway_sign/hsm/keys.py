@@ -10,13 +10,13 @@ is returned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from asn1crypto.algos import DigestInfo
 from asn1crypto.core import Null
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives.serialization import load_der_public_key
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.exceptions import AttributeSensitive, AttributeTypeInvalid
 from pkcs11.util.ec import encode_ec_public_key
@@ -24,7 +24,9 @@ from pkcs11.util.rsa import encode_rsa_public_key
 
 from ..errors import InputError, TokenError, UsageError, VerificationError
 from ..raw_ec import RAW_CURVES, RawECPublicKey, curve_from_ec_params, decode_ec_point
+from .raw_ec_key import TokenRawECKey
 from .session import TokenSession
+from .token_key import TokenKey
 from .uri import Pkcs11Uri
 
 _HASHES: dict[str, tuple[type[hashes.HashAlgorithm], Mechanism, MGF]] = {
@@ -34,19 +36,6 @@ _HASHES: dict[str, tuple[type[hashes.HashAlgorithm], Mechanism, MGF]] = {
     "sha384": (hashes.SHA384, Mechanism.SHA384, MGF.SHA384),
     "sha512": (hashes.SHA512, Mechanism.SHA512, MGF.SHA512),
 }
-
-
-@dataclass
-class SignStats:
-    """What went to the token: the benchmark shows it does not grow with the artifact."""
-    calls: int = 0
-    bytes_sent: int = 0
-    sizes: list[int] = field(default_factory=list)
-
-    def record(self, n: int) -> None:
-        self.calls += 1
-        self.bytes_sent += n
-        self.sizes.append(n)
 
 
 def host_digest(data: bytes, algorithm) -> tuple[bytes, hashes.HashAlgorithm]:
@@ -66,57 +55,12 @@ def host_digest(data: bytes, algorithm) -> tuple[bytes, hashes.HashAlgorithm]:
     return digest, algo
 
 
-class _TokenKeyMixin:
-    """Shared state: where the key lives, and how to find it again after a session is lost."""
-
-    _session: TokenSession
-    uri: Pkcs11Uri
-    label: str | None
-    key_id: bytes
-    stats: SignStats
-
-    def _init_token_key(self, session: TokenSession, uri: Pkcs11Uri, label: str | None, key_id: bytes) -> None:
-        self._session, self.uri, self.label, self.key_id = session, uri, label, key_id
-        self.stats = SignStats()
-
-    def _raw_sign(self, payload: bytes, mechanism: Mechanism, param=None) -> bytes:
-        def op(session):
-            key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=self.key_id, label=self.label)
-            return key.sign(payload, mechanism=mechanism, mechanism_param=param)
-        signature = self._session.call(op, f"signing with key {self.uri}")
-        self.stats.record(len(payload))
-        return signature
-
-    def private_bytes(self, *args, **kwargs):
-        raise TokenError(f"the private key {self.uri} stays in the token: it cannot be exported")
-
-    def private_numbers(self):
-        raise TokenError(f"the private key {self.uri} stays in the token: it cannot be exported")
-
-    def __copy__(self):
-        return self
-
-    def __deepcopy__(self, memo):
-        return self
-
-    @property
-    def public_der(self) -> bytes:
-        return self.public_key().public_bytes(serialization.Encoding.DER,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-class TokenRSAPrivateKey(_TokenKeyMixin, rsa.RSAPrivateKey):
-    def __init__(self, session: TokenSession, uri: Pkcs11Uri, label: str | None, key_id: bytes,
-                 public: rsa.RSAPublicKey):
-        self._init_token_key(session, uri, label, key_id)
-        self._public = public
+class TokenRSAPrivateKey(TokenKey, rsa.RSAPrivateKey):
+    _public: rsa.RSAPublicKey
 
     @property
     def key_size(self) -> int:
         return self._public.key_size
-
-    def public_key(self) -> rsa.RSAPublicKey:
-        return self._public
 
     def decrypt(self, ciphertext: bytes, padding) -> bytes:
         raise UsageError(f"key {self.uri} is a signing key; decryption is not offered")
@@ -154,11 +98,8 @@ def _pss_salt(pss: padding.PSS, algo: hashes.HashAlgorithm, key_size: int) -> in
     raise UsageError("PSS salt length AUTO is only for verification")
 
 
-class TokenECPrivateKey(_TokenKeyMixin, ec.EllipticCurvePrivateKey):
-    def __init__(self, session: TokenSession, uri: Pkcs11Uri, label: str | None, key_id: bytes,
-                 public: ec.EllipticCurvePublicKey):
-        self._init_token_key(session, uri, label, key_id)
-        self._public = public
+class TokenECPrivateKey(TokenKey, ec.EllipticCurvePrivateKey):
+    _public: ec.EllipticCurvePublicKey
 
     @property
     def curve(self) -> ec.EllipticCurve:
@@ -167,9 +108,6 @@ class TokenECPrivateKey(_TokenKeyMixin, ec.EllipticCurvePrivateKey):
     @property
     def key_size(self) -> int:
         return self._public.curve.key_size
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._public
 
     def exchange(self, algorithm, peer_public_key) -> bytes:
         raise UsageError(f"key {self.uri} is a signing key; key agreement is not offered")
@@ -197,8 +135,6 @@ TokenPrivateKey = TokenRSAPrivateKey | TokenECPrivateKey
 
 def _public_from_objects(session, priv, key_id: bytes):
     """The public half: the private object's modulus for RSA, else the public key object or certificate."""
-    from cryptography.hazmat.primitives.serialization import load_der_public_key
-    from cryptography import x509
     if priv.key_type == KeyType.RSA:
         return load_der_public_key(encode_rsa_public_key(priv))
     pubs = list(session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: key_id}))
@@ -227,7 +163,7 @@ def _raw_ec_public(session, priv, key_id: bytes) -> RawECPublicKey | None:
         raise TokenError(f"public key with CKA_ID {key_id.hex()}: {err}") from None
 
 
-def find_private_key(session: TokenSession, uri: Pkcs11Uri) -> TokenPrivateKey:
+def find_private_key(session: TokenSession, uri: Pkcs11Uri) -> TokenPrivateKey | TokenRawECKey:
     """The one private key a URI names; zero or several matches are errors."""
     if uri.object is None and uri.id is None:
         raise UsageError(f"key URI {uri} names no key: add object=<label> or id=<hex>")
@@ -262,7 +198,6 @@ def find_private_key(session: TokenSession, uri: Pkcs11Uri) -> TokenPrivateKey:
         return TokenRSAPrivateKey(session, uri, label, key_id, public)
     if priv.key_type == KeyType.EC:
         if isinstance(public, RawECPublicKey):
-            from .raw_ec_key import TokenRawECKey  # it builds on this module's key mixin
             return TokenRawECKey(session, uri, label, key_id, public)
         return TokenECPrivateKey(session, uri, label, key_id, public)
     raise TokenError(f"key {uri} has type {priv.key_type.name}; only RSA and EC keys sign")

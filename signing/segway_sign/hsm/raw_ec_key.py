@@ -11,16 +11,11 @@ from pkcs11 import Mechanism
 
 from ..errors import UsageError, VerificationError
 from ..raw_ec import RawECPublicKey
-from .keys import _TokenKeyMixin
-from .session import TokenSession
-from .uri import Pkcs11Uri
+from .token_key import TokenKey
 
 
-class TokenRawECKey(_TokenKeyMixin):
-    def __init__(self, session: TokenSession, uri: Pkcs11Uri, label: str | None, key_id: bytes,
-                 public: RawECPublicKey):
-        self._init_token_key(session, uri, label, key_id)
-        self._public = public
+class TokenRawECKey(TokenKey):
+    _public: RawECPublicKey
 
     @property
     def curve_name(self) -> str:
@@ -33,9 +28,6 @@ class TokenRawECKey(_TokenKeyMixin):
     @property
     def key_size(self) -> int:
         return self._public.key_size
-
-    def public_key(self) -> RawECPublicKey:
-        return self._public
 
     @property
     def public_der(self) -> bytes:

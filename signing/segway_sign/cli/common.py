@@ -16,9 +16,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from ..errors import InputError, UsageError
-from ..hsm import PinSource, TokenRawECKey, open_private_key, open_session
+from ..hsm import PinSource, Pkcs11Uri, TokenRawECKey, TokenSession, open_private_key, open_session
 from ..hsm.pin import take_env
-from ..hsm.session import TokenSession
 from ..raw_ec import RawECPublicKey
 from ..release.certs import load_certificate  # noqa: F401  (the one certificate loader, for every command)
 
@@ -119,7 +118,7 @@ class TokenOptions:
             raise UsageError(f"key {uri} is on {key.curve_name}, which only 'stm32' commands use")
         return key
 
-    def open_session(self, uri: str, login: bool = True) -> TokenSession:
+    def open_session(self, uri: str | Pkcs11Uri, login: bool = True) -> TokenSession:
         return open_session(uri, module_path=self.module, pin=self.pin, login=login)
 
 

@@ -28,7 +28,7 @@ def init(plan_path, out_dir, replace_keys, force, as_json, token):
     """Create the keys a plan names inside the token and issue their certificates."""
     plan = load_plan(plan_path, read_input(plan_path, "plan"))
     log = (lambda _msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
-    record = run_ceremony(plan, out_dir, lambda uri: token.open_session(str(uri)), replace_keys, force, log)
+    record = run_ceremony(plan, out_dir, token.open_session, replace_keys, force, log)
     emit(record, as_json, "\n".join(
         [f"ceremony '{plan.name}' done: {len(record['keys'])} keys; public material in {out_dir}"] +
         [f"  {k['purpose']:8} {k['label']:24} {k['type']:7} {k['uri']}" for k in record["keys"]]))

@@ -28,7 +28,7 @@ import secrets
 import shutil
 import socket
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from .errors import OutputExistsError, SegwayError
 
@@ -152,11 +152,49 @@ def _fsync_tree(root: Path) -> None:
     _fsync_path(root, directory=True)
 
 
+class FileRange(NamedTuple):
+    """``length`` bytes at ``offset`` of the open file ``fd``: a piece of an output that
+    write_file copies inside the kernel (copy_file_range), without reading it into memory."""
+    fd: int
+    offset: int
+    length: int
+
+
+def _copy_range(fd: int, piece: FileRange) -> None:
+    offset, end = piece.offset, piece.offset + piece.length
+    use_cfr = hasattr(os, "copy_file_range")
+    while offset < end:
+        if use_cfr:
+            try:
+                n = os.copy_file_range(piece.fd, fd, min(end - offset, 1 << 30), offset)
+            except OSError as err:
+                if err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                    raise
+                use_cfr = False
+                continue
+        else:
+            data = os.pread(piece.fd, min(end - offset, 8 << 20), offset)
+            _write_all(fd, data)
+            n = len(data)
+        if not n:
+            raise SegwayError("an input shrank while it was being copied to the output")
+        offset += n
+
+
 def _write_all(fd: int, data) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        written = os.write(fd, view[:1 << 30])
-        view = view[written:]
+    """Write a bytes-like object, or each of an iterable of them (or of FileRanges) in turn."""
+    try:
+        pieces = [memoryview(data)]
+    except TypeError:
+        pieces = data
+    for piece in pieces:
+        if isinstance(piece, FileRange):
+            _copy_range(fd, piece)
+            continue
+        view = memoryview(piece).cast("B")
+        while view:
+            written = os.write(fd, view[:1 << 30])
+            view = view[written:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,8 +246,12 @@ def _link_unnamed(fd: int, path: Path) -> bool:
     return True
 
 
-def write_file(path: str | os.PathLike, data: bytes, force: bool = False, mode: int = 0o644) -> Path:
-    """Write ``data`` to ``path`` atomically and durably (see the module docstring)."""
+def write_file(path: str | os.PathLike, data, force: bool = False, mode: int = 0o644) -> Path:
+    """Write ``data`` to ``path`` atomically and durably (see the module docstring).
+
+    ``data`` is a bytes-like object or an iterable of them and of FileRanges (written in turn, so a
+    large output need not be in memory at once); an exception from the iterable leaves nothing
+    behind."""
     path = check_writable(path, force)
     parent = path.parent
     fd = _open_unnamed(parent)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+import os
 from pathlib import Path
 
 import click
@@ -11,7 +14,8 @@ from ..formats.fit import sign_fit
 from ..formats.fit_keys import add_pubkey as add_pubkey_node
 from ..formats.fit_keys import algo_for_key
 from ..formats.fit_verify import verify_fit
-from .common import emit, load_public_key, output_options, read_input, token_options
+from ..errors import InputError
+from .common import emit, load_public_key, open_input, output_options, read_input, token_options
 from .progress import DelayedProgress
 
 _ALGOS = [f"{h},{c}" for h in ("sha1", "sha256", "sha384", "sha512")
@@ -40,12 +44,17 @@ def sign(key_uri, in_path, out_path, configs, key_name_hint, algo, padding_name,
          token, force, as_json):
     """Sign a FIT's configurations (and optionally images) with a key in the token."""
     check_writable(out_path, force)
-    blob = read_input(in_path)
-    key = token.open_key(key_uri)
-    result = sign_fit(blob, key, configs=configs, key_name_hint=key_name_hint, algo=algo,
-                      padding_name=padding_name, image_signatures=image_signatures, comment=comment,
-                      progress=DelayedProgress("hashing"))
-    write_file(out_path, result.blob, force)
+    with _mapped_input(in_path) as (blob, source_fd, unchanged):
+        key = token.open_key(key_uri)
+        result = sign_fit(blob, key, configs=configs, key_name_hint=key_name_hint, algo=algo,
+                          padding_name=padding_name, image_signatures=image_signatures, comment=comment,
+                          progress=DelayedProgress("hashing"))
+
+        def pieces():
+            yield from result.chunks(source_fd)
+            unchanged()  # before the output is flushed and named
+
+        write_file(out_path, pieces(), force)
     summary = {
         "output": str(out_path), "key": str(key.uri), "passes": result.passes,
         "bytes_sent_to_token": key.stats.bytes_sent if hasattr(key, "stats") else None,
@@ -56,6 +65,32 @@ def sign(key_uri, in_path, out_path, configs, key_name_hint, algo, padding_name,
     emit(summary, as_json, "\n".join(
         [f"signed {len(result.signatures)} signature node(s) of {in_path} -> {out_path}"] +
         [f"  {s.path}: {s.algo}:{s.key_name_hint}" for s in result.signatures]))
+
+
+@contextlib.contextmanager
+def _mapped_input(path: Path):
+    """The FIT mapped read-only (its data is hashed and written from the page cache, never held in
+    memory), and a check that it did not change while it was mapped: a FIT rewritten under us
+    would otherwise be written out with data that no longer matches the hashes just signed."""
+    with open_input(path) as f:
+        try:
+            before = os.fstat(f.fileno())
+            blob = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if before.st_size else b""
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot read input {path}: {getattr(err, 'strerror', None) or err}") from None
+
+        def unchanged() -> None:
+            now = os.fstat(f.fileno())
+            if (now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (before.st_size, before.st_mtime_ns,
+                                                                   before.st_ctime_ns):
+                raise InputError(f"input {path} changed while it was being signed; nothing written")
+
+        try:
+            yield blob, (f.fileno() if isinstance(blob, mmap.mmap) else None), unchanged
+        finally:
+            if isinstance(blob, mmap.mmap):
+                with contextlib.suppress(BufferError):
+                    blob.close()
 
 
 @group.command("add-pubkey")

@@ -254,9 +254,14 @@ def node_names(blob: bytes | bytearray) -> list[str]:
 
 def property_spans(blob: bytes | bytearray | memoryview, name: str) -> dict[str, tuple[int, int]]:
     """Absolute (offset, length) of every value of property ``name``, by node path, without copying."""
+    return {path: (start, length) for path, start, length in value_spans(blob, name)}
+
+
+def value_spans(blob: bytes | bytearray | memoryview, name: str) -> list[tuple[str, int, int]]:
+    """(node path, absolute offset, length) of every value of property ``name``, in struct order."""
     hdr = Header.parse(blob)
     walker = _Walker(blob, hdr)
-    spans, path, offset = {}, [], 0
+    spans, path, offset = [], [], 0
     while True:
         tag, nxt, pname = walker.next_tag(offset)
         if tag == FDT_BEGIN_NODE:
@@ -264,7 +269,77 @@ def property_spans(blob: bytes | bytearray | memoryview, name: str) -> dict[str,
         elif tag == FDT_END_NODE:
             path.pop()
         elif tag == FDT_PROP and pname == name:
-            spans["/" + "/".join(path[1:])] = (hdr.off_dt_struct + offset + 12, walker.u32(offset + 4))
+            spans.append(("/" + "/".join(path[1:]), hdr.off_dt_struct + offset + 12, walker.u32(offset + 4)))
         elif tag == FDT_END:
             return spans
         offset = nxt
+
+
+def without_values(blob: bytes | bytearray | memoryview, spans: list[tuple[int, int]]) -> bytes:
+    """The tree (its first ``totalsize`` bytes) with the property values at ``spans`` (absolute
+    offset, length, as value_spans gives them) cut out and their lengths set to 0.
+
+    This is the tree libfdt's ``fdt_setprop(node, name, "", 0)`` leaves for each of them (the value
+    and its padding spliced out of the struct block, every block after it moved down), made without
+    copying the values: only the bytes around them are copied."""
+    hdr = Header.parse(blob)
+    struct_end = hdr.off_dt_struct + hdr.size_dt_struct
+    view = memoryview(blob)
+    parts: list = []
+    pos = removed = 0
+    for start, length in sorted(spans):
+        if start < max(pos, hdr.off_dt_struct) + 12 or start + length > struct_end or start % 4:
+            raise InputError(f"malformed device tree: property value at {start:#x} is not in the struct block")
+        if struct.unpack_from(">I", blob, start - 8)[0] != length:
+            raise InputError(f"malformed device tree: property value at {start:#x} has another length")
+        parts += [view[pos:start - 8], b"\0\0\0\0", view[start - 4:start]]
+        pos = start + _align4(length)
+        removed += _align4(length)
+    parts.append(view[pos:hdr.totalsize])
+    out = bytearray().join(parts)
+
+    def moved(off: int) -> int:
+        return off - removed if off >= struct_end else off
+
+    struct.pack_into(">10I", out, 0, hdr.magic, hdr.totalsize - removed, hdr.off_dt_struct,
+                     moved(hdr.off_dt_strings), moved(hdr.off_mem_rsvmap), hdr.version, hdr.last_comp_version,
+                     hdr.boot_cpuid_phys, hdr.size_dt_strings, hdr.size_dt_struct - removed)
+    return bytes(out)
+
+
+def with_values(tree: bytes | bytearray, values: list[tuple[int, object]]) -> list:
+    """The inverse of without_values for a tree whose blocks are in libfdt's order (memory
+    reservations, struct, strings, free space): each ``(offset, value)`` names an empty property
+    value at ``offset`` that gets ``value`` and zero padding. Returns the new tree as a list of
+    buffers, the values among them uncopied, byte for byte what ``fdt_setprop`` of each value (in
+    any order) gives on a tree resized by exactly their padded sizes, provided the padding libfdt
+    leaves is zeros: that holds when a value's length is a multiple of 4 or at least the size of the
+    tree (libfdt's padding bytes are whatever lay beyond the value in the tree before it grew, and
+    beyond the tree lies zeroed free space)."""
+    hdr = Header.parse(tree)
+    if not (hdr.off_mem_rsvmap <= hdr.off_dt_struct
+            and hdr.off_dt_struct + hdr.size_dt_struct <= hdr.off_dt_strings
+            and hdr.off_dt_strings + hdr.size_dt_strings <= hdr.totalsize == len(tree)):
+        raise ValueError("the tree's blocks are not in libfdt's order")
+    added = 0
+    for offset, value in values:
+        length = memoryview(value).nbytes
+        if not (length % 4 == 0 or length >= len(tree)):
+            raise ValueError("libfdt would not leave zero padding after this value")
+        if struct.unpack_from(">I", tree, offset - 8)[0] != 0:
+            raise ValueError(f"the property at {offset:#x} is not empty")
+        added += _align4(length)
+    head = bytearray(tree[:40])
+    struct.pack_into(">I", head, 4, hdr.totalsize + added)
+    struct.pack_into(">I", head, 12, hdr.off_dt_strings + added)
+    struct.pack_into(">I", head, 36, hdr.size_dt_struct + added)
+    view = memoryview(tree)
+    parts: list = [bytes(head)]
+    pos = 40
+    for offset, value in sorted(values, key=lambda item: item[0]):
+        length = memoryview(value).nbytes
+        parts += [view[pos:offset - 8], length.to_bytes(4, "big"), view[offset - 4:offset], value,
+                  b"\0" * (-length % 4)]
+        pos = offset
+    parts.append(view[pos:])
+    return parts

@@ -10,8 +10,10 @@ placeholder values of the right size collects the digests, then the real values 
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import libfdt
 from cryptography.exceptions import InvalidSignature
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from .. import __version__
+from ..atomic import FileRange
 from ..errors import InputError, UsageError, VerificationError
 from ..reproducible import source_date_epoch
 from . import fit_tree as t
@@ -47,9 +50,35 @@ class SignatureNode:
 
 @dataclass
 class SignedFit:
-    blob: bytes | bytearray
+    """The signed FIT as a list of buffers: the image data among them are views of the input (an
+    mmap of it when the caller mapped the file), never copied; ``chunks()`` streams them."""
+    parts: list
     signatures: list[SignatureNode]
     passes: int
+    source: object = None  # what the data views point into
+    starts: list = field(default_factory=list)  # per part: where it starts in source, or None
+
+    @property
+    def size(self) -> int:
+        return sum(memoryview(p).nbytes for p in self.parts)
+
+    @property
+    def blob(self) -> bytes:
+        return b"".join(self.chunks())
+
+    def chunks(self, source_fd: int | None = None) -> Iterator:
+        """The FIT in pieces of at most 8 MiB; pages of a mapped input are released behind. With
+        ``source_fd``, the open file ``source`` maps, the image data comes as FileRanges of it
+        instead, for write_file to copy inside the kernel."""
+        for i, part in enumerate(self.parts):
+            start = self.starts[i] if i < len(self.starts) else None
+            view = memoryview(part)
+            if start is None or view.nbytes <= _CHUNK:
+                yield part
+            elif source_fd is not None:
+                yield FileRange(source_fd, start, view.nbytes)
+            else:
+                yield from _chunks(self.source, start, view.nbytes)
 
 
 
@@ -69,15 +98,79 @@ class _Payloads:
     whose ``data`` values are empty and the payloads go back in once at the end."""
     views: dict[str, memoryview]
     external: _External | None
+    source: object = None  # the FIT the views point into
+    offsets: dict[str, int] = field(default_factory=dict)  # where each view starts in source
+    by_libfdt: bool = False  # taken out (and to be put back) through libfdt copies
 
     def total(self) -> int:
         return sum(len(v) for v in self.views.values())
 
 
-def split_payloads(blob: bytes) -> tuple[bytes, _Payloads]:
+_CHUNK = 8 << 20
+
+
+def _chunks(source, start: int, length: int) -> Iterator[memoryview]:
+    """``source[start:start + length]`` as views of at most 8 MiB. With an mmap, the pages of each
+    piece are dropped from this process once the consumer is done with it (the page cache keeps
+    them): memory stays flat however large the FIT."""
+    whole = memoryview(source)
+    mapped = isinstance(source, mmap.mmap)
+    end = start + length
+    for off in range(start, end, _CHUNK):
+        stop = min(off + _CHUNK, end)
+        piece = whole[off:stop]
+        yield piece
+        piece.release()
+        if mapped:
+            low = off - off % mmap.PAGESIZE
+            source.madvise(mmap.MADV_DONTNEED, low, stop - low)
+
+
+def split_payloads(blob) -> tuple[bytes, _Payloads]:
     """mkimage's fit_import_data (external data becomes ``data``; the tree is packed), with every
-    ``data`` value emptied and returned as zero-copy views of ``blob``."""
+    ``data`` value emptied and returned as zero-copy views of ``blob``.
+
+    The embedded values are cut out of the tree before libfdt sees it (without_values), so neither
+    the tree copies libfdt needs nor the edits copy the image data. A tree where that could differ
+    from libfdt (two nodes with one path, a node with two ``data`` properties) goes through libfdt."""
+    from .fdt_regions import node_names, value_spans, without_values
+    hdr = Header.parse(blob)
+    paths = node_names(blob)
+    spans = value_spans(blob, "data")
+    if len(set(paths)) != len(paths) or len({p for p, _, _ in spans}) != len(spans):
+        return _split_payloads_libfdt(blob)
+    source = memoryview(blob)
+    by_path = {p: (start, length) for p, start, length in spans}
+    images = [p.rsplit("/", 1)[1] for p in paths if p.startswith(t.IMAGES + "/") and p.count("/") == 2]
+    small = without_values(blob, [by_path[f"{t.IMAGES}/{n}"] for n in images if f"{t.IMAGES}/{n}" in by_path])
+    fdt = t.open_fdt(small)
+    views: dict[str, memoryview] = {}
+    offsets: dict[str, int] = {}
+    layout = None
+    for name in t.subnodes(fdt, t.IMAGES):
+        path = f"{t.IMAGES}/{name}"
+        if path in by_path:
+            start, length = by_path[path]
+        elif (span := t.external_span(fdt, len(blob), name, hdr.totalsize)) is not None:
+            start, length, mode = span
+            # mkimage -p positions are the first image's position plus aligned sizes.
+            layout = layout or _External(mode, start if mode == "position" else 0)
+        else:
+            continue
+        views[name], offsets[name] = source[start:start + length], start
+
+    def empty_data(work: libfdt.Fdt) -> None:
+        for name in views:
+            work.setprop(work.path_offset(f"{t.IMAGES}/{name}"), "data", b"")
+
+    tree = t.edit_tree(small, 16 * len(views) + 16, empty_data, "cannot take the image data out of the FIT")
+    return tree, _Payloads(views, layout, blob, offsets)
+
+
+def _split_payloads_libfdt(blob) -> tuple[bytes, _Payloads]:
+    """split_payloads through libfdt on the whole FIT (copies it)."""
     from .fdt_regions import property_spans
+    blob = bytes(blob)
     fdt = t.open_fdt(blob)
     source = memoryview(blob)
     spans = property_spans(blob, "data")
@@ -90,7 +183,6 @@ def split_payloads(blob: bytes) -> tuple[bytes, _Payloads]:
             views[name] = source[start:start + length]
         elif (span := t.external_span(fdt, len(blob), name)) is not None:
             start, size, mode = span
-            # mkimage -p positions are the first image's position plus aligned sizes.
             layout = layout or _External(mode, start if mode == "position" else 0)
             views[name] = source[start:start + size]
 
@@ -98,28 +190,29 @@ def split_payloads(blob: bytes) -> tuple[bytes, _Payloads]:
         for name in views:
             work.setprop(work.path_offset(f"{t.IMAGES}/{name}"), "data", b"")
 
-    del fdt  # the copy of a large FIT; edit_tree makes its own
+    del fdt
     tree = t.edit_tree(blob, 16 * len(views) + 16, empty_data, "cannot take the image data out of the FIT")
-    return tree, _Payloads(views, layout)
+    return tree, _Payloads(views, layout, blob, {}, by_libfdt=True)
 
 
-def join_payloads(tree: bytes, payloads: _Payloads) -> bytearray:
+def join_payloads(tree: bytes, payloads: _Payloads) -> list:
     """Put the data back: in place (same layout as if it had been there throughout), or after the
-    tree as mkimage -E / -p writes it."""
+    tree as mkimage -E / -p writes it. Returns the FIT as a list of buffers (the data uncopied)."""
     fdt = libfdt.Fdt(bytearray(tree))
     if payloads.external is None:
-        from .fdt_regions import property_spans
-        fdt.resize(fdt.totalsize() + sum((len(v) + 3) & ~3 for v in payloads.views.values()))
-        # libfdt lays the tree out around zero-filled values; the payloads are then copied into
-        # those values (pylibfdt only takes bytes, and a bytes copy of a large image is costly).
-        for name, view in payloads.views.items():
-            fdt.setprop(fdt.path_offset(f"{t.IMAGES}/{name}"), "data", bytes(len(view)))
-        out = fdt.as_bytearray()
-        spans = property_spans(out, "data")
-        for name, view in payloads.views.items():
-            start, length = spans[f"{t.IMAGES}/{name}"]
-            out[start:start + length] = view
-        return out
+        if payloads.by_libfdt:
+            return [_join_in_place_libfdt(fdt, payloads)]
+        from .fdt_regions import property_spans, with_values
+        # Values libfdt would pad with bytes of the old tree (short, unaligned ones) are set
+        # through libfdt, on a small tree; the others are spliced in as views.
+        small = {n: v for n, v in payloads.views.items() if len(v) % 4 and len(v) < len(tree)}
+        fdt.resize(fdt.totalsize() + sum((len(v) + 3) & ~3 for v in small.values()))
+        for name, view in small.items():
+            fdt.setprop(fdt.path_offset(f"{t.IMAGES}/{name}"), "data", bytes(view))
+        grown = bytes(fdt.as_bytearray())
+        spans = property_spans(grown, "data")
+        return with_values(grown, [(spans[f"{t.IMAGES}/{name}"][0], view)
+                                   for name, view in payloads.views.items() if name not in small])
     # mkimage's fit_extract_data: data-offset (or data-position) and data-size replace data.
     layout, buf_ptr, chunks = payloads.external, 0, []
     fdt.resize(fdt.totalsize() + 64 * len(payloads.views) + 64)  # data-offset/-position, data-size
@@ -143,9 +236,24 @@ def join_payloads(tree: bytes, payloads: _Payloads) -> bytearray:
         if layout.base < len(out):
             raise InputError(f"external data position {layout.base:#x} overlaps the signed tree ({len(out):#x} bytes)")
         out += b"\0" * (layout.base - len(out))
+    parts: list = [bytes(out)]
     for view, pad in chunks:
-        out += view
-        out += b"\0" * pad
+        parts += [view, b"\0" * pad]
+    return parts
+
+
+def _join_in_place_libfdt(fdt: libfdt.Fdt, payloads: _Payloads) -> bytearray:
+    from .fdt_regions import property_spans
+    fdt.resize(fdt.totalsize() + sum((len(v) + 3) & ~3 for v in payloads.views.values()))
+    # libfdt lays the tree out around zero-filled values; the payloads are then copied into
+    # those values (pylibfdt only takes bytes, and a bytes copy of a large image is costly).
+    for name, view in payloads.views.items():
+        fdt.setprop(fdt.path_offset(f"{t.IMAGES}/{name}"), "data", bytes(len(view)))
+    out = fdt.as_bytearray()
+    spans = property_spans(out, "data")
+    for name, view in payloads.views.items():
+        start, length = spans[f"{t.IMAGES}/{name}"]
+        out[start:start + length] = view
     return out
 
 
@@ -444,7 +552,14 @@ def sign_fit(blob: bytes, key, *, configs: Sequence[str] | None = None, key_name
         if progress:
             progress(done, total)
 
-    image_digests = {(i, a): t.digest(a, datas[i], step) for i, a in wanted}
+    # One pass over each image's data for all its hash algorithms, in pieces (see _chunks).
+    image_digests = {}
+    for image in dict.fromkeys(i for i, _ in wanted):
+        algos = [a for i, a in wanted if i == image]
+        view, start = datas[image], payloads.offsets.get(image)
+        pieces = _chunks(payloads.source, start, len(view)) if start is not None else [view]
+        found = t.digests(algos, pieces, lambda n, k=len(algos): step(n * k))
+        image_digests.update(((image, a), found[a]) for a in algos)
     del datas
 
     placeholder = b"\0" * _placeholder_len(key.public_key())
@@ -476,4 +591,6 @@ def sign_fit(blob: bytes, key, *, configs: Sequence[str] | None = None, key_name
 
     out = _run_pass(prepared, size_inc, plans, image_digests, real, timestamp, write_algo, comment)
     _self_check(out, plans, key.public_key())
-    return SignedFit(join_payloads(out, payloads), plans, passes)
+    parts = join_payloads(out, payloads)
+    starts = {id(v): payloads.offsets[n] for n, v in payloads.views.items() if n in payloads.offsets}
+    return SignedFit(parts, plans, passes, payloads.source, [starts.get(id(p)) for p in parts])

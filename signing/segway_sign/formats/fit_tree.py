@@ -126,9 +126,11 @@ def stringlist(value: bytes | None) -> list[str]:
     return [s.decode("utf-8", errors="replace") for s in value.rstrip(b"\0").split(b"\0")]
 
 
-def external_span(fdt: libfdt.Fdt, blob_len: int, name: str) -> tuple[int, int, str] | None:
+def external_span(fdt: libfdt.Fdt, blob_len: int, name: str,
+                  totalsize: int | None = None) -> tuple[int, int, str] | None:
     """Where an image's external data lies (mkimage -E: ``data-offset`` after the 4-byte aligned
-    tree; -p: absolute ``data-position``): (start, size, "offset"|"position"), or None."""
+    tree; -p: absolute ``data-position``): (start, size, "offset"|"position"), or None.
+    ``totalsize``: the FIT's tree size when ``fdt`` is a copy of it with values taken out."""
     path = f"{IMAGES}/{name}"
     size = getprop(fdt, path, "data-size")
     if size is None:
@@ -137,7 +139,8 @@ def external_span(fdt: libfdt.Fdt, blob_len: int, name: str) -> tuple[int, int, 
     if pos is not None:
         start, mode = int.from_bytes(pos, "big"), "position"
     elif off is not None:
-        start, mode = ((fdt.totalsize() + 3) & ~3) + int.from_bytes(off, "big"), "offset"
+        tree_size = fdt.totalsize() if totalsize is None else totalsize
+        start, mode = ((tree_size + 3) & ~3) + int.from_bytes(off, "big"), "offset"
     else:
         raise InputError(f"image {name} has data-size but no data-offset or data-position")
     length = int.from_bytes(size, "big")
@@ -160,18 +163,29 @@ def image_data(fdt: libfdt.Fdt, blob: bytes | bytearray, name: str) -> bytes:
 
 def digest(algo: str, data: bytes, progress: Progress | None = None) -> bytes:
     """A FIT hash-node value (U-Boot's calculate_hash)."""
-    if algo == "crc32":
-        return zlib.crc32(data).to_bytes(4, "big")
-    if algo not in ("md5", "sha1", "sha256", "sha384", "sha512"):
-        raise InputError(f"unsupported FIT hash algorithm {algo!r}")
-    h = hashlib.new(algo)
     view = memoryview(data)
     step = 8 << 20
-    for start in range(0, len(view), step):
-        h.update(view[start:start + step])
+    return digests([algo], (view[s:s + step] for s in range(0, len(view), step)), progress)[algo]
+
+
+def digests(algos: list[str], pieces, progress: Progress | None = None) -> dict[str, bytes]:
+    """FIT hash-node values of the data given as consecutive ``pieces``, every algorithm in one pass."""
+    for algo in algos:
+        if algo != "crc32" and algo not in ("md5", "sha1", "sha256", "sha384", "sha512"):
+            raise InputError(f"unsupported FIT hash algorithm {algo!r}")
+    hashers = {a: hashlib.new(a) for a in algos if a != "crc32"}
+    crc = 0 if "crc32" in algos else None
+    for piece in pieces:
+        for h in hashers.values():
+            h.update(piece)
+        if crc is not None:
+            crc = zlib.crc32(piece, crc)
         if progress:
-            progress(min(step, len(view) - start))
-    return h.digest()
+            progress(memoryview(piece).nbytes)
+    out = {a: h.digest() for a, h in hashers.items()}
+    if crc is not None:
+        out["crc32"] = crc.to_bytes(4, "big")
+    return out
 
 
 def conf_image_refs(fdt: libfdt.Fdt, conf: str, prop_names: Iterator[str] | None = None) -> list[tuple[str, str]]:

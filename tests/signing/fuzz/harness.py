@@ -224,6 +224,19 @@ def judge(case: Case, original: bytes, outcome: Outcome) -> Verdict:
     return Verdict("accepted-outside")
 
 
+def declaration_sees_change(inp, valid: bytes) -> bool:
+    """Whether ``inp``'s device declaration notices one byte flipped in the middle of the largest
+    range it declares (of the file, for a view)."""
+    if isinstance(inp.device, DeviceView):
+        pos = len(valid) // 2
+    else:
+        a, b = max(inp.device(valid), key=lambda r: r[1] - r[0])
+        pos = (a + b) // 2
+    flipped = valid[:pos] + bytes([valid[pos] ^ 0x01]) + valid[pos + 1:]
+    case = Case(0, inp, Mutation("bit-flip", f"0x{pos:x}.0", flipped), False)
+    return judge(case, valid, Outcome(0, "", "", 0.0)).status == "failure"
+
+
 @dataclass
 class Tally:
     cases: int = 0

@@ -28,9 +28,9 @@ from fuzz_targets import TARGETS  # noqa: E402
 from fuzz_targets.base import Shop  # noqa: E402
 from helpers import SoftHsmToken, forget_active_token  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
 CASES = int(os.environ.get("SEGWAY_FUZZ_CASES", "250"))
+# pytest.ini's 900 s per test holds the suite's run; a long run gets about 0.1 s per case more.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(900, round(CASES * 0.1) + 900))]
 SEED = int(os.environ.get("SEGWAY_FUZZ_SEED", str(mutator.SEED)), 0)
 # One case in SUBPROCESS_EVERY runs through the real CLI, up to SUBPROCESS_MAX per target.
 SUBPROCESS_EVERY = 15
@@ -82,8 +82,14 @@ def test_fuzz(shop, target, tmp_path):
     if target.token:  # in-process signing: this process's PKCS#11 layer, (re)started on the token
         forget_active_token()
         shop.token.activate()
+    built = time.monotonic()
     valid = _digest_tree(template)
     originals = {inp.path: (template / inp.path).read_bytes() for inp in target.inputs}
+
+    # Each declaration sees a change in what it declares (a byte flipped in the middle of it).
+    for inp in target.inputs:
+        if inp.device is not None:
+            assert harness.declaration_sees_change(inp, originals[inp.path]), (target.name, inp.path)
 
     # The valid inputs themselves are accepted, in-process and through the CLI.
     def in_process(argv, env):
@@ -116,13 +122,15 @@ def test_fuzz(shop, target, tmp_path):
         for case in cases:
             if not case.subprocess:
                 tally.add(*run_case(case))
+        in_process_done = time.monotonic()
         for future in futures:
             tally.add(*future.result())
 
     assert _digest_tree(template) == valid, "a command modified its input"
     seconds = time.monotonic() - started
     counts = tally.counts()
-    print(f"\n{target.name}: {json.dumps(counts)} in {seconds:.1f} s")
+    print(f"\n{target.name}: {json.dumps(counts)} in {seconds:.1f} s (build {built - started:.1f} s, "
+          f"in-process cases {in_process_done - built:.1f} s)")
     for what in tally.outside[:10]:
         print(f"  accepted, outside the device bytes: {what}")
     if REPORT:

@@ -23,7 +23,6 @@ A format added later joins the test with one module declaring its targets (see `
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -118,14 +117,13 @@ class Shop:
         return self.once("token-certs", make)
 
     def cli(self, args: list[str], env: dict | None = None) -> str:
-        """Run the real CLI (to make a valid input); it must succeed. Its stdout."""
-        from helpers import SEGWAY_SIGN
-        full = {**os.environ, **self.env(), **(env or {})}
-        res = subprocess.run([SEGWAY_SIGN, *args], env=full, capture_output=True, timeout=600,
-                             stdin=subprocess.DEVNULL)
-        if res.returncode != 0:
-            raise RuntimeError(f"segway-sign {' '.join(args)} failed: {res.stderr.decode()}")
-        return res.stdout.decode()
+        """Run the CLI (to make a valid input), in this process: it must succeed. Its stdout."""
+        from harness import in_process
+        self.token.activate()
+        res = in_process(args, {**self.env(), **(env or {})}, timeout=600)
+        if res.code != 0:
+            raise RuntimeError(f"segway-sign {' '.join(args)} failed: {res.traceback or res.stderr}")
+        return res.stdout
 
 
 def run(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:

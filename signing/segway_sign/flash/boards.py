@@ -8,90 +8,16 @@ writer (STM32CubeProgrammer TSV or uuu script) and the USB programming tool.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from ..errors import UsageError
 from . import layouts, tools
+from .board import FWU_METADATA, Board, BootImage, RawBootImage, RawPartition, Steps, WicSlot
 from .gpt import MIB, SECTOR
 
 # STM32MP1 first stage as in ST's wks (meta-st-stm32mp wic/sdcard-stm32mp157f-*-optee-1GB.wks.in) and
-# segway-image.bb: the FIP banks' partition type, and sgdisk's code for the other raw partitions.
+# segway-image.bb: the FIP banks' partition type (the other raw partitions: RAW_PARTITION_TYPE).
 STM32_FIP_TYPE = "19D5DF83-11B0-457B-BE2C-7559C13142A5"
-RAW_PARTITION_TYPE = "8301"
 # i.MX8M Mini/Quad: the ROM reads the boot image 33 KiB into the SD card / eMMC user area.
 IMX8M_BOOT_OFFSET = 33 * 1024
-# The payload key of a raw partition that holds the release's FWU metadata.
-FWU_METADATA = "fwu-metadata"
-
-
-@dataclass(frozen=True)
-class BootImage:
-    """A first-stage image: the release step that signs it and how its output file's name ends."""
-
-    step: str
-    suffixes: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class WicSlot:
-    """Where a boot image goes in the build's own wic: every GPT partition of these names that exists
-    (at least one of them unless the slot is optional)."""
-
-    names: tuple[str, ...]
-    image: str  # a key of Board.images
-    required: bool = True
-
-
-@dataclass(frozen=True)
-class RawPartition:
-    """A partition before the file systems in a disk built from the release."""
-
-    name: str
-    size: int
-    payload: str | None  # a key of Board.images, FWU_METADATA, or None: left empty (zeros)
-    type: str = RAW_PARTITION_TYPE  # sgdisk type code or GUID
-    fwu_bank: int | None = None  # unique GUID: the one the FWU metadata names for this bank
-
-
-@dataclass(frozen=True)
-class RawBootImage:
-    """A boot image the ROM reads at a fixed byte offset, before the first partition."""
-
-    image: str  # a key of Board.images
-    offset: int
-
-
-@dataclass(frozen=True)
-class Steps:
-    """Ids of the plan steps holding the artifacts every board flashes."""
-
-    disk: str = "disk"  # the build's wic, when the build deployed one
-    verity: str = "rootfs-verity"
-    fit: str = "kernel-fit"
-    fwu_metadata: str | None = None  # TF-A's FWU metadata, for boards whose TF-A needs it
-
-
-@dataclass(frozen=True)
-class Board:
-    name: str
-    title: str
-    images: dict[str, BootImage]  # looked up in this order
-    layout: layouts.CubeProgrammerLayout | layouts.UuuScript
-    usb: tools.Stm32Programmer | tools.Uuu
-    wic_slots: tuple[WicSlot, ...] = ()
-    raw_partitions: tuple[RawPartition, ...] = ()
-    raw_boot: RawBootImage | None = None
-    disk_start: int = 8 * MIB  # where the first partition of a built disk starts
-    steps: Steps = field(default_factory=Steps)
-
-    @property
-    def targets(self) -> tuple[str, ...]:
-        """Where the board can be flashed; the first is the default."""
-        return tuple(self.layout.targets)
-
-    @property
-    def script(self) -> str:
-        return f"flash-{self.name}"
 
 
 BOARDS: dict[str, Board] = {b.name: b for b in (

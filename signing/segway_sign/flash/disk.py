@@ -14,7 +14,8 @@ from pathlib import Path
 from ..errors import InputError
 from . import tools
 from .artifacts import Release
-from .boards import FWU_METADATA, Board, get
+from .board import FWU_METADATA, Board
+from .boards import get
 from .gpt import BOOT_NAMES, HASH_NAMES, KERNEL_NAMES, MIB, ROOTFS_NAMES, SECTOR, Partition, partition_to_file, read_gpt
 
 

@@ -13,17 +13,14 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from .artifacts import Release
+from .board import Board
 from .gpt import BOOT_NAMES, HASH_NAMES, ROOTFS_NAMES, extract_partition, read_gpt
 
-if TYPE_CHECKING:
-    from .boards import Board
 
-
-def _images(release: Release, board: "Board", allow_unsigned: bool) -> dict[str, Path]:
+def _images(release: Release, board: Board, allow_unsigned: bool) -> dict[str, Path]:
     return {key: release.boot_artifact(img.step, img.suffixes, allow_unsigned) for key, img in board.images.items()}
 
 
@@ -47,7 +44,7 @@ class CubeProgrammerLayout:
     def file_name(target: str) -> str:
         return f"flashlayout_{target}.tsv"
 
-    def text(self, release: Release, board: "Board", target: str, allow_unsigned: bool, wic: Path) -> str:
+    def text(self, release: Release, board: Board, target: str, allow_unsigned: bool, wic: Path) -> str:
         """The TSV ``STM32_Programmer_CLI -w`` takes."""
         if target not in self.targets:
             raise UsageError(f"target must be {' or '.join(self.targets)}")
@@ -83,7 +80,7 @@ class CubeProgrammerLayout:
         lines += ["\t".join([o, f"0x{i:02X}", n, t, p, off, b]) for o, i, n, t, p, off, b in rows]
         return "\n".join(lines) + "\n"
 
-    def prepare(self, release: Release, board: "Board", work: Path, wic: Path, allow_unsigned: bool) -> dict[str, Path]:
+    def prepare(self, release: Release, board: Board, work: Path, wic: Path, allow_unsigned: bool) -> dict[str, Path]:
         """A layout per target, the images it names, and each boot file system as ``<name>.img``."""
         out = {}
         for t in self.targets:
@@ -134,7 +131,7 @@ class UuuScript:
         lines.append("FB: done")
         return "\n".join(lines) + "\n"
 
-    def prepare(self, release: Release, board: "Board", work: Path, wic: Path, allow_unsigned: bool) -> dict[str, Path]:
+    def prepare(self, release: Release, board: Board, work: Path, wic: Path, allow_unsigned: bool) -> dict[str, Path]:
         """A script per target and the boot image it names."""
         img = board.images[self.image]
         boot = release.boot_artifact(img.step, img.suffixes, allow_unsigned)

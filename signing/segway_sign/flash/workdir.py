@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .artifacts import Release
-from .boards import Board, get
+from .board import Board
+from .boards import get
 from .disk import disk_name, signed_disk
 
 

@@ -10,7 +10,7 @@ Baselines use file keys, as the vendor tools need them:
 segway-sign runs in-process with the same file keys (library cost) and as the CLI with the keys in a
 SoftHSM token (what a build does). Prints the median of N runs and the ratio to the baseline.
 
-    .venv/bin/python benchmarks/hab.py [--runs N]
+    .venv/bin/python -m benchmarks.hab [--runs N]
 """
 
 from __future__ import annotations
@@ -18,20 +18,21 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP / "tests"))
 
+if not __package__:  # run as a file (benchmarks/NAME.py), not with -m: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yaml  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
 
+from benchmarks.timing import median_time  # noqa: E402
 from helpers import SoftHsmToken, run_cli  # noqa: E402  (test helpers: a real SoftHSM token)
 from segway_sign.formats import ahab, hab, hab_pki, hab_srk  # noqa: E402
 
@@ -46,15 +47,6 @@ int32_t get_key_file(const char *c, char *k)
   strcpy(k, c); if (l) memcpy(k + (l - c), "_key", 4); return 0; }
 int get_passcode_to_key_file(char *b, int s, int r, void *u) { (void)b; (void)s; (void)r; (void)u; return 0; }
 """
-
-
-def median_time(fn, runs: int) -> float:
-    samples = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
 
 
 def run(cmd, **kw):

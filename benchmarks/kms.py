@@ -4,7 +4,7 @@ tpm2-pytss signing on the same swtpm, in the same run.
 Prints p50/p99 latency and throughput for both paths and the gRPC/direct ratios; the target is
 p50(gRPC) <= 1.5 x p50(direct). A no-op gRPC call (health check on the same socket) is timed in the same
 run: direct + no-op is the floor any gRPC service in Python reaches, and what lies above it is the daemon's
-own work. Run: .venv/bin/python benchmarks/kms.py [--count 300]
+own work. Run: .venv/bin/python -m benchmarks.kms [--count 300]
 """
 from __future__ import annotations
 
@@ -20,17 +20,15 @@ from pathlib import Path
 TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP / "tests" / "kms"))
 
+if not __package__:  # run as a file (benchmarks/NAME.py), not with -m: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import Daemon, Swtpm, tpm_backend  # noqa: E402  (test helpers start swtpm and the daemon)
 import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2_grpc  # noqa: E402
 from segway_kms.api import kms_pb2 as pb  # noqa: E402
+from benchmarks.timing import percentile  # noqa: E402
 
 ALGS = {"EC_P256": ("ecc256", "ecdsa"), "RSA_2048": ("rsa2048", "rsassa")}
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def bench_noop(health_stub, count: int) -> list[float]:

@@ -9,7 +9,7 @@ Baselines use a file key, as the C tools need one:
 segway-sign runs in-process with a file key (library cost only) and as the CLI with the key in a
 SoftHSM token (what a build does). Prints the median of N runs and the ratio to the baseline.
 
-    .venv/bin/python benchmarks/stm32_fip.py [--runs N]
+    .venv/bin/python -m benchmarks.stm32_fip [--runs N]
 """
 
 from __future__ import annotations
@@ -17,15 +17,16 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+if not __package__:  # run as a file (benchmarks/NAME.py), not with -m: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import median_time
 from segway_sign.formats import fip, stm32
 from segway_sign.hsm import PinSource, devhsm, keygen, open_session
 
@@ -39,15 +40,6 @@ def run(args: list[str], env: dict | None = None) -> None:
     res = subprocess.run(args, capture_output=True, env=env, timeout=600)
     if res.returncode != 0:
         sys.exit(f"{args[0]} failed: {res.stderr.decode(errors='replace').strip()}")
-
-
-def median_time(func, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def make_token(root: Path) -> tuple[dict, str, Path]:

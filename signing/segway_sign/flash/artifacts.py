@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..formats import fwu_metadata as fwu
-from ..release.verify import load_certs_dir, verify_release
+from ..release.certs import load_certs_dir
+from ..release.verify import verify_release
 
 # Step types whose output a ROM or earlier stage authenticates; anything else is unsigned.
 SIGNED_BOOT_TYPES = {"stm32", "fip", "hab", "ahab"}

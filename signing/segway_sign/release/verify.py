@@ -10,7 +10,7 @@ from cryptography import x509
 from ..errors import InputError, SegwayError, VerificationError
 from . import manifest as mf
 from . import steps as registry
-from .certs import load_certs_dir  # noqa: F401  (the trusted certificates verify_release takes)
+
 from .steps.verity import check_carried_envs
 
 

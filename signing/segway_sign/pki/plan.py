@@ -10,7 +10,7 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from ..hsm.keygen import KEY_KINDS, RAW_KINDS
 from ..hsm.uri import Pkcs11Uri
 
@@ -51,8 +51,8 @@ def _uri(raw, where: str) -> Pkcs11Uri:
         raise InputError(f"{where}: token must be a pkcs11: URI string")
     try:
         return Pkcs11Uri.parse(raw)
-    except UnicodeDecodeError:
-        raise InputError(f"{where}: token URI {raw!r} does not decode to UTF-8") from None
+    except UsageError as err:  # in a plan file a bad URI is bad input, not a bad command line
+        raise InputError(f"{where}: token URI {raw!r}: {err}") from None
 
 
 def _subject(raw, where: str) -> dict[str, str]:

@@ -23,7 +23,9 @@ def describe_module(module_path: str | None, pin: PinSource) -> dict:
         try:
             tokens = [t for t in mod.lib.get_tokens() if initialized(t)]
         except PKCS11Error as err:
-            raise TokenError(f"cannot list tokens of {path}: {describe(err)}") from None
+            raise TokenError(f"cannot list tokens of {path}: {describe(err)}{mod.hint()}") from None
+    if not tokens:
+        mod.check_server()  # a remote module shows a dead server as no tokens at all
     have_pin = bool(pin.file or pin.env)
     report = {"module": path, "transport": mod.transport, "tokens": []}
     for tok in tokens:

@@ -11,7 +11,9 @@ session holds its module; a token key holds its session.
 from __future__ import annotations
 
 import os
+import socket
 import threading
+import urllib.parse
 from pathlib import Path
 from typing import Callable, Hashable, TypeVar
 
@@ -57,8 +59,73 @@ def _hint(kind: str) -> str:
     if kind == "pkcs11-proxy":
         return f" (is the pkcs11-daemon at PKCS11_PROXY_SOCKET={os.environ.get('PKCS11_PROXY_SOCKET')} reachable?)"
     if kind == "p11-kit":
-        return f" (is the p11-kit server at P11_KIT_SERVER_ADDRESS={os.environ.get('P11_KIT_SERVER_ADDRESS')} running?)"
+        return f" (is the p11-kit server at {_p11kit_address()[0]} running?)"
     return ""
+
+
+def _p11kit_address() -> tuple[str, str]:
+    """How to name the p11-kit server's address, and the address itself (p11-kit-client's default
+    when P11_KIT_SERVER_ADDRESS is not set)."""
+    address = os.environ.get("P11_KIT_SERVER_ADDRESS")
+    if address:
+        return f"P11_KIT_SERVER_ADDRESS={address}", address
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    default = f"unix:path={runtime}/p11-kit/pkcs11"
+    return f"{default} (P11_KIT_SERVER_ADDRESS is not set; the client's default)", default
+
+
+def _connect_error(family: int, address) -> str | None:
+    """Why a connection to ``address`` fails, or None when something accepts it."""
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        try:
+            sock.connect(address)
+        except socket.timeout:
+            return "connection timed out"
+        except OSError as err:
+            return err.strerror or str(err)
+    return None
+
+
+def _proxy_target(value: str) -> tuple[int, object] | None:
+    """The socket family and address a PKCS11_PROXY_SOCKET value names (tcp://, tls://, ipc:// or a
+    path), or None for a form this probe does not know."""
+    for scheme in ("tcp://", "tls://"):
+        if value.startswith(scheme):
+            host, _, port = value[len(scheme):].rpartition(":")
+            if not port.isdigit():
+                return None
+            return socket.AF_INET6 if host.startswith("[") else socket.AF_INET, (host.strip("[]"), int(port))
+    if value.startswith("ipc://"):
+        return socket.AF_UNIX, value[len("ipc://"):]
+    if value.startswith("/"):
+        return socket.AF_UNIX, value
+    return None
+
+
+def unreachable_server(kind: str) -> str | None:
+    """For a remote transport: a one-line statement that its server did not answer, naming the
+    address and the variable it came from; None when it answers (or cannot be probed).
+
+    Remote client modules hide a dead server: p11-kit-client.so simply lists no slots."""
+    if kind == "p11-kit":
+        name, address = _p11kit_address()
+        if not address.startswith("unix:path="):
+            return None  # vsock and other forms: nothing to probe from here
+        path = urllib.parse.unquote(address[len("unix:path="):])
+        family, target, server = socket.AF_UNIX, path, "p11-kit server"
+    elif kind == "pkcs11-proxy":
+        value = os.environ.get("PKCS11_PROXY_SOCKET", "")
+        parsed = _proxy_target(value)
+        if parsed is None:
+            return None
+        (family, target), name, server = parsed, f"PKCS11_PROXY_SOCKET={value}", "pkcs11-daemon"
+    else:
+        return None
+    reason = _connect_error(family, target)
+    if reason is None:
+        return None
+    return f"the {server} at {name} did not answer ({reason})"
 
 
 class Module:
@@ -93,6 +160,12 @@ class Module:
 
     def hint(self) -> str:
         return _hint(self.transport)
+
+    def check_server(self) -> None:
+        """TokenError if this module's server (p11-kit server, pkcs11-daemon) does not answer."""
+        reason = unreachable_server(self.transport)
+        if reason is not None:
+            raise TokenError(f"{reason}; PKCS#11 module {self.path} sees no token")
 
     def reinitialize(self) -> None:
         """C_Finalize + C_Initialize: SoftHSM (also behind a p11-kit server, which starts one per

@@ -126,6 +126,7 @@ class TokenSession:
         wanted = ", ".join(f"{k}={v}" for k, v in (("token", u.token), ("serial", u.serial),
                                                     ("manufacturer", u.manufacturer), ("model", u.model)) if v)
         if not tokens:
+            self.module.check_server()  # a remote module shows a dead server as no tokens at all
             # SoftHSM shows no token while another process rewrites its token file at login, so
             # an empty match is retried like the other transient errors before it is reported.
             raise _Transient(f"no token matching {wanted or 'any'} in {self.module.path}")

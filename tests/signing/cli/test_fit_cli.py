@@ -120,7 +120,7 @@ def test_errors_are_one_line(signing, tmp_path, case):
     else:
         args += ["--module", P11KIT_CLIENT]
         env = {"P11_KIT_SERVER_ADDRESS": f"unix:path={tmp_path}/nothing.sock"}
-        words = []
+        words = [f"p11-kit server at P11_KIT_SERVER_ADDRESS=unix:path={tmp_path}/nothing.sock did not answer"]
     res = _sign(tok, key, src, out, *args, env=env)
     failed(res, *words, code=2 if case in ("pin-in-uri", "slot") else 1)
     assert not out.exists() and not list(tmp_path.glob(".out.itb.*"))

@@ -6,6 +6,7 @@ Every ``SegwayError`` becomes ``segway-sign: error: <message>`` and its exit cod
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 
 import click
@@ -42,25 +43,41 @@ def one_line(message: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def json_requested(argv: list[str]) -> bool:
+    """Whether the command line asks for JSON (``--json`` before any ``--``)."""
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+
+
+_as_json = False
+
+
+def _json_error(message: object, code: int) -> None:
+    """With --json, a failure is also a JSON object on stdout (the one line stays on stderr)."""
+    if _as_json:
+        click.echo(json.dumps({"error": one_line(message), "exit_code": code}, indent=2, sort_keys=True))
+
+
 def _fail(message: object, code: int) -> None:
+    _json_error(message, code)
     click.echo(f"segway-sign: error: {one_line(message)}", err=True)
     sys.exit(code)
 
 
 def main() -> None:
+    global _as_json
+    _as_json = json_requested(sys.argv[1:])
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("segway-sign: error: aborted", err=True)
-        sys.exit(1)
+        _fail("aborted", 1)
     except click.ClickException as err:
+        _json_error(err.format_message(), err.exit_code)
         err.show()
         sys.exit(err.exit_code)
     except SegwayError as err:
         _fail(err, err.exit_code)
     except KeyboardInterrupt:
-        click.echo("segway-sign: error: interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted", 130)
     except RecursionError:  # a nesting no parser should have followed
         _fail("input nested too deeply", 1)
     except MemoryError:

@@ -14,7 +14,7 @@ file the command reads (``Input``):
 - ``hot``: ranges to hit more often than the rest (headers, metadata — not the payload's bytes);
 - ``text``: "yaml", "json" or "env" for text inputs;
 - ``canonical(valid, data)``: what the device makes of the bytes before acting on them, where several
-  encodings mean the same to it (e.g. libfdt treats every FDT version from 17 up alike); applied to
+  encodings mean the same to it (e.g. TF-A only tests a FIP's serial number for zero); applied to
   both the valid and the mutated input before their device bytes are compared (``valid`` gives the
   positions).
 

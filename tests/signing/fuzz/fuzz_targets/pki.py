@@ -37,7 +37,7 @@ def _build(shop: Shop, case: Path) -> None:
 
 
 def _argv(shop: Shop, case: Path) -> list[str]:
-    return ["pki", "init", str(case / "plan.yaml"), "--out", str(case / "pki"), "--replace-keys", "--json",
+    return ["pki", "init", str(case / "plan.yaml"), "--out", str(case / "pki"), "--replace-keys", "--yes", "--json",
             *shop.pin]
 
 

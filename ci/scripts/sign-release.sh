@@ -8,7 +8,7 @@
 #   SEGWAY_DEPLOY_DIR          deploy dir of the build job (read only)
 #   SEGWAY_RELEASE_DIR         release directory to create
 #   SEGWAY_PKCS11_MODULE       libpkcs11-proxy.so in CI (p11-kit-client.so in tests)
-#   SEGWAY_HSM_PIN_FILE        file variable: the token user PIN
+#   SEGWAY_PIN_FILE            file variable: the token user PIN
 #   pkcs11-proxy only:
 #     PKCS11_PROXY_SOCKET        tls://host:port of the pkcs11-daemon
 #     PKCS11_PROXY_TLS_PSK_FILE  file variable: "identity:hexkey", one line, this runner's PSK
@@ -31,8 +31,8 @@ secret_file() {
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
 for v in SEGWAY_MACHINE SEGWAY_DEPLOY_DIR SEGWAY_RELEASE_DIR SEGWAY_PKCS11_MODULE; do need "$v"; done
-secret_file SEGWAY_HSM_PIN_FILE
-[ -z "${SEGWAY_HSM_PIN:-}" ] || fail "SEGWAY_HSM_PIN is set: pass the PIN only as the file variable SEGWAY_HSM_PIN_FILE"
+secret_file SEGWAY_PIN_FILE
+[ -z "${SEGWAY_PIN:-}" ] || fail "SEGWAY_PIN is set: pass the PIN only as the file variable SEGWAY_PIN_FILE"
 
 case "$(basename "$SEGWAY_PKCS11_MODULE")" in
     libpkcs11-proxy*)
@@ -59,5 +59,5 @@ certs=${SEGWAY_CERTS_DIR:-$top/conf/signing/certs}
 sign=${SEGWAY_SIGN:-segway-sign}
 
 "$sign" release --plan "$plan" --deploy-dir "$SEGWAY_DEPLOY_DIR" --out "$SEGWAY_RELEASE_DIR" \
-    --certs "$certs" --pin-file "$SEGWAY_HSM_PIN_FILE" --no-progress --json
+    --certs "$certs" --pin-file "$SEGWAY_PIN_FILE" --no-progress --json
 "$sign" release verify --certs "$certs" "$SEGWAY_RELEASE_DIR"

@@ -56,10 +56,10 @@ def segway_token_args(env):
     args = []
     if env.get("SEGWAY_PKCS11_MODULE"):
         args += ["--module", env["SEGWAY_PKCS11_MODULE"]]
-    if env.get("SEGWAY_HSM_PIN_FILE"):
-        args += ["--pin-file", env["SEGWAY_HSM_PIN_FILE"]]
-    elif env.get("SEGWAY_HSM_PIN"):
-        args += ["--pin-env", "SEGWAY_HSM_PIN"]
+    if env.get("SEGWAY_PIN_FILE"):
+        args += ["--pin-file", env["SEGWAY_PIN_FILE"]]
+    elif env.get("SEGWAY_PIN"):
+        args += ["--pin-env", "SEGWAY_PIN"]
     return args
 
 def segway_sign_record(d, kind, argv, inputs, output, cert_var):

@@ -212,7 +212,7 @@ def test_sign_jobs_hsm_runner_resource_group_and_proxy_module(doc, all_jobs):
         module = job["variables"]["SEGWAY_PKCS11_MODULE"]
         assert Path(module).name == "libpkcs11-proxy.so" and module in containerfile
         # Secrets never live in the YAML: they are protected, masked File variables.
-        for secret in ("SEGWAY_HSM_PIN_FILE", "SEGWAY_HSM_PIN", "PKCS11_PROXY_TLS_PSK_FILE", "PKCS11_PROXY_SOCKET"):
+        for secret in ("SEGWAY_PIN_FILE", "SEGWAY_PIN", "PKCS11_PROXY_TLS_PSK_FILE", "PKCS11_PROXY_SOCKET"):
             assert secret not in job["variables"] and secret not in doc.get("variables", {})
         assert job["script"] == ["ci/scripts/sign-release.sh"]
         assert "signing" in expand(job["image"]["name"], job_vars(doc, job))

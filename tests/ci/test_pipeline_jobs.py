@@ -81,7 +81,7 @@ def test_sign_job_signs_a_deferred_build_through_p11kit(ci, segway_dev, tmp_path
         "CI_PROJECT_DIR": str(ci.root),
         # The runner's side of the contract: module, PIN file variable, the token's address.
         "SEGWAY_PKCS11_MODULE": tok.module, "P11_KIT_SERVER_ADDRESS": tok.env["P11_KIT_SERVER_ADDRESS"],
-        "SEGWAY_HSM_PIN_FILE": str(tok.pin_file), "SEGWAY_CERTS_DIR": str(certs), NESTED: "1",
+        "SEGWAY_PIN_FILE": str(tok.pin_file), "SEGWAY_CERTS_DIR": str(certs), NESTED: "1",
     }, timeout=300)
     log = r.stdout + r.stderr
     assert r.returncode == 0, log

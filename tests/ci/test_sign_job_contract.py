@@ -29,7 +29,7 @@ def env(tmp_path):
         "SEGWAY_DEPLOY_DIR": str(tmp_path / "deploy"),
         "SEGWAY_RELEASE_DIR": str(tmp_path / "release"),
         "SEGWAY_PKCS11_MODULE": "/usr/lib/x86_64-linux-gnu/libpkcs11-proxy.so",
-        "SEGWAY_HSM_PIN_FILE": secret(tmp_path / "pin", "123456\n"),
+        "SEGWAY_PIN_FILE": secret(tmp_path / "pin", "123456\n"),
         "PKCS11_PROXY_SOCKET": "tls://hsm.example:2345",
         "PKCS11_PROXY_TLS_PSK_FILE": secret(tmp_path / "psk", "runner-1:" + "ab" * 32 + "\n"),
     })
@@ -41,11 +41,11 @@ def run(env) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda e, t: e.pop("SEGWAY_HSM_PIN_FILE"), "SEGWAY_HSM_PIN_FILE is not set"),
-    (lambda e, t: e.update(SEGWAY_HSM_PIN_FILE="123456"), "must name a file (a GitLab variable of type File)"),
-    (lambda e, t: e.update(SEGWAY_HSM_PIN_FILE=secret(t / "p2", "1234", 0o644)), "readable by others"),
-    (lambda e, t: e.update(SEGWAY_HSM_PIN_FILE=secret(t / "p3", "")), "empty file"),
-    (lambda e, t: e.update(SEGWAY_HSM_PIN="123456"), "pass the PIN only as the file variable"),
+    (lambda e, t: e.pop("SEGWAY_PIN_FILE"), "SEGWAY_PIN_FILE is not set"),
+    (lambda e, t: e.update(SEGWAY_PIN_FILE="123456"), "must name a file (a GitLab variable of type File)"),
+    (lambda e, t: e.update(SEGWAY_PIN_FILE=secret(t / "p2", "1234", 0o644)), "readable by others"),
+    (lambda e, t: e.update(SEGWAY_PIN_FILE=secret(t / "p3", "")), "empty file"),
+    (lambda e, t: e.update(SEGWAY_PIN="123456"), "pass the PIN only as the file variable"),
     (lambda e, t: e.pop("PKCS11_PROXY_SOCKET"), "PKCS11_PROXY_SOCKET is not set"),
     (lambda e, t: e.update(PKCS11_PROXY_SOCKET="tcp://hsm:2345"), "must be tls://host:port"),
     (lambda e, t: e.pop("PKCS11_PROXY_TLS_PSK_FILE"), "PKCS11_PROXY_TLS_PSK_FILE is not set"),

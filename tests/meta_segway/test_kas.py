@@ -23,7 +23,7 @@ FRAGMENTS = ["signing-hsm.yml", "testimage.yml", "release.yml", "ci.yml"]
 WRYNOSE = {("qemuarm64.yml", "wrynose.yml"): "qemuarm64-secureboot",
            ("qemuarm.yml", "wrynose.yml"): "qemuarm-secureboot",
            ("wrynose-imx8mm.yml",): "imx8mm-lpddr4-evk"}
-SECRETS = ("PKCS11_PROXY_SOCKET", "PKCS11_PROXY_TLS_PSK_FILE", "SEGWAY_HSM_PIN_FILE", "SEGWAY_PKCS11_MODULE",
+SECRETS = ("PKCS11_PROXY_SOCKET", "PKCS11_PROXY_TLS_PSK_FILE", "SEGWAY_PIN_FILE", "SEGWAY_PKCS11_MODULE",
            "P11_KIT_SERVER_ADDRESS")
 
 

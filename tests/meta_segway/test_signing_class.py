@@ -73,10 +73,10 @@ def test_every_signing_task_depends_on_a_fingerprint():
 
 def test_token_args_keep_the_pin_off_the_command_line():
     f = class_functions("segway_cert.bbclass", "segway_sign.bbclass")
-    args = f["segway_token_args"]({"SEGWAY_PKCS11_MODULE": "/usr/lib/libpkcs11-proxy.so", "SEGWAY_HSM_PIN": "123456"})
-    assert args == ["--module", "/usr/lib/libpkcs11-proxy.so", "--pin-env", "SEGWAY_HSM_PIN"]
+    args = f["segway_token_args"]({"SEGWAY_PKCS11_MODULE": "/usr/lib/libpkcs11-proxy.so", "SEGWAY_PIN": "123456"})
+    assert args == ["--module", "/usr/lib/libpkcs11-proxy.so", "--pin-env", "SEGWAY_PIN"]
     assert "123456" not in args
-    args = f["segway_token_args"]({"SEGWAY_HSM_PIN_FILE": "/run/secrets/pin", "SEGWAY_HSM_PIN": "123456"})
+    args = f["segway_token_args"]({"SEGWAY_PIN_FILE": "/run/secrets/pin", "SEGWAY_PIN": "123456"})
     assert args == ["--pin-file", "/run/secrets/pin"]
 
 
@@ -85,12 +85,12 @@ def test_environment_comes_from_the_original_environment():
     origenv = datastore(PKCS11_PROXY_SOCKET="tls://hsm:2345", PKCS11_PROXY_TLS_PSK_FILE="/run/psk",
                         UNRELATED="x")
     d = datastore(PATH="/sysroot/bin:/usr/bin", WORKDIR="/work",
-                  SEGWAY_SIGN_ENV_VARS="PKCS11_PROXY_SOCKET PKCS11_PROXY_TLS_PSK_FILE SEGWAY_HSM_PIN_FILE")
+                  SEGWAY_SIGN_ENV_VARS="PKCS11_PROXY_SOCKET PKCS11_PROXY_TLS_PSK_FILE SEGWAY_PIN_FILE")
     d.setVar("BB_ORIGENV", origenv)
     env = f["segway_sign_environment"](d)
     assert env["PKCS11_PROXY_SOCKET"] == "tls://hsm:2345"
     assert env["PKCS11_PROXY_TLS_PSK_FILE"] == "/run/psk"
-    assert "UNRELATED" not in env and "SEGWAY_HSM_PIN_FILE" not in env
+    assert "UNRELATED" not in env and "SEGWAY_PIN_FILE" not in env
     assert env["PATH"] == "/sysroot/bin:/usr/bin"
 
 
@@ -171,9 +171,9 @@ def test_hsm_mode_passes_token_options_and_lock(tmp_path, fatal):
     (tmp_path / "in").write_bytes(b"x")
     out = tmp_path / "out"
     write_tool(tmp_path, 'printf "%%s\\n" "$@" > %s/argv; echo signed > %s\n' % (tmp_path, out))
-    origenv = datastore(SEGWAY_HSM_PIN_FILE="/run/pin", SEGWAY_PKCS11_MODULE="/lib/p11.so")
+    origenv = datastore(SEGWAY_PIN_FILE="/run/pin", SEGWAY_PKCS11_MODULE="/lib/p11.so")
     d.setVar("BB_ORIGENV", origenv)
-    d.setVar("SEGWAY_SIGN_ENV_VARS", "SEGWAY_HSM_PIN_FILE SEGWAY_PKCS11_MODULE")
+    d.setVar("SEGWAY_SIGN_ENV_VARS", "SEGWAY_PIN_FILE SEGWAY_PKCS11_MODULE")
     f["segway_sign"](d, "fit", ["fit", "sign", "--in", "in"], [str(tmp_path / "in")], str(out), "SEGWAY_FIT_CERT")
     assert (tmp_path / "argv").read_text().split() == ["fit", "sign", "--in", "in", "--module", "/lib/p11.so",
                                                       "--pin-file", "/run/pin"]
@@ -191,9 +191,9 @@ def test_fit_pubkey_comes_from_the_certificate_in_both_modes(tmp_path, fatal, mo
     f, d = signing_datastore(tmp_path, mode)
     d.setVar("PATH", segway_sign_bindir() + ":/usr/bin:/bin")
     d.setVar("SEGWAY_FIT_KEY_NAME", "fit-dev")
-    origenv = datastore(SEGWAY_HSM_PIN_FILE="/run/pin", SEGWAY_PKCS11_MODULE=str(tmp_path / "no-module.so"))
+    origenv = datastore(SEGWAY_PIN_FILE="/run/pin", SEGWAY_PKCS11_MODULE=str(tmp_path / "no-module.so"))
     d.setVar("BB_ORIGENV", origenv)
-    d.setVar("SEGWAY_SIGN_ENV_VARS", "SEGWAY_HSM_PIN_FILE SEGWAY_PKCS11_MODULE")
+    d.setVar("SEGWAY_SIGN_ENV_VARS", "SEGWAY_PIN_FILE SEGWAY_PKCS11_MODULE")
     dtb = tmp_path / "u-boot.dtb"
     subprocess.run(["dtc", "-I", "dts", "-O", "dtb", "-o", str(dtb), "-"], input=b"/dts-v1/; / { model = \"q\"; };",
                    check=True)

@@ -79,7 +79,7 @@ def job_env(tmp_path, tok, psk, port, plan: Path, out: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGWAY_", "PKCS11_", "P11_KIT", "SOFTHSM"))}
     env.update({"SEGWAY_MACHINE": plan.stem, "SEGWAY_DEPLOY_DIR": str(tmp_path / "deploy"),
                 "SEGWAY_RELEASE_DIR": str(out), "SEGWAY_PKCS11_MODULE": str(CLIENT),
-                "SEGWAY_HSM_PIN_FILE": str(tok.pin_file), "SEGWAY_CERTS_DIR": str(tmp_path / "certs"),
+                "SEGWAY_PIN_FILE": str(tok.pin_file), "SEGWAY_CERTS_DIR": str(tmp_path / "certs"),
                 "SEGWAY_SIGN": SEGWAY_SIGN, "PKCS11_PROXY_SOCKET": f"tls://127.0.0.1:{port}",
                 "PKCS11_PROXY_TLS_PSK_FILE": str(psk), "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"})
     return env

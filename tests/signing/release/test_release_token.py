@@ -31,7 +31,7 @@ def ci_env(tok, tmp_path: Path, machine_plan: Path, out: Path) -> dict:
         "SEGWAY_DEPLOY_DIR": str(tmp_path / "deploy"),
         "SEGWAY_RELEASE_DIR": str(out),
         "SEGWAY_PKCS11_MODULE": tok.module,
-        "SEGWAY_HSM_PIN_FILE": str(tok.pin_file),
+        "SEGWAY_PIN_FILE": str(tok.pin_file),
         "SEGWAY_CERTS_DIR": str(tmp_path / "certs"),
         "SEGWAY_SIGN": SEGWAY_SIGN,
         "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import stat
 import struct
 import uuid as uuidlib
@@ -377,11 +378,10 @@ def _pread_exact(fd: int, buf: bytearray, want: int, offset: int) -> memoryview:
 
 
 def _hash_blocks_to(fd_in: int, first_block: int, n_blocks: int, hasher: "_BlockHasher", fd_out: int,
-                    dst: int, progress: Progress | None) -> None:
+                    dst: int, buf: bytearray) -> None:
     """Level-0 entries of data blocks [first_block, first_block + n_blocks), written at ``dst``."""
     bs = hasher.block_size
-    per_chunk = max(1, CHUNK_BYTES // bs)
-    buf = bytearray(per_chunk * bs)
+    per_chunk = len(buf) // bs
     done = 0
     while done < n_blocks:
         count = min(per_chunk, n_blocks - done)
@@ -391,45 +391,75 @@ def _hash_blocks_to(fd_in: int, first_block: int, n_blocks: int, hasher: "_Block
             n = os.pwrite(fd_out, view, dst)
             view, dst = view[n:], dst + n
         done += count
+
+
+def _hash_pieces(queue: int, fd_in: int, blocks: int, piece_blocks: int, hasher: "_BlockHasher", fd_out: int,
+                 dst_offset: int, progress: Progress | None) -> int:
+    """Take piece numbers from the pipe ``queue`` until it is empty and hash each piece; returns the
+    number of blocks hashed. Reads of 4 bytes from a pipe holding only 4-byte records are atomic, so
+    each piece goes to exactly one process."""
+    buf = bytearray(max(1, CHUNK_BYTES // hasher.block_size) * hasher.block_size)
+    hashed = 0
+    while True:
+        record = os.read(queue, 4)
+        if not record:
+            return hashed
+        first = int.from_bytes(record, "little") * piece_blocks
+        count = min(piece_blocks, blocks - first)
+        _hash_blocks_to(fd_in, first, count, hasher, fd_out, dst_offset + first * hasher.entry_size, buf)
+        hashed += count
         if progress:
-            progress(count * bs)
+            progress(count * hasher.block_size)
 
 
 def _hash_data_level_parallel(data, blocks, hasher, out, dst_offset, dst_blocks, hbs, progress) -> None:
-    """Level 0 in two processes: this one hashes the first half, a forked child the second half; each
-    writes its own range of entries with pwrite. The child never returns into Python code: it exits
-    with os._exit (status 0, 3 for a short read, 1 otherwise)."""
-    entry = hasher.entry_size
-    half = blocks // 2
+    """Level 0 in two processes, this one and a forked child, sharing out pieces of the data through a
+    pipe (whoever is free takes the next piece, so a busy CPU does not hold the other back); each
+    writes the level-0 entries of its pieces at their place with pwrite. The child never returns
+    into Python code: it exits with os._exit (status 0, 3 for a short read, 1 otherwise)."""
+    bs = hasher.block_size
+    chunk_blocks = max(1, CHUNK_BYTES // bs)
+    # Whole read chunks per piece, and at most 1024 pieces: their numbers fit in the pipe at once.
+    piece_blocks = chunk_blocks * max(1, -(-blocks // (chunk_blocks * 1024)))
+    pieces = -(-blocks // piece_blocks)
     out.flush()
     fd_in, fd_out = data.fileno(), out.fileno()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        status = 1
-        try:
-            _hash_blocks_to(fd_in, half, blocks - half, hasher, fd_out, dst_offset + half * entry, None)
-            status = 0
-        except InputError:
-            status = 3
-        except BaseException:
-            status = 1
-        finally:
-            os._exit(status)
+    queue, feed = os.pipe()
     try:
-        _hash_blocks_to(fd_in, 0, half, hasher, fd_out, dst_offset, progress)
-    except BaseException:
-        _reap(pid)
-        raise
+        os.write(feed, b"".join(i.to_bytes(4, "little") for i in range(pieces)))
+    finally:
+        os.close(feed)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            status = 1
+            try:
+                _hash_pieces(queue, fd_in, blocks, piece_blocks, hasher, fd_out, dst_offset, None)
+                status = 0
+            except InputError:
+                status = 3
+            except BaseException:
+                status = 1
+            finally:
+                os._exit(status)
+        try:
+            mine = _hash_pieces(queue, fd_in, blocks, piece_blocks, hasher, fd_out, dst_offset, progress)
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+            raise
+    finally:
+        os.close(queue)
     code = _reap(pid)
     if code == 3:
         raise InputError("the data image shrank while it was being read")
     if code != 0:
-        raise SegwayError(f"hashing the second half of the data failed (worker status {code})")
+        raise SegwayError(f"hashing part of the data failed (worker status {code})")
     if progress:
-        progress((blocks - half) * hasher.block_size)
-    tail = dst_blocks * hbs - blocks * entry
+        progress((blocks - mine) * bs)
+    tail = dst_blocks * hbs - blocks * hasher.entry_size
     if tail:
-        os.pwrite(fd_out, b"\0" * tail, dst_offset + blocks * entry)
+        os.pwrite(fd_out, b"\0" * tail, dst_offset + blocks * hasher.entry_size)
 
 
 def _reap(pid: int) -> int:

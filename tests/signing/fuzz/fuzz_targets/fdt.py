@@ -32,9 +32,6 @@ class Tree:
     props: list[Prop]
     nodes: list[tuple[str, int]]  # (path, offset of FDT_BEGIN_NODE)
 
-    def prop(self, node: str, name: str) -> Prop | None:
-        return next((p for p in self.props if p.node == node and p.name == name), None)
-
 
 def _align(n: int) -> int:
     return (n + 3) & ~3

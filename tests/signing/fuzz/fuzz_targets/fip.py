@@ -94,5 +94,6 @@ def _argv(shop: Shop, case: Path) -> list[str]:
 
 
 TARGETS = [
-    Target("fip verify", (Input("fip.bin", device_bytes, fields=fields, hot=hot, weight=8, canonical=canonical), PKH), _build, _argv),
+    Target("fip verify", (Input("fip.bin", device_bytes, fields=fields, hot=hot, weight=8, canonical=canonical), PKH),
+           _build, _argv),
 ]

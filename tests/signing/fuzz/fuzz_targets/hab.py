@@ -105,7 +105,8 @@ def imx8m_device_bytes(image: bytes) -> list[tuple[int, int]]:
     spl = ivts(image)[0]
     start, fit_ivt = _fit_part(image)
     tree = fdt.parse(image[start:])
-    out = _loader(image, spl) + [(start, start + tree.header["totalsize"]), (fit_ivt["offset"], fit_ivt["offset"] + 0x20)]
+    out = _loader(image, spl) + [(start, start + tree.header["totalsize"]),
+                                 (fit_ivt["offset"], fit_ivt["offset"] + 0x20)]
     props: dict[str, dict[str, bytes]] = {}
     for p in tree.props:
         props.setdefault(p.node, {})[p.name] = image[start + p.value:start + p.end]
@@ -122,9 +123,9 @@ def imx8m_device_bytes(image: bytes) -> list[tuple[int, int]]:
 
 def imx_fields(image: bytes) -> list[Field]:
     ivt = ivts(image)[0]
-    (bd,) = [ivt["offset"] + ivt["boot_data"] - ivt["self"]]
-    return ivt_fields(ivt) + [Field(bd + 4, 4, "little", "boot data length"), Field(bd, 4, "little", "boot data start")] \
-        + csf_fields(image, ivt["csf_offset"])
+    bd = ivt["offset"] + ivt["boot_data"] - ivt["self"]
+    return ivt_fields(ivt) + [Field(bd + 4, 4, "little", "boot data length"),
+                              Field(bd, 4, "little", "boot data start")] + csf_fields(image, ivt["csf_offset"])
 
 
 def imx8m_fields(image: bytes) -> list[Field]:

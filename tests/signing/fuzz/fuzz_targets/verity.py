@@ -49,7 +49,7 @@ def _argv(shop: Shop, case: Path) -> list[str]:
     return ["verity", "verify", "--certs", str(case / "certs"), str(case / "out")]
 
 
-def targets_for(layout: str) -> list[Input]:
+def _inputs(layout: str) -> list[Input]:
     env = "out/verity.env"
     files = {"separate": [("out/rootfs.hashtree", "hash", 3), ("rootfs.img", "data", 2)],
              "appended": [("out/rootfs.verity.img", "image", 5)]}[layout]
@@ -116,6 +116,6 @@ def _tree_hot(role: str):
 
 
 TARGETS = [
-    Target("verity verify", tuple(targets_for("separate")), _build(False), _argv),
-    Target("verity verify (appended)", tuple(targets_for("appended")), _build(True), _argv),
+    Target("verity verify", tuple(_inputs("separate")), _build(False), _argv),
+    Target("verity verify (appended)", tuple(_inputs("appended")), _build(True), _argv),
 ]

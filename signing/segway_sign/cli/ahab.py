@@ -126,7 +126,7 @@ def sign_cmd(in_path, out_path, srk_table, srk_index, key_uri, sgk_uri, sgk_perm
                                    revoke_mask, sgk, sgk_permissions, sgk_uuid)
     reports = [ahab.verify_container(signed, off, srk_table.read_bytes()) for off in done]
     write_file(out_path, signed, force=force)
-    result = {"output": str(out_path), "containers": [{**r, "offset": f"0x{r['offset']:x}"} for r in reports]}
+    result = {"output": str(out_path), "containers": [_container_json(r) for r in reports]}
     emit(result, as_json, f"signed {out_path}: containers " + ", ".join(f"0x{o:x}" for o in done)
          + (f" with an SGK certified by SRK {srk_index}" if sgk else f" with SRK {srk_index}"))
 
@@ -143,11 +143,19 @@ def verify_cmd(in_path, srk_table, offsets, as_json):
     image = _read_regular(in_path, "--in")
     table = _read_regular(srk_table, "--srk-table") if srk_table else None
     reports = ahab.verify_image(image, table, offsets)
-    result = {"input": str(in_path), "containers": [{**r, "offset": f"0x{r['offset']:x}"} for r in reports]}
+    result = {"input": str(in_path), "containers": [_container_json(r) for r in reports]}
     emit(result, as_json, f"OK {in_path}: " + ", ".join(
         f"0x{r['offset']:x} (NXP-signed, not checked)" if r.get("nxp") else
         f"0x{r['offset']:x} ({'SGK certified by ' if r.get('sgk') else ''}SRK {r['srk_index'] + 1})"
         for r in reports))
+
+
+def _container_json(report: dict) -> dict:
+    """A container report for --json: its offset in hex, its SRK numbered 1-4 as --srk-index is."""
+    out = {**report, "offset": f"0x{report['offset']:x}"}
+    if "srk_index" in out:
+        out["srk_index"] += 1
+    return out
 
 
 def _read_regular(path: Path, what: str) -> bytes:

@@ -65,6 +65,7 @@ def check_plan(plan: Plan, deploy_dir: Path, out_dir: Path, certs_dir: Path,
         if not set(step.options) <= stype.options:
             extra = ", ".join(sorted(set(step.options) - stype.options))
             raise InputError(f"step '{step.id}': unknown option(s) {extra} for type {step.type}")
+        stype.check_options(step)
     certs = {name: load_certificate(certs_dir / spec.cert) for name, spec in plan.keys.items()}
     deploy_files: dict[str, Path] = {}
     for step in plan.steps:

@@ -63,7 +63,9 @@ def test_ahab_flow_with_token_keys(softhsm, tmp_path):
             "--key", srks[2], *pin]
     signed = json.loads(ok(run_cli([*args, "--json"], token)))
     assert image.read_bytes() == before
-    assert signed["containers"][0]["srk_index"] == 2
+    assert signed["containers"][0]["srk_index"] == 3  # numbered as --srk-index
+    verified = json.loads(ok(run_cli(["ahab", "verify", "--in", str(out), "--srk-table", str(table), "--json"])))
+    assert verified["containers"][0]["srk_index"] == 3
     res = nxpimage(tmp_path, "ahab", "verify", "-f", FAMILY, "-b", str(out))
     assert res.returncode == 0 and "Overall  result: Succeeded" in res.stdout, res.stdout[-3000:]
     # SPSDK prints the SRK hash fuse values it expects: the words `ahab srk` printed.
@@ -103,7 +105,7 @@ def test_ahab_sign_with_sgk(softhsm, tmp_path):
                                     "--sgk-uuid", "00112233-4455-6677-8899-aabbccddeeff", "--json"], token)))
     container = signed["containers"][0]
     assert container["sgk"] and container["sgk_uuid"] == "00112233445566778899aabbccddeeff"
-    assert container["srk_index"] == 3 and container["digest"] == "sha384"
+    assert container["srk_index"] == 4 and container["digest"] == "sha384"
     if not NXPIMAGE_V1CERT.exists():
         pytest.fail(f"SPSDK 2.2 oracle missing: python3 -m venv .venv/oracle-spsdk-2.2 && "
                     f".venv/oracle-spsdk-2.2/bin/pip install spsdk==2.2.1 (looked for {NXPIMAGE_V1CERT})")

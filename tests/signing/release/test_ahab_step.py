@@ -38,7 +38,7 @@ def record(rel: Path, step_id: str = "boot") -> dict:
     return next(s for s in json.loads((rel / "manifest.json").read_text())["steps"] if s["id"] == step_id)
 
 
-def file_release(tmp_path: Path, unsigned: bytes, srk_index: int = 1, sgk: bool = False, options=None,
+def file_release(tmp_path: Path, unsigned: bytes, srk_index: int = 2, sgk: bool = False, options=None,
                  sign_with: int | None = None) -> tuple[Path, FileKeys, list]:
     """A release of the test deploy dir plus the AHAB image, with software keys behind pkcs11: URIs."""
     deploy = make_deploy(tmp_path)
@@ -47,7 +47,7 @@ def file_release(tmp_path: Path, unsigned: bytes, srk_index: int = 1, sgk: bool 
     srks = [ec.generate_private_key(ec.SECP256R1()) for _ in range(4)]
     (keys.certs / "ahab-srk-table.bin").write_bytes(ahab.srk_table([k.public_key() for k in srks], ca=sgk))
     uris = dict(keys.uris)
-    named = {"ahab-srk": srks[srk_index if sign_with is None else sign_with]}
+    named = {"ahab-srk": srks[srk_index - 1 if sign_with is None else sign_with]}  # srk_index counts from 1
     if sgk:
         named["ahab-sgk"] = ec.generate_private_key(ec.SECP256R1())
     for name, key in named.items():
@@ -73,10 +73,10 @@ def test_ahab_step_with_token_keys_through_the_cli(softhsm, tmp_path, unsigned, 
     uris = token_certs(tok, certs, names=("verity", "release", "ahab-srk"))
     others = [tok.open_key(tok.generate("p256", f"srk{i}")).public_key() for i in (1, 2, 4)]
     srk = tok.open_key(uris["ahab-srk"]).public_key()
-    table = ahab.srk_table([others[0], others[1], srk, others[2]])  # the token key is SRK 3 (index 2)
+    table = ahab.srk_table([others[0], others[1], srk, others[2]])  # the token key is SRK 3
     (certs / "ahab-srk-table.bin").write_bytes(table)
     doc = plan_doc(uris, [{"id": "boot", "type": "ahab", "key": "ahab-srk", "after": ["rootfs-verity"],
-                           "inputs": {"image": IMAGE}, "options": {"srk_index": 2, "soc": "imx93"}}])
+                           "inputs": {"image": IMAGE}, "options": {"srk_index": 3, "soc": "imx93"}}])
     plan = write_plan(tmp_path / "plan.yaml", doc)
     rel = tmp_path / "rel"
     pin = ["--pin-file", str(tok.pin_file)]
@@ -122,7 +122,7 @@ def test_ahab_step_with_token_keys_through_the_cli(softhsm, tmp_path, unsigned, 
 @pytest.mark.slow
 def test_ahab_step_with_an_sgk(tmp_path, unsigned, nxpimage_v1cert):
     """The SRK certifies an SGK (another plan key), which signs the container; spsdk 2.2 reads it."""
-    rel, keys, _ = file_release(tmp_path, unsigned, srk_index=0, sgk=True,
+    rel, keys, _ = file_release(tmp_path, unsigned, srk_index=1, sgk=True,
                                 options={"sgk_uuid": "00112233445566778899aabbccddeeff"})
     step = record(rel)
     assert step["details"]["sgk"] is True
@@ -134,7 +134,7 @@ def test_ahab_step_with_an_sgk(tmp_path, unsigned, nxpimage_v1cert):
 
 def test_ahab_step_verify_checks_the_plan(tmp_path, unsigned):
     """What the step's check compares with the signed manifest: signer, containers, trusted SRK."""
-    rel, keys, srks = file_release(tmp_path, unsigned, srk_index=1)
+    rel, keys, srks = file_release(tmp_path, unsigned, srk_index=2)
     certs = load_certs_dir(keys.certs)
     verify_release(rel, certs)
     step = record(rel)
@@ -143,7 +143,7 @@ def test_ahab_step_verify_checks_the_plan(tmp_path, unsigned):
         with pytest.raises(VerificationError, match=match):
             steps.get("ahab").verify(steps.VerifyContext("boot", rel / "boot", rec, trusted))
 
-    refused(step | {"options": step["options"] | {"srk_index": 0}}, "signed under SRK 2, not SRK 1")
+    refused(step | {"options": step["options"] | {"srk_index": 1}}, "signed under SRK 2, not SRK 1")
     refused(step | {"details": step["details"] | {"containers": []}}, "lists the signed containers none")
     refused(step | {"options": step["options"] | {"container_offsets": [0x400]}}, "the plan asks for 0x400")
     refused(step | {"details": step["details"] | {"sgk": True}}, "signed by an SGK, the plan by the SRK")
@@ -160,7 +160,8 @@ def test_ahab_step_verify_checks_the_plan(tmp_path, unsigned):
 
 @pytest.mark.parametrize("options,sign_with,message", [
     ({}, 0, "step 'boot': the signing key is not SRK 2 of the table"),
-    ({"srk_index": 7}, None, "step 'boot': option srk_index must be a number from 0 to 3, not 7"),
+    ({"srk_index": 7}, None, "step 'boot': option srk_index must be an SRK number from 1 to 4, not 7"),
+    ({"srk_index": 0}, None, "step 'boot': option srk_index counts SRKs from 1 (1-4, the first SRK is 1), not 0"),
     ({"soc": "imx8mm"}, None, "step 'boot': option soc must be one of imx8qm, imx8qxp, imx8ulp, imx93"),
     ({"sgk_uuid": "00"}, None, "step 'boot': options sgk_permissions and sgk_uuid need sgk_key"),
     ({"sgk_permissions": ["fuse"]}, None, "step 'boot': options sgk_permissions and sgk_uuid need sgk_key"),
@@ -170,7 +171,7 @@ def test_ahab_step_verify_checks_the_plan(tmp_path, unsigned):
 ])
 def test_ahab_step_refusals_leave_no_output(tmp_path, unsigned, options, sign_with, message):
     with pytest.raises(SegwayError) as err:
-        file_release(tmp_path, unsigned, srk_index=1, options=options, sign_with=sign_with)
+        file_release(tmp_path, unsigned, srk_index=2, options=options, sign_with=sign_with)
     assert message in str(err.value)
     assert not (tmp_path / "rel").exists()
 

@@ -18,7 +18,8 @@ from segway_sign.formats import hab, hab_srk  # noqa: E402
 from segway_sign.release import steps  # noqa: E402
 from segway_sign.release.plan import load_plan  # noqa: E402
 from segway_sign.release.runner import run_release  # noqa: E402
-from segway_sign.release.verify import load_certs_dir, verify_release  # noqa: E402
+from segway_sign.release.certs import load_certs_dir  # noqa: E402
+from segway_sign.release.verify import verify_release  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def hab_release(tmp_path, pki, img_key: bool = True, parts=None, spl_only: bool 
         keys.keys[uris[name]] = key
         write_cert(keys.certs / f"{name}.pem", cert)
     (keys.certs / "hab-srk-table.bin").write_bytes(pki.table)
-    options = {"soc": "imx8m", "srk_index": 1} | ({"img_key": "hab-img"} if img_key else {}) | \
+    options = {"soc": "imx8m", "srk_index": 2} | ({"img_key": "hab-img"} if img_key else {}) | \
         ({"parts": parts} if parts is not None else {})
     doc = plan_doc(uris, [{"id": "imx-boot", "type": "hab", "key": "hab-csf", "inputs": {"image": "imx-boot.bin"},
                            "options": options}])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...errors import InputError, VerificationError
 from ...formats import ahab
 from ..certs import public_der
-from .base import StepContext, StepType, VerifyContext, register
+from .base import StepContext, StepType, VerifyContext, register, check_srk_index, srk_index
 
 DEFAULT_TABLE = "ahab-srk-table.bin"
 
@@ -82,7 +82,8 @@ class Ahab(StepType):
         image: the image with unsigned AHAB containers (flash.bin, as imx-mkimage or spsdk make it)
 
     Options:
-        srk_index: the SRK (0-3) whose private key is the step's key (default 0)
+        srk_index: the SRK (1-4, as ``ahab sign --srk-index``) whose private key is the step's key
+            (default 1)
         srk_table: the SRK table's file name in the certificates directory (``ahab srk --out-table``;
             default ``ahab-srk-table.bin``)
         soc: ``imx93`` (default), ``imx8ulp``, ``imx8qxp`` or ``imx8qm``: the SRK hash algorithm of
@@ -96,6 +97,9 @@ class Ahab(StepType):
         revoke_mask: SRK revocation mask (0-15) written into the container flags (default: left as is)
     """
 
+    def check_options(self, step) -> None:
+        check_srk_index(step)
+
     def run(self, ctx: StepContext) -> dict:
         options = ctx.step.options
         image = ctx.input("image")
@@ -107,12 +111,12 @@ class Ahab(StepType):
                              f"directory: {e.strerror}") from None
         soc = ctx.option("soc", "imx93")
         algorithm = _fuse_hash(soc)
-        srk_index = _int(options, "srk_index", 0, 0, 3)
+        index = srk_index(options)
         sgk_name = ctx.option("sgk_key")
         if sgk_name is None and ("sgk_permissions" in options or "sgk_uuid" in options):
             raise InputError("options sgk_permissions and sgk_uuid need sgk_key")
         sgk = ctx.named_key(sgk_name)[0] if sgk_name is not None else None
-        signed, done = ahab.sign_image(image.read_bytes(), table, srk_index, ctx.key, _offsets(options),
+        signed, done = ahab.sign_image(image.read_bytes(), table, index, ctx.key, _offsets(options),
                                        _int(options, "revoke_mask", None, 0, 15), sgk, _permissions(options),
                                        _uuid(options))
         for offset in done:  # as `ahab sign` does: each container is checked before anything is written
@@ -137,7 +141,7 @@ class Ahab(StepType):
         if list(d["containers"]) != expected:
             raise VerificationError(f"step '{ctx.step_id}': the manifest lists the signed containers "
                                     f"{_hex(d['containers'])}, but the plan asks for {_hex(expected)}")
-        srk_index = _int(options, "srk_index", 0, 0, 3)
+        index = srk_index(options)
         revoke_mask = _int(options, "revoke_mask", None, 0, 15)
         sgk = "sgk_key" in options
         if bool(d.get("sgk")) != sgk:
@@ -147,9 +151,9 @@ class Ahab(StepType):
         for offset in expected:
             report = ahab.verify_container(image, offset, table)
             where = f"container 0x{offset:x}"
-            if report["srk_index"] != srk_index:
+            if report["srk_index"] != index:
                 raise VerificationError(f"{where} is signed under SRK {report['srk_index'] + 1}, "
-                                        f"not SRK {srk_index + 1} as the plan says")
+                                        f"not SRK {index + 1} as the plan says")
             if bool(report.get("sgk")) != sgk:
                 raise VerificationError(f"{where} is {'' if report.get('sgk') else 'not '}signed by an SGK; "
                                         f"the plan says it is {'' if sgk else 'not '}")
@@ -162,9 +166,9 @@ class Ahab(StepType):
                 if report["sgk_permissions"] != permissions or report["sgk_uuid"] != (uuid.hex() if uuid else None):
                     raise VerificationError(f"{where}: its SGK certificate's permissions or UUID are not "
                                             "the plan's")
-        srk = ahab.parse_srk_table(table)[srk_index]
+        srk = ahab.parse_srk_table(table)[index]
         if not any(public_der(srk.public_key) == public_der(c.public_key()) for c in ctx.certs):
-            raise VerificationError(f"SRK {srk_index + 1} of {d['srk_table']} is the key of none of the "
+            raise VerificationError(f"SRK {index + 1} of {d['srk_table']} is the key of none of the "
                                     "trusted certificates")
 
 

@@ -58,10 +58,36 @@ class StepType(ABC):
     def run(self, ctx: StepContext) -> dict:
         """Write the step's outputs into ``ctx.out_dir``; return the details the manifest records."""
 
+    def check_options(self, step: Step) -> None:
+        """Refuse, before any work, option values the step could not use (InputError)."""
+
     @abstractmethod
     def verify(self, ctx: VerifyContext) -> None:
         """Check the step's directory of a release whose manifest (and so every file's sha256) is
         already checked; raise a SegwayError if it is not what the step makes."""
+
+
+def srk_index(options: dict) -> int:
+    """The plan's ``srk_index`` option (SRKs count from 1, as in ``--srk-index`` and the fuse
+    documentation; default 1), as the 0-based position in the SRK table."""
+    value = options.get("srk_index", 1)
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        number = int(value) if isinstance(value, str) and value.strip().isdigit() else None
+    if number == 0:
+        raise InputError("option srk_index counts SRKs from 1 (1-4, the first SRK is 1), not 0")
+    if number is None or not 1 <= number <= 4:
+        raise InputError(f"option srk_index must be an SRK number from 1 to 4, not {value!r}")
+    return number - 1
+
+
+def check_srk_index(step: Step) -> None:
+    """srk_index before any work: a plan counting SRKs from 0 is refused at once."""
+    try:
+        srk_index(step.options)
+    except InputError as e:
+        raise InputError(f"step '{step.id}': {e}") from None
 
 
 _OPTION = re.compile(r"^(\s+)([a-z][a-z0-9_]*): \S")

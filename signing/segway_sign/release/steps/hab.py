@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...errors import InputError, VerificationError
 from ...formats import hab, hab_srk
 from ...reproducible import source_datetime
-from .base import StepContext, StepType, VerifyContext, register
+from .base import StepContext, StepType, VerifyContext, register, check_srk_index, srk_index
 
 
 @register("hab")
@@ -24,13 +24,17 @@ class Hab(StepType):
 
     Options:
         soc: ``imx8m`` (default), ``imx7`` or ``imx6``: the image layout
-        srk_index: the SRK (0-3) that issued the CSF and IMG certificates (default 0)
+        srk_index: the SRK (1-4, as ``hab sign --srk-index``) that issued the CSF and IMG
+            certificates (default 1)
         srk_table: the SRK table's file name in the certificates directory
             (default ``hab-srk-table.bin``)
         img_key: the plan key that signs the image data (default: none, fast authentication
             with the step's key as the SRK)
         parts: the parts to sign, a list or ``spl,fit`` (default: every part of the layout)
     """
+
+    def check_options(self, step) -> None:
+        check_srk_index(step)
 
     def run(self, ctx: StepContext) -> dict:
         image = ctx.input("image")
@@ -43,9 +47,9 @@ class Hab(StepType):
         img_key_name = ctx.option("img_key")
         if img_key_name:
             img_key, img_cert = ctx.named_key(img_key_name)
-            keys = hab.HabKeys(table, int(ctx.option("srk_index", 0)), ctx.key, ctx.cert, img_key, img_cert)
+            keys = hab.HabKeys(table, srk_index(ctx.step.options), ctx.key, ctx.cert, img_key, img_cert)
         else:  # fast authentication: the plan key is the SRK key itself
-            keys = hab.HabKeys(table, int(ctx.option("srk_index", 0)), ctx.key, ctx.cert, nocak=True)
+            keys = hab.HabKeys(table, srk_index(ctx.step.options), ctx.key, ctx.cert, nocak=True)
         soc = ctx.option("soc", "imx8m")
         # Every part of the SoC's layout (i.MX 8M: SPL and FIT) unless the plan names the parts.
         parts = hab.parse_parts(soc, ctx.option("parts"))

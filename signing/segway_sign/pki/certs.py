@@ -51,7 +51,7 @@ def root_certificate(spec: KeySpec, key, now: datetime.datetime) -> x509.Certifi
 
 # HAB super root keys are CAs: they certify the CSF and image keys (srktool copies the CA flag
 # into the SRK table, so it is part of what the SRK_HASH fuses commit to).
-CA_PURPOSES = frozenset({"hab"})
+CA_PURPOSES = frozenset({"hab", "ahab"})
 
 
 def _signing_extensions(is_ca: bool, ski: x509.SubjectKeyIdentifier,

@@ -14,7 +14,19 @@ from ..errors import InputError, UsageError
 from ..hsm.keygen import KEY_KINDS, RAW_KINDS
 from ..hsm.uri import Pkcs11Uri
 
-PURPOSES = ("fit", "stm32", "hab", "verity", "release", "fip")
+PURPOSES = ("fit", "stm32", "hab", "hab-csf", "hab-img", "ahab", "ahab-sgk", "verity", "release", "fip")
+# Keys certified by another key of the plan instead of the root: purpose -> the issuer's purpose.
+ISSUED_BY = {"hab-csf": "hab", "hab-img": "hab", "ahab-sgk": "ahab"}
+# Table sizes the boot ROMs take (STM32MP13/MP2 PKHTH tables hold up to eight keys).
+TABLE_SIZES = {"hab": 4, "ahab": 4, "stm32": 8}
+# Key types each purpose can sign with (what the verifier of that purpose accepts).
+PURPOSE_KINDS = {
+    "stm32": ("p256", "bp256t1"),          # the STM32MP ROM: ECDSA P-256 or brainpoolP256t1
+    "fip": ("p256",),                      # TF-A's TBBR chain as segway-sign fip builds it
+    "hab": ("rsa2048", "rsa3072", "rsa4096", "p256", "p384"),
+    "hab-csf": ("rsa2048", "rsa3072", "rsa4096", "p256", "p384"),
+    "hab-img": ("rsa2048", "rsa3072", "rsa4096", "p256", "p384"),
+}
 _NAME_FIELDS = {"CN": "COMMON_NAME", "O": "ORGANIZATION_NAME", "OU": "ORGANIZATIONAL_UNIT_NAME",
                 "C": "COUNTRY_NAME", "L": "LOCALITY_NAME", "ST": "STATE_OR_PROVINCE_NAME"}
 
@@ -28,6 +40,7 @@ class KeySpec:
     purpose: str | None = None  # None for the root
     key_name_hint: str | None = None  # fit: U-Boot key-<hint>
     token: Pkcs11Uri | None = None
+    issuer: str | None = None  # label of the plan key that certifies it (HAB CSF/IMG, AHAB SGK)
 
 
 @dataclass
@@ -40,6 +53,14 @@ class Plan:
 
     def token_for(self, spec: KeySpec) -> Pkcs11Uri:
         return spec.token or self.token
+
+    def of(self, purpose: str) -> list[KeySpec]:
+        """The plan's keys of one purpose, in plan order (the order of their key tables)."""
+        return [k for k in self.keys if k.purpose == purpose]
+
+    @property
+    def specs(self) -> list[KeySpec]:
+        return [self.root] + self.keys
 
 
 def _names(keys) -> str:
@@ -85,7 +106,7 @@ def _text(raw: dict, name: str, where: str) -> str | None:
 def _spec(raw, where: str, purpose_required: bool) -> KeySpec:
     if not isinstance(raw, dict):
         raise InputError(f"{where}: must be a mapping")
-    allowed = {"label", "key", "subject", "validity_days", "purpose", "key_name_hint", "token"}
+    allowed = {"label", "key", "subject", "validity_days", "purpose", "key_name_hint", "token", "issuer"}
     unknown = set(raw) - allowed
     if unknown:
         raise InputError(f"{where}: unknown field(s) {_names(unknown)}")
@@ -114,7 +135,53 @@ def _spec(raw, where: str, purpose_required: bool) -> KeySpec:
     label = _text(raw, "label", where)
     if label is None:
         raise InputError(f"{where}: label must be a non-empty text")
-    return KeySpec(label, kind, _subject(raw["subject"], where), days, purpose, hint, token)
+    issuer = _text(raw, "issuer", where)
+    if purpose in ISSUED_BY and issuer is None:
+        raise InputError(f"{where}: a {purpose} key needs issuer (the label of its {ISSUED_BY[purpose]} key)")
+    if purpose not in ISSUED_BY and issuer is not None:
+        raise InputError(f"{where}: only {', '.join(ISSUED_BY)} keys name an issuer (the root certifies the others)")
+    if purpose in PURPOSE_KINDS and kind not in PURPOSE_KINDS[purpose]:
+        raise InputError(f"{where}: a {purpose} key must be one of {', '.join(PURPOSE_KINDS[purpose])}, not {kind}")
+    return KeySpec(label, kind, _subject(raw["subject"], where), days, purpose, hint, token, issuer)
+
+
+def _family(kind: str) -> str:
+    return "rsa" if kind.startswith("rsa") else "ec"
+
+
+def validate(plan: Plan, where: str) -> None:
+    """Checks across keys, so that a ceremony never creates keys for a plan it cannot finish."""
+    labels = [plan.root.label] + [k.label for k in plan.keys]
+    dupes = {lbl for lbl in labels if labels.count(lbl) > 1}
+    if dupes:
+        raise InputError(f"{where}: duplicate key label(s) {', '.join(sorted(dupes))}")
+    for purpose, most in TABLE_SIZES.items():
+        count = len(plan.of(purpose))
+        if count > most:
+            raise InputError(f"{where}: a {purpose} key table holds 1 to {most} keys, the plan has {count}")
+    hints = [k.key_name_hint for k in plan.of("fit")]
+    dupes = {h for h in hints if hints.count(h) > 1}
+    if dupes:
+        raise InputError(f"{where}: duplicate fit key_name_hint(s) {', '.join(sorted(dupes))}")
+    ahab = plan.of("ahab")
+    if len({k.kind for k in ahab}) > 1:
+        raise InputError(f"{where}: the ahab SRKs must all be of one key type (the table takes one), got "
+                         f"{', '.join(sorted({k.kind for k in ahab}))}")
+    hab = plan.of("hab")
+    if len({_family(k.kind) for k in hab}) > 1:
+        raise InputError(f"{where}: the hab SRKs must be all RSA or all EC")
+    seen: dict[str, KeySpec] = {}
+    for i, spec in enumerate(plan.keys):
+        if spec.issuer is not None:
+            issuer = seen.get(spec.issuer)
+            wanted = ISSUED_BY[spec.purpose]
+            if issuer is None or issuer.purpose != wanted:
+                raise InputError(f"{where}: keys[{i}] ({spec.label}): issuer {spec.issuer!r} is not a {wanted} "
+                                 "key listed before it")
+            if spec.purpose.startswith("hab") and _family(spec.kind) != _family(issuer.kind):
+                raise InputError(f"{where}: keys[{i}] ({spec.label}): HAB signs with keys of its SRK's type "
+                                 f"({issuer.kind}), not {spec.kind}")
+        seen[spec.label] = spec
 
 
 def load_plan(path: Path, text: bytes | None = None) -> Plan:
@@ -151,8 +218,5 @@ def load_plan(path: Path, text: bytes | None = None) -> Plan:
                 _spec(raw["root"], "root", False),
                 [_spec(k, f"keys[{i}]", True) for i, k in enumerate(raw["keys"])],
                 hashlib.sha256(text).hexdigest())
-    labels = [plan.root.label] + [k.label for k in plan.keys]
-    dupes = {lbl for lbl in labels if labels.count(lbl) > 1}
-    if dupes:
-        raise InputError(f"plan {path}: duplicate key label(s) {', '.join(sorted(dupes))}")
+    validate(plan, f"plan {path}")
     return plan

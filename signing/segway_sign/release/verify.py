@@ -11,6 +11,7 @@ from ..errors import InputError, SegwayError, VerificationError
 from . import manifest as mf
 from . import steps as registry
 
+from .steps.tfa import check_stm32_root_of_trust
 from .steps.verity import check_carried_envs
 
 
@@ -65,4 +66,6 @@ def _verify_release(release_dir: Path, certs: list[x509.Certificate]) -> Verifie
             raise VerificationError(f"step '{record['id']}': {e}") from None
     # A verity env inside a FIT is read by the initramfs: it must be the bytes the verity step checked.
     check_carried_envs(release_dir, doc)
+    # STM32MP1: the FIP's root-of-trust key is BL2's (one PKH in OTP).
+    check_stm32_root_of_trust(release_dir, doc)
     return VerifiedRelease(doc, signer, len(listed))

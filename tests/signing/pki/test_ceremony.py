@@ -38,28 +38,33 @@ def test_dev_plan_ceremony(token, tmp_path):
     record = json.loads(res.stdout)
     assert record == json.loads((out / "ceremony.json").read_text())
     purposes = {k["purpose"] for k in record["keys"]}
-    assert purposes == {"root-ca", "fit", "stm32", "hab", "verity", "release"}
+    assert purposes == {"root-ca", "fit", "stm32", "fip", "hab", "hab-csf", "hab-img", "verity", "release"}
     root = out / "certs" / "segway-dev-root-ca.pem"
     for entry in record["keys"]:
         assert entry["attributes"]["never_extractable"] and entry["attributes"]["always_sensitive"]
         cert_path = out / "certs" / f"{entry['label']}.pem"
         # openssl, not our code, checks the chain and the purpose.
-        verify = subprocess.run(["openssl", "verify", "-CAfile", str(root), "-purpose", "any", str(cert_path)],
-                                capture_output=True, text=True)
+        # (HAB CSF and IMG keys are issued by SRK 1, a CA below the root.)
+        untrusted = ["-untrusted", str(out / "certs" / f"{entry['issuer']}.pem")] \
+            if entry["purpose"] in ("hab-csf", "hab-img") else []
+        verify = subprocess.run(["openssl", "verify", "-CAfile", str(root)] + untrusted +
+                                ["-purpose", "any", str(cert_path)], capture_output=True, text=True)
         assert verify.returncode == 0, verify.stdout + verify.stderr
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
         assert ski.hex() == entry["key_id"]  # CKA_ID is the subjectKeyIdentifier
-        if entry["purpose"] not in ("root-ca", "hab"):
+        if entry["purpose"] not in ("root-ca", "hab", "ahab"):
             assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+        if entry["purpose"] in ("hab-csf", "hab-img"):
+            assert entry["issuer"] == "segway-dev-hab-srk1"
     # U-Boot key node for the fit key: exactly what add-pubkey writes for the same key.
     fit = next(k for k in record["keys"] if k["purpose"] == "fit")
-    dtb = (out / "u-boot" / "dev.dtb").read_bytes()
+    dtb = (out / "u-boot" / "segway-dev-fit.dtb").read_bytes()
     pub = x509.load_pem_x509_certificate((out / "certs" / "segway-dev-fit.pem").read_bytes()).public_key()
-    assert dtb == add_pubkey(_empty_dtb(), pub, "dev", required="conf")
-    assert "key-dev" in (out / "u-boot" / "dev.dtsi").read_text()
+    assert dtb == add_pubkey(_empty_dtb(), pub, "segway-dev-fit", required="conf")
+    assert "key-segway-dev-fit" in (out / "u-boot" / "segway-dev-fit.dtsi").read_text()
     # dtc (not us) accepts the exported tree and finds the key node.
-    dts = subprocess.run(["dtc", "-I", "dtb", "-O", "dts", str(out / "u-boot" / "dev.dtb")],
+    dts = subprocess.run(["dtc", "-I", "dtb", "-O", "dts", str(out / "u-boot" / "segway-dev-fit.dtb")],
                          capture_output=True, text=True, check=True).stdout
     assert 'required = "conf"' in dts and fit["uri"].startswith(token.token_uri)
     # STM32 PKH: the SHA-256 of the 64-byte public point, as the ROM checks it.
@@ -68,15 +73,21 @@ def test_dev_plan_ceremony(token, tmp_path):
     import hashlib
     pkh = hashlib.sha256(nums.x.to_bytes(32, "big") + nums.y.to_bytes(32, "big")).digest()
     assert (out / "fuses" / "segway-dev-stm32.pkh.bin").read_bytes() == pkh
-    # HAB: Debian's srktool (not us) builds the same SRK table and fuse file from the certificate.
-    hab_crt = tmp_path / "srk1.crt"
-    hab_crt.write_bytes(x509.load_pem_x509_certificate((out / "certs" / "segway-dev-hab-srk1.pem").read_bytes())
-                        .public_bytes(__import__("cryptography.hazmat.primitives.serialization",
-                                                 fromlist=["x"]).Encoding.DER))
+    # HAB: Debian's srktool (not us) builds the same SRK table and fuse file from the four certificates.
+    der = __import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).Encoding.DER
+    srk_crts = []
+    for i in range(1, 5):
+        hab_crt = tmp_path / f"srk{i}.crt"
+        hab_crt.write_bytes(x509.load_pem_x509_certificate(
+            (out / "certs" / f"segway-dev-hab-srk{i}.pem").read_bytes()).public_bytes(der))
+        srk_crts.append(str(hab_crt))
     subprocess.run(["srktool", "-h", "4", "-t", str(tmp_path / "t.bin"), "-e", str(tmp_path / "f.bin"),
-                    "-d", "sha256", "-c", str(hab_crt), "-f", "1"], check=True, capture_output=True)
+                    "-d", "sha256", "-c", ",".join(srk_crts), "-f", "1"], check=True, capture_output=True)
     assert (out / "fuses" / "hab-SRK_table.bin").read_bytes() == (tmp_path / "t.bin").read_bytes()
     assert (out / "fuses" / "hab-SRK_fuse.bin").read_bytes() == (tmp_path / "f.bin").read_bytes()
+    assert record["hab_srk"]["complete"] is True
+    prog = (out / "fuses" / "hab-fuse-prog-imx8m.txt").read_text().splitlines()
+    assert prog[0].startswith("# IRREVERSIBLE") and len(prog) == 9
     # Nothing secret in the output.
     for f in out.rglob("*"):
         if f.is_file():
@@ -145,11 +156,18 @@ def test_refuses_existing_keys_and_output(softhsm, tmp_path):
     assert run_cli(args + ["--out", str(tmp_path / "a")], softhsm).returncode == 0
     again = run_cli(args + ["--out", str(tmp_path / "b")], softhsm)
     assert again.returncode == 1 and b"refusing to overwrite" in again.stderr
+    assert b"pki export" in again.stderr  # every key exists: the public material can be written from them
     assert not (tmp_path / "b").exists()
     exists = run_cli(args + ["--out", str(tmp_path / "a"), "--replace-keys"], softhsm)
     assert exists.returncode == 1 and b"exists" in exists.stderr
-    replaced = run_cli(args + ["--out", str(tmp_path / "a"), "--replace-keys", "--force"], softhsm)
+    # Destroying keys needs a confirmation: without a terminal, --yes.
+    unconfirmed = run_cli(args + ["--out", str(tmp_path / "a"), "--replace-keys", "--force"], softhsm)
+    one_line_error(unconfirmed, code=2, match="--replace-keys destroys 12 key")
+    before = json.loads((tmp_path / "a" / "ceremony.json").read_text())
+    replaced = run_cli(args + ["--out", str(tmp_path / "a"), "--replace-keys", "--force", "--yes"], softhsm)
     assert replaced.returncode == 0, replaced.stderr.decode()
+    after = json.loads((tmp_path / "a" / "ceremony.json").read_text())
+    assert {k["label"]: k["key_id"] for k in before["keys"]} != {k["label"]: k["key_id"] for k in after["keys"]}
 
 
 def test_failure_leaves_no_output(softhsm, tmp_path, monkeypatch):
@@ -214,3 +232,127 @@ def test_malformed_plans_are_one_line_errors(tmp_path, text, message):
     res = run_cli(["pki", "init", str(path), "--out", str(tmp_path / "out")])
     one_line_error(res, match=message)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_plan_that_cannot_finish_creates_nothing(softhsm, tmp_path):
+    """Five HAB SRKs (a table holds four): refused before any key exists, in one line."""
+    raw = yaml.safe_load(DEV_PLAN.read_text())
+    raw["token"] = softhsm.token_uri
+    srk = next(k for k in raw["keys"] if k["purpose"] == "hab")
+    raw["keys"].append(dict(srk, label="segway-dev-hab-srk5"))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    res = run_cli(["pki", "init", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "o"), "--pin-file",
+                   str(softhsm.pin_file)], softhsm)
+    one_line_error(res, match="a hab key table holds 1 to 4 keys, the plan has 5")
+    show = run_cli(["pki", "show", str(plan_for(softhsm, tmp_path)), "--pin-file", str(softhsm.pin_file),
+                    "--json"], softhsm)
+    assert show.returncode == 0, show.stderr.decode()
+    assert json.loads(show.stdout)["existing"] == 0 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["keys"].append({"label": "csf", "purpose": "hab-csf", "key": "rsa2048", "subject": {"CN": "c"}}),
+     "needs issuer"),
+    (lambda r: r["keys"].append({"label": "csf", "purpose": "hab-csf", "key": "rsa2048", "issuer": "segway-dev-fit",
+                                 "subject": {"CN": "c"}}), "is not a hab key"),
+    (lambda r: r["keys"].append({"label": "csf", "purpose": "hab-csf", "key": "p256",
+                                 "issuer": "segway-dev-hab-srk1", "subject": {"CN": "c"}}), "SRK's type"),
+    (lambda r: r["keys"][0].update(issuer="segway-dev-hab-srk1"), "only hab-csf"),
+    (lambda r: r["keys"].append({"label": "a1", "purpose": "ahab", "key": "p256", "subject": {"CN": "a"}})
+     or r["keys"].append({"label": "a2", "purpose": "ahab", "key": "p384", "subject": {"CN": "a"}}), "one key type"),
+    (lambda r: next(k for k in r["keys"] if k["purpose"] == "fip").update(key="rsa2048"), "a fip key must be"),
+])
+def test_whole_plan_checks(tmp_path, edit, message):
+    raw = yaml.safe_load(DEV_PLAN.read_text())
+    edit(raw)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(InputError, match=message):
+        load_plan(path)
+
+
+def test_failure_after_creation_names_the_keys_and_export_finishes(softhsm, tmp_path):
+    """A key the token cannot create, after others were: the error names what now exists and how to
+    finish; --resume creates the rest, and export writes the public material from the keys."""
+    path = plan_for(softhsm, tmp_path)
+    plan = load_plan(path)
+    from segway_sign.hsm import PinSource, open_session
+    import dataclasses
+
+    def opener(uri):
+        return open_session(str(uri), module_path=softhsm.module, pin=PinSource(file=softhsm.pin_file))
+    good = plan.keys[3]
+    plan.keys[3] = dataclasses.replace(good, kind="rsa1024")  # refused by key generation
+    with pytest.raises(TokenError) as err:
+        run_ceremony(plan, tmp_path / "out", opener, log=lambda m: None, plan_path=str(path))
+    message = str(err.value)
+    assert "the token now holds segway-dev-root-ca, segway-dev-fit, segway-dev-verity, segway-dev-release of " \
+        "this plan" in message
+    assert "pki init --resume" in message and "pki export" in message and "\n" not in message
+    assert not (tmp_path / "out").exists()
+    args = ["--pin-file", str(softhsm.pin_file)]
+    export = run_cli(["pki", "export", str(path), "--out", str(tmp_path / "e")] + args, softhsm)
+    one_line_error(export, match="lacks key(s) of this plan: segway-dev-stm32")
+    resume = run_cli(["pki", "init", str(path), "--resume", "--out", str(tmp_path / "r"), "--certs-dir",
+                      str(tmp_path / "certs"), "--json"] + args, softhsm)
+    assert resume.returncode == 0, resume.stderr.decode()
+    record = json.loads(resume.stdout)
+    assert [k["label"] for k in record["keys"] if not k["created"]] == \
+        ["segway-dev-root-ca", "segway-dev-fit", "segway-dev-verity", "segway-dev-release"]
+    export = run_cli(["pki", "export", str(path), "--out", str(tmp_path / "e"), "--certs-dir",
+                      str(tmp_path / "certs2"), "--json"] + args, softhsm)
+    assert export.returncode == 0, export.stderr.decode()
+    exported = json.loads(export.stdout)
+    assert [k["certificate_sha256"] for k in exported["keys"]] == [k["certificate_sha256"] for k in record["keys"]]
+    assert sorted(p.name for p in (tmp_path / "certs").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "certs2").iterdir())
+    for f in (tmp_path / "certs").iterdir():
+        assert f.read_bytes() == (tmp_path / "certs2" / f.name).read_bytes()
+
+
+def test_incomplete_srk_table_gets_no_fuse_values(softhsm, tmp_path):
+    raw = yaml.safe_load(DEV_PLAN.read_text())
+    raw["token"] = softhsm.token_uri
+    raw["keys"] = [k for k in raw["keys"] if k["purpose"] not in ("hab", "hab-csf", "hab-img")]
+    raw["keys"].append({"label": "srk1", "purpose": "hab", "key": "rsa2048", "subject": {"CN": "srk1"}})
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    res = run_cli(["pki", "init", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "o"), "--pin-file",
+                   str(softhsm.pin_file), "--json"], softhsm)
+    assert res.returncode == 0, res.stderr.decode()
+    record = json.loads(res.stdout)
+    assert record["hab_srk"]["complete"] is False and "not final" in record["hab_srk"]["note"]
+    assert sorted(p.name for p in (tmp_path / "o" / "fuses").glob("hab-*")) == ["hab-SRK_table.bin"]
+
+
+def test_ahab_srks_and_sgk(softhsm, tmp_path):
+    """Four AHAB SRKs and an SGK issued by the first: the table (parsed back), fuse lines per SoC."""
+    from segway_sign.formats import ahab
+    raw = yaml.safe_load(DEV_PLAN.read_text())
+    raw["token"] = softhsm.token_uri
+    raw["keys"] = [{"label": f"ahab-srk{i}", "purpose": "ahab", "key": "p256", "subject": {"CN": f"srk{i}"}}
+                   for i in range(1, 5)]
+    raw["keys"].append({"label": "ahab-sgk", "purpose": "ahab-sgk", "key": "p256", "issuer": "ahab-srk1",
+                        "subject": {"CN": "sgk"}})
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "o"
+    res = run_cli(["pki", "init", str(tmp_path / "p.yaml"), "--out", str(out), "--certs-dir", str(tmp_path / "c"),
+                   "--pin-file", str(softhsm.pin_file), "--json"], softhsm)
+    assert res.returncode == 0, res.stderr.decode()
+    record = json.loads(res.stdout)
+    assert record["ahab_srk"]["complete"] is True
+    table = (out / "fuses" / "ahab-SRK_table.bin").read_bytes()
+    assert len(ahab.parse_srk_table(table)) == 4
+    assert (tmp_path / "c" / "segway-dev-ahab-srk-table.bin").read_bytes() == table
+    for soc in ahab.FUSE_LAYOUTS:
+        lines = (out / "fuses" / f"ahab-fuse-prog-{soc}.txt").read_text().splitlines()
+        assert lines[0].startswith("# IRREVERSIBLE") and all(x.startswith("fuse prog") for x in lines[1:])
+    sgk = subprocess.run(["openssl", "verify", "-CAfile", str(out / "certs" / f"{raw['root']['label']}.pem"),
+                          "-untrusted", str(out / "certs" / "ahab-srk1.pem"), "-purpose", "any",
+                          str(out / "certs" / "ahab-sgk.pem")], capture_output=True, text=True)
+    assert sgk.returncode == 0, sgk.stdout + sgk.stderr
+
+
+def test_production_example_plan_loads():
+    plan = load_plan(REPO / "conf" / "pki-prod-example.yaml")
+    assert plan.root.token is not None and plan.root.token != plan.token  # the root is offline
+    assert len(plan.of("hab")) == 4 and plan.of("hab-csf") and plan.of("hab-img")

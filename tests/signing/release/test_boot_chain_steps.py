@@ -15,7 +15,8 @@ from segway_sign.formats import stm32
 from segway_sign.release import steps
 from segway_sign.release.plan import load_plan
 from segway_sign.release.runner import run_release
-from segway_sign.release.verify import load_certs_dir, verify_release
+from segway_sign.release.certs import load_certs_dir
+from segway_sign.release.verify import verify_release
 
 
 def boot_chain_deploy(tmp_path):
@@ -30,9 +31,10 @@ def boot_chain_deploy(tmp_path):
     return deploy
 
 
-def chain_plan(uris) -> dict:
+def chain_plan(uris, fip_key: str = "stm32-rot") -> dict:
+    """STM32MP1's chain: the FIP's root-of-trust key is BL2's key (one PKH in OTP)."""
     return plan_doc(uris, [
-        {"id": "fip", "type": "fip", "key": "fip-rot", "inputs": {"fip": "fip.bin"}, "options": {"tfw_nvctr": 2}},
+        {"id": "fip", "type": "fip", "key": fip_key, "inputs": {"fip": "fip.bin"}, "options": {"tfw_nvctr": 2}},
         {"id": "tfa-bl2", "type": "stm32", "key": "stm32-rot", "after": ["fip"], "inputs": {"image": "tf-a.stm32"}},
     ])
 
@@ -56,8 +58,21 @@ def test_boot_chain_with_foreign_keys_fails_verify(tmp_path, file_keys):
     plan = load_plan(write_plan(tmp_path / "plan.yaml", chain_plan(file_keys.uris)), set(steps.REGISTRY))
     run_release(plan, deploy, tmp_path / "rel", file_keys.open_key, file_keys.certs)
     certs = [c for c in load_certs_dir(file_keys.certs) if "stm32-rot" not in c.subject.rfc4514_string()]
-    with pytest.raises(SegwayError, match="step 'tfa-bl2'.*none of the trusted certificates"):
-        verify_release(tmp_path / "rel", certs)
-    certs = [c for c in load_certs_dir(file_keys.certs) if "fip-rot" not in c.subject.rfc4514_string()]
     with pytest.raises(SegwayError, match="step 'fip'.*root of trust"):
         verify_release(tmp_path / "rel", certs)
+    record = next(s for s in json.loads((tmp_path / "rel" / "manifest.json").read_text())["steps"]
+                  if s["id"] == "tfa-bl2")
+    ctx = steps.VerifyContext("tfa-bl2", tmp_path / "rel" / "tfa-bl2", record, certs)
+    with pytest.raises(SegwayError, match="none of the trusted certificates"):
+        steps.get("stm32").verify(ctx)
+
+
+def test_release_with_two_root_of_trust_keys_is_refused(tmp_path, file_keys):
+    """A FIP signed with another key than BL2's passes each step's own check (both keys are trusted)
+    but would not boot on a board fused with BL2's PKH: release verify refuses it."""
+    deploy = boot_chain_deploy(tmp_path)
+    plan = load_plan(write_plan(tmp_path / "plan.yaml", chain_plan(file_keys.uris, fip_key="fip-rot")),
+                     set(steps.REGISTRY))
+    run_release(plan, deploy, tmp_path / "rel", file_keys.open_key, file_keys.certs)
+    with pytest.raises(SegwayError, match="fip.bin is not signed with the root-of-trust key of tfa-bl2/tf-a.stm32"):
+        verify_release(tmp_path / "rel", load_certs_dir(file_keys.certs))

@@ -16,7 +16,8 @@ from segway_sign.release import steps
 from segway_sign.release.manifest import sha256_file
 from segway_sign.release.plan import load_plan
 from segway_sign.release.runner import run_release
-from segway_sign.release.verify import load_certs_dir, verify_release
+from segway_sign.release.certs import load_certs_dir
+from segway_sign.release.verify import verify_release
 
 
 def snapshot(d: Path) -> dict:

@@ -16,7 +16,8 @@ from segway_sign.release import manifest as mf
 from segway_sign.release.initramfs import append_files, ends_with_archive
 from segway_sign.release.plan import load_plan
 from segway_sign.release.runner import run_release
-from segway_sign.release.verify import load_certs_dir, verify_release
+from segway_sign.release.certs import load_certs_dir
+from segway_sign.release.verify import verify_release
 
 
 def release(tmp_path, file_keys, where: str | None = None):

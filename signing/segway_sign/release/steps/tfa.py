@@ -77,3 +77,29 @@ class Fip(StepType):
                 errors.append(str(err))
         raise VerificationError(f"{name}: no trusted certificate is its root of trust "
                                 f"({errors[-1] if errors else ''})")
+
+
+def check_stm32_root_of_trust(release_dir, doc: dict) -> None:
+    """On STM32MP1 TF-A checks the FIP against the PKH the ROM checked BL2 with: a release that carries
+    both a signed STM32 image and a FIP must sign the FIP with the key of BL2's header. Otherwise it
+    passes every other check but would not boot on a board fused with that PKH."""
+    bl2 = [r for r in doc.get("steps", []) if r.get("type") == "stm32"]
+    fips = [r for r in doc.get("steps", []) if r.get("type") == "fip"]
+    if not bl2 or not fips:
+        return
+    keys = {}
+    for record in bl2:
+        name = record["details"]["image"]
+        checked = stm32.verify((release_dir / record["id"] / name).read_bytes())
+        keys[f"{record['id']}/{name}"] = checked.public_key
+    for record in fips:
+        name = record["details"]["fip"]
+        data = (release_dir / record["id"] / name).read_bytes()
+        for where, public_key in keys.items():
+            try:
+                fip.verify(data, rot_public_key=public_key)
+            except SegwayError:
+                raise VerificationError(
+                    f"step '{record['id']}': {name} is not signed with the root-of-trust key of {where} (the "
+                    "STM32MP1 ROM and TF-A check BL2 and the FIP against the same PKH: one key signs both)"
+                ) from None

@@ -48,14 +48,15 @@ python do_compile() {
         out = os.path.join(b, root + "_Signed" + ext)
         segway_sign(d, "stm32", ["stm32", "sign", "--key", d.getVar("SEGWAY_STM32_KEY_URI"), "--in", src, "--out", out],
                     [src], out, "SEGWAY_STM32_CERT")
+    # TF-A on STM32MP1 checks the FIP against the PKH the ROM checked BL2 with: the FIP's
+    # root-of-trust key is the BL2 key (SEGWAY_STM32_KEY_URI), not the generic TBBR one.
     for src in fips:
         root, ext = os.path.splitext(os.path.basename(src))
         out = os.path.join(b, root + "_Signed" + ext)
-        segway_sign(d, "fip", ["fip", "sign", "--rot-key", d.getVar("SEGWAY_FIP_ROT_KEY_URI"), "--fip", src, "--out", out],
-                    [src], out, "SEGWAY_FIP_ROT_CERT")
+        segway_sign(d, "fip", ["fip", "sign", "--rot-key", d.getVar("SEGWAY_STM32_KEY_URI"), "--fip", src, "--out", out],
+                    [src], out, "SEGWAY_STM32_CERT")
 }
-do_compile[vardeps] += "SEGWAY_SIGN_MODE SEGWAY_STM32_KEY_URI SEGWAY_FIP_ROT_KEY_URI \
-    ${@segway_cert_vardeps('SEGWAY_STM32_CERT')} ${@segway_cert_vardeps('SEGWAY_FIP_ROT_CERT')}"
+do_compile[vardeps] += "SEGWAY_SIGN_MODE SEGWAY_STM32_KEY_URI ${@segway_cert_vardeps('SEGWAY_STM32_CERT')}"
 
 do_deploy() {
     install -d ${DEPLOYDIR}/segway-signed

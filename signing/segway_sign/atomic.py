@@ -200,17 +200,47 @@ def _write_all(fd: int, data) -> None:
 # ---------------------------------------------------------------------------------------------
 # Files
 
+def _check_parent(parent: Path) -> None:
+    """Refuse at once an output directory that could not be created: its nearest existing
+    ancestor is not a directory. A missing directory is created when the output is written."""
+    ancestor = parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        what = "is" if ancestor == parent else f"cannot be created: {ancestor} is"
+        raise SegwayError(f"output directory {parent} {what} not a directory")
+
+
+def make_parent(parent: Path) -> None:
+    """Create a missing output directory (and its parents), durably."""
+    if parent.is_dir():
+        return
+    _check_parent(parent)
+    missing = []
+    ancestor = parent
+    while not os.path.lexists(ancestor):
+        missing.append(ancestor)
+        ancestor = ancestor.parent
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as err:
+        raise SegwayError(f"cannot create output directory {parent}: {err.strerror or err}") from None
+    for directory in reversed(missing):
+        _fsync_path(directory.parent, directory=True)
+
+
 def check_writable(path: str | os.PathLike, force: bool = False) -> Path:
     """Refuse an existing output unless ``force``; return it as a Path.
 
-    Also removes stale temporaries of dead writers next to it."""
+    A missing output directory is fine (it is created when the output is written). Also removes
+    stale temporaries of dead writers next to the output."""
     path = Path(path)
     if path.exists() and not force:
         raise OutputExistsError(f"output {path} exists (use --force to replace it)")
-    parent = path.parent
-    if not parent.is_dir():
-        raise SegwayError(f"output directory {parent} does not exist")
-    remove_stale_temporaries(parent)
+    parent = path.parent if str(path.parent) else Path(".")
+    _check_parent(parent)
+    if parent.is_dir():
+        remove_stale_temporaries(parent)
     return path
 
 
@@ -254,6 +284,7 @@ def write_file(path: str | os.PathLike, data, force: bool = False, mode: int = 0
     behind."""
     path = check_writable(path, force)
     parent = path.parent
+    make_parent(parent)
     fd = _open_unnamed(parent)
     tmp: Path | None = None
     try:
@@ -317,8 +348,7 @@ def output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     if path.exists() and not force:
         raise OutputExistsError(f"output {path} exists (use --force to replace it)")
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise SegwayError(f"output directory {parent} does not exist")
+    make_parent(parent)
     remove_stale_temporaries(parent)
     tmp = parent / temp_name(path.name)
     os.mkdir(tmp, 0o700)

@@ -160,13 +160,15 @@ class FileRange(NamedTuple):
     length: int
 
 
-def _copy_range(fd: int, piece: FileRange) -> None:
+def _copy_range(fd: int, piece: FileRange, at: int | None = None) -> None:
+    """Copy ``piece`` to ``fd``: at its file position, or at offset ``at`` (the position unmoved)."""
     offset, end = piece.offset, piece.offset + piece.length
     use_cfr = hasattr(os, "copy_file_range")
     while offset < end:
         if use_cfr:
             try:
-                n = os.copy_file_range(piece.fd, fd, min(end - offset, 1 << 30), offset)
+                n = os.copy_file_range(piece.fd, fd, min(end - offset, 1 << 30), offset,
+                                       None if at is None else at + offset - piece.offset)
             except OSError as err:
                 if err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
                     raise
@@ -174,11 +176,21 @@ def _copy_range(fd: int, piece: FileRange) -> None:
                 continue
         else:
             data = os.pread(piece.fd, min(end - offset, 8 << 20), offset)
-            _write_all(fd, data)
+            if at is None:
+                _write_all(fd, data)
+            else:
+                _pwrite_all(fd, data, at + offset - piece.offset)
             n = len(data)
         if not n:
             raise SegwayError("an input shrank while it was being copied to the output")
         offset += n
+
+
+def _pwrite_all(fd: int, data, at: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view[:1 << 30], at)
+        view, at = view[written:], at + written
 
 
 def _write_all(fd: int, data) -> None:
@@ -195,6 +207,15 @@ def _write_all(fd: int, data) -> None:
         while view:
             written = os.write(fd, view[:1 << 30])
             view = view[written:]
+
+
+def write_at(fd: int, piece, at: int) -> int:
+    """Write one piece (bytes-like or FileRange) at offset ``at`` of ``fd``; returns its end."""
+    if isinstance(piece, FileRange):
+        _copy_range(fd, piece, at)
+        return at + piece.length
+    _pwrite_all(fd, piece, at)
+    return at + memoryview(piece).nbytes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,6 +303,16 @@ def write_file(path: str | os.PathLike, data, force: bool = False, mode: int = 0
     ``data`` is a bytes-like object or an iterable of them and of FileRanges (written in turn, so a
     large output need not be in memory at once); an exception from the iterable leaves nothing
     behind."""
+    with output_file(path, force, mode) as fd:
+        _write_all(fd, data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def output_file(path: str | os.PathLike, force: bool = False, mode: int = 0o644) -> Iterator[int]:
+    """A descriptor of a new, unnamed file that becomes ``path`` (atomically and durably, as
+    write_file) only when the block succeeds; an exception leaves nothing behind. The block writes
+    it as it likes (write, pwrite, write_at), in any order."""
     path = check_writable(path, force)
     parent = path.parent
     make_parent(parent)
@@ -291,13 +322,13 @@ def write_file(path: str | os.PathLike, data, force: bool = False, mode: int = 0
         if fd is None:
             tmp = parent / temp_name(path.name)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        _write_all(fd, data)
+        yield fd
         os.fchmod(fd, mode)
         os.fsync(fd)
         if tmp is None:
             if not (force and os.path.lexists(path)) and _link_unnamed(fd, path):
                 _fsync_path(parent, directory=True)
-                return path
+                return
             if not force:
                 raise OutputExistsError(f"output {path} exists (use --force to replace it)")
             # Replacing: the finished file gets a temporary name, then takes the output's.
@@ -312,7 +343,6 @@ def write_file(path: str | os.PathLike, data, force: bool = False, mode: int = 0
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------

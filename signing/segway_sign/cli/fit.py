@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import threading
 from pathlib import Path
 
 import click
 
-from ..atomic import check_writable, write_file
-from ..formats.fit import sign_fit
+from ..atomic import FileRange, check_writable, output_file, write_at, write_file
+from ..formats.fit import payload_spans, sign_fit
 from ..formats.fit_keys import add_pubkey as add_pubkey_node
 from ..formats.fit_keys import algo_for_key
 from ..formats.fit_verify import verify_fit
@@ -46,15 +47,26 @@ def sign(key_uri, in_path, out_path, configs, key_name_hint, algo, padding_name,
     check_writable(out_path, force)
     with _mapped_input(in_path) as (blob, source_fd, unchanged):
         key = token.open_key(key_uri)
-        result = sign_fit(blob, key, configs=configs, key_name_hint=key_name_hint, algo=algo,
-                          padding_name=padding_name, image_signatures=image_signatures, comment=comment,
-                          progress=DelayedProgress("hashing"))
-
-        def pieces():
-            yield from result.chunks(source_fd)
+        with output_file(out_path, force) as out_fd:
+            ahead = _CopyAhead(blob, source_fd, out_fd)
+            try:
+                result = sign_fit(blob, key, configs=configs, key_name_hint=key_name_hint, algo=algo,
+                                  padding_name=padding_name, image_signatures=image_signatures, comment=comment,
+                                  progress=DelayedProgress("hashing"))
+            except BaseException:
+                ahead.finish(cancel=True)
+                raise
+            copied = ahead.finish()
+            # Every byte of the output is written at its place, except image data the copy ahead
+            # already put exactly there; anything beyond the end is cut off.
+            at = 0
+            for piece in result.chunks(source_fd):
+                if isinstance(piece, FileRange) and (piece.offset, piece.length, at) in copied:
+                    at += piece.length
+                else:
+                    at = write_at(out_fd, piece, at)
+            os.ftruncate(out_fd, at)
             unchanged()  # before the output is flushed and named
-
-        write_file(out_path, pieces(), force)
     summary = {
         "output": str(out_path), "key": str(key.uri), "passes": result.passes,
         "bytes_sent_to_token": key.stats.bytes_sent if hasattr(key, "stats") else None,
@@ -65,6 +77,44 @@ def sign(key_uri, in_path, out_path, configs, key_name_hint, algo, padding_name,
     emit(summary, as_json, "\n".join(
         [f"signed {len(result.signatures)} signature node(s) of {in_path} -> {out_path}"] +
         [f"  {s.path}: {s.algo}:{s.key_name_hint}" for s in result.signatures]))
+
+
+class _CopyAhead:
+    """Copy a FIT's large embedded image data into the output while it is being hashed, at the
+    offsets they have in the input: where signing leaves what precedes them unchanged (the usual
+    case for the first image), that is where they land in the signed FIT, and the copy costs no time
+    of its own. A guess only: finish() says which (input offset, length, output offset) were copied,
+    and the writer writes everything else (and anything mispredicted) at its true place."""
+
+    _SLICE = 64 << 20
+
+    def __init__(self, blob, source_fd: int | None, out_fd: int):
+        self.copied: set[tuple[int, int, int]] = set()
+        self.stop = threading.Event()
+        spans = payload_spans(blob) if source_fd is not None else []
+        self.thread = None
+        if spans:
+            self.thread = threading.Thread(target=self._run, args=(spans, source_fd, out_fd), daemon=True)
+            self.thread.start()
+
+    def _run(self, spans, source_fd: int, out_fd: int) -> None:
+        try:
+            for start, length in spans:
+                for off in range(start, start + length, self._SLICE):
+                    if self.stop.is_set():
+                        return
+                    n = min(self._SLICE, start + length - off)
+                    write_at(out_fd, FileRange(source_fd, off, n), off)
+                self.copied.add((start, length, start))
+        except Exception:  # a guess: whatever failed here is written (or fails) again later
+            return
+
+    def finish(self, cancel: bool = False) -> set[tuple[int, int, int]]:
+        if self.thread is not None:
+            if cancel:
+                self.stop.set()
+            self.thread.join()
+        return self.copied
 
 
 @contextlib.contextmanager

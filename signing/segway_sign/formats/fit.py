@@ -10,8 +10,8 @@ placeholder values of the right size collects the digests, then the real values 
 
 from __future__ import annotations
 
-import ctypes
 import mmap
+from struct import error as struct_error
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -118,12 +118,21 @@ def _chunks(source, start: int, length: int) -> Iterator[memoryview]:
     end = start + length
     for off in range(start, end, _CHUNK):
         stop = min(off + _CHUNK, end)
-        piece = whole[off:stop]
-        yield piece
-        piece.release()
+        yield whole[off:stop]
         if mapped:
             low = off - off % mmap.PAGESIZE
             source.madvise(mmap.MADV_DONTNEED, low, stop - low)
+
+
+def payload_spans(blob, minimum: int = _CHUNK) -> list[tuple[int, int]]:
+    """(offset, length) of the embedded image data of at least ``minimum`` bytes, in tree order; []
+    for anything that does not parse (a guess for copying ahead: sign_fit reports the errors)."""
+    from .fdt_regions import value_spans
+    try:
+        return [(start, length) for path, start, length in value_spans(blob, "data")
+                if path.startswith(t.IMAGES + "/") and path.count("/") == 2 and length >= minimum]
+    except (InputError, ValueError, struct_error):
+        return []
 
 
 def split_payloads(blob) -> tuple[bytes, _Payloads]:

@@ -64,6 +64,12 @@ def sign_cmd(rot_uri, fip_path, out_path, tfw_nvctr, ntfw_nvctr, align, certs_di
     check_writable(out_path, force)
     if certs_dir is not None and certs_dir.exists() and not force:
         raise UsageError(f"--certs-dir {certs_dir} exists (use --force to replace it)")
+    warnings = []
+    if tfw_nvctr != ntfw_nvctr:
+        # Usually raised together; different values are most often one counter forgotten.
+        warnings.append(f"the trusted and non-trusted firmware NV counters differ (--tfw-nvctr {tfw_nvctr}, "
+                        f"--ntfw-nvctr {ntfw_nvctr}); a board refuses images below the counters it stores")
+        click.echo(f"segway-sign: warning: {warnings[-1]}", err=True)
     rot_key = token.open_key(rot_uri)
     options = dict(tfw_nvctr=tfw_nvctr, ntfw_nvctr=ntfw_nvctr, align=align)
     if fip_path:
@@ -77,6 +83,8 @@ def sign_cmd(rot_uri, fip_path, out_path, tfw_nvctr, ntfw_nvctr, align, certs_di
                 (tmp / f"{name}.crt").write_bytes(der)
     write_file(out_path, packed, force=force)
     report["output"] = str(out_path)
+    if warnings:
+        report["warnings"] = warnings
     emit(report, as_json, f"signed {out_path}\n{_report_text(report)}")
 
 

@@ -105,6 +105,12 @@ def sign_cmd(key_uri, in_path, out_path, image_version, table, entry, load, bina
         "image_length": result.image_length,
         "pk_index": result.pk_index,
     }
+    if result.header_version != "1.0" and not table_keys:
+        # A v2 header authenticates a table of up to 8 keys; without --keys it holds --key alone.
+        summary["key_table"] = "one key: --key (no --keys given)"
+        click.echo(f"segway-sign: note: header v{result.header_version} without --keys: building a one-key "
+                   "public-key table of --key (its PKHTH is what gets fused; give --keys for a table of "
+                   "several keys)", err=True)
     emit(summary, as_json, f"signed {out_path} (STM32 header v{result.header_version})\n{fuse_text(fuses)}")
 
 

@@ -43,6 +43,8 @@ def test_sign_fip_and_verify(token, tmp_path):
                                     "--tfw-nvctr", "2", "--ntfw-nvctr", "3", "--json"], token)))
     assert unsigned.read_bytes() == before
     assert report["nv_counters"] == {"trusted_nvctr": 2, "non_trusted_nvctr": 3}
+    assert report["warnings"] == ["the trusted and non-trusted firmware NV counters differ (--tfw-nvctr 2, "
+                                  "--ntfw-nvctr 3); a board refuses images below the counters it stores"]
     info = fiptool_info(out)
     assert len(info.strip().splitlines()) == 12 and CFG_CERT_UUID in info
 
@@ -51,6 +53,21 @@ def test_sign_fip_and_verify(token, tmp_path):
     assert fuses["hash"] == report["rot_pkh"]
     ok(run_cli(["fip", "verify", "--fip", str(out), "--pkh", fuses["hash"]]))
     one_line_error(run_cli(["fip", "verify", "--fip", str(out), "--pkh", "11" * 32]), match="PKH")
+
+
+def test_nv_counters_that_differ_are_warned_about(softhsm, tmp_path):
+    uri = softhsm.generate("p256", "rot")
+    imgs = images(tmp_path)
+    base = ["fip", "sign", "--rot-key", uri, "--pin-file", str(softhsm.pin_file),
+            *[a for n, p in imgs.items() for a in (f"--{n}", str(p))]]
+    res = run_cli([*base, "--out", str(tmp_path / "a.bin"), "--tfw-nvctr", "5"], softhsm)
+    ok(res)
+    assert res.stderr.decode() == ("segway-sign: warning: the trusted and non-trusted firmware NV counters differ "
+                                   "(--tfw-nvctr 5, --ntfw-nvctr 0); a board refuses images below the counters "
+                                   "it stores\n")
+    same = run_cli([*base, "--out", str(tmp_path / "b.bin"), "--tfw-nvctr", "5", "--ntfw-nvctr", "5", "--json"],
+                   softhsm)
+    assert "warnings" not in json.loads(ok(same)) and same.stderr == b""
 
 
 def test_sign_separate_images_with_certs_dir(softhsm, tmp_path):

@@ -168,3 +168,27 @@ def test_brainpool_key_refused_outside_stm32(softhsm, tmp_path):
     one_line_error(run_cli(["fit", "add-pubkey", "--key", uri, *pin, "--dtb", str(dtb), "--out", str(out),
                             "--key-name-hint", "dev"], softhsm), code=2, match="brainpoolP256t1")
     assert not out.exists()
+
+
+def test_v2_without_keys_says_it_builds_a_one_key_table(softhsm, tmp_path):
+    uri = softhsm.generate("p256", "mp13")
+    raw = tmp_path / "bl2.bin"
+    raw.write_bytes(os.urandom(2000))
+    base = ["stm32", "sign", "--key", uri, "--pin-file", str(softhsm.pin_file), "--in", str(raw), "--entry",
+            "0x2ffe0000", "--header-version", "2.0"]
+    res = run_cli([*base, "--out", str(tmp_path / "a.stm32"), "--json"], softhsm)
+    signed = json.loads(ok(res))
+    assert signed["key_table"] == "one key: --key (no --keys given)" and signed["kind"] == "PKHTH"
+    err = res.stderr.decode()
+    assert err.startswith("segway-sign: note: header v2.0 without --keys: building a one-key public-key table")
+    one_key = json.loads(ok(run_cli(["stm32", "pkh", "--key", uri, "--pin-file", str(softhsm.pin_file),
+                                     "--header-version", "2", "--json"], softhsm)))
+    assert one_key["hash"] == signed["hash"]
+    # With --keys, or a v1 header (no table), nothing is said.
+    res = run_cli([*base, "--keys", uri, "--out", str(tmp_path / "b.stm32")], softhsm)
+    ok(res)
+    assert b"one-key" not in res.stderr
+    v1 = run_cli(["stm32", "sign", "--key", uri, "--pin-file", str(softhsm.pin_file), "--in", str(raw),
+                  "--entry", "0x2ffe0000", "--out", str(tmp_path / "c.stm32")], softhsm)
+    ok(v1)
+    assert v1.stderr == b""

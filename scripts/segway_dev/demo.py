@@ -19,7 +19,9 @@ from . import bootmedia, fit_attacks, fitbuild, qemu
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "out" / "demo"
 SEGWAY_SIGN = REPO / ".venv" / "bin" / "segway-sign"
-KEY_URI = "pkcs11:token=segway-dev;object=segway-dev-fit"
+# The development ceremony's FIT key (conf/pki-dev.yaml): its label is also U-Boot's key-name-hint.
+KEY_NAME = "segway-dev-fit"
+KEY_URI = f"pkcs11:token=segway-dev;object={KEY_NAME}"
 
 
 def step(title: str) -> None:
@@ -89,7 +91,7 @@ def demo() -> int:
     qemu_dtb = qemu.dump_control_dtb("arm64", OUT / "qemu-virt.dtb")
     print(f"  QEMU virt device tree (dumped with -bios u-boot.bin): {qemu_dtb}")
     unsigned = fitbuild.build_kernel_fit(OUT / "kernel-unsigned.itb", qemu_dtb, media=media,
-                                         source_date_epoch=1700000000)
+                                         key_name_hint=KEY_NAME, source_date_epoch=1700000000)
     print(f"  unsigned FIT (kernel + dtb + initramfs) built with Debian's mkimage: {unsigned}")
 
     step("4. Sign the FIT through PKCS#11 (only digests go to the token)")
@@ -99,7 +101,7 @@ def demo() -> int:
     step("5. Put the public key into U-Boot's control DTB (required for configurations)")
     control = OUT / "u-boot-control.dtb"
     run("fit", "add-pubkey", "--key", KEY_URI, "--dtb", qemu_dtb, "--out", control,
-        "--key-name-hint", "dev", "--required", "conf", *pin, env=env)
+        "--key-name-hint", KEY_NAME, "--required", "conf", *pin, env=env)
     run("fit", "verify", "--dtb", control, "--in", signed, env=env)
 
     step("6. Boot Debian's U-Boot (qemu_arm64) in qemu-system-aarch64 with the signed FIT")
@@ -121,7 +123,7 @@ def demo() -> int:
         return 1
 
     step("Done")
-    print(f"""  U-Boot verified the signature (sha256,rsa2048:dev+), Linux reached userspace
+    print(f"""  U-Boot verified the signature (sha256,rsa2048:{KEY_NAME}+), Linux reached userspace
   ({bootmedia.USERSPACE_MARKER}), and the tampered FIT was refused.
   Outputs in {OUT}:
     hsm/                  the development token (PIN in hsm/user.pin)

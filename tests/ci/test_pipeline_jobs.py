@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.slow,
 
 MACHINE = "qemuarm64"
 # The keys of conf/signing/qemuarm64.yaml (token segway-dev) and the kind each step signs with.
-PLAN_KEYS = {"verity-dev": "rsa2048", "fit-dev": "rsa2048", "release-dev": "p256"}
+PLAN_KEYS = {"segway-dev-verity": "rsa2048", "segway-dev-fit": "rsa2048", "segway-dev-release": "p256"}
 SMOKE = "tests/ci/test_sign_job_contract.py tests/ci/test_pipeline_jobs.py"
 
 
@@ -64,10 +64,10 @@ def segway_dev(tmp_path):
 
 def deferred_deploy_dir(deploy: Path, work: Path) -> None:
     """What a SEGWAY_SIGN_MODE = "deferred" build of qemuarm64 leaves for the sign job: the rootfs
-    image and the unsigned kernel FIT (signature node for fit-dev, initramfs for the verity env)."""
+    image and the unsigned kernel FIT (signature node for segway-dev-fit, initramfs for the verity env)."""
     deploy.mkdir()
     (deploy / f"segway-image-{MACHINE}-secureboot.rootfs.ext4").write_bytes(os.urandom(256 * 4096))
-    fit = make_unsigned_fit(work / "fit", hint="fit-dev")
+    fit = make_unsigned_fit(work / "fit", hint="segway-dev-fit")
     shutil.copy(fit, deploy / f"segway-fit-{MACHINE}-secureboot.itb")
 
 

@@ -74,7 +74,7 @@ def test_a_correct_environment_reaches_the_token(env, tmp_path):
 
     certs = tmp_path / "certs"
     certs.mkdir()
-    for name in ("verity-dev", "fit-dev", "release-dev"):
+    for name in ("segway-dev-verity", "segway-dev-fit", "segway-dev-release"):
         write_cert(certs / f"{name}.crt", self_signed(ec.generate_private_key(ec.SECP256R1()), name))
     deploy = Path(env["SEGWAY_DEPLOY_DIR"])
     for f in ("segway-image-qemuarm64-secureboot.rootfs.ext4", "segway-fit-qemuarm64-secureboot.itb"):

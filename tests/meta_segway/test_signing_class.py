@@ -126,7 +126,7 @@ def test_deferred_mode_copies_and_records(tmp_path, fatal):
     unsigned = tmp_path / "unsigned.itb"
     unsigned.write_bytes(b"FIT")
     out = tmp_path / "segway-fit-qemuarm64-secureboot.itb"
-    argv = ["fit", "sign", "--key", "pkcs11:token=t;object=fit-dev", "--in", str(unsigned), "--out", str(out)]
+    argv = ["fit", "sign", "--key", "pkcs11:token=t;object=segway-dev-fit", "--in", str(unsigned), "--out", str(out)]
     f["segway_sign"](d, "fit", argv, [str(unsigned)], str(out), "SEGWAY_FIT_CERT")
     assert out.read_bytes() == b"FIT"
     [entry] = [json.loads(p.read_text()) for p in (tmp_path / "plan").glob("*.json")]
@@ -190,7 +190,7 @@ def test_fit_pubkey_comes_from_the_certificate_in_both_modes(tmp_path, fatal, mo
 
     f, d = signing_datastore(tmp_path, mode)
     d.setVar("PATH", segway_sign_bindir() + ":/usr/bin:/bin")
-    d.setVar("SEGWAY_FIT_KEY_NAME", "fit-dev")
+    d.setVar("SEGWAY_FIT_KEY_NAME", "segway-dev-fit")
     origenv = datastore(SEGWAY_PIN_FILE="/run/pin", SEGWAY_PKCS11_MODULE=str(tmp_path / "no-module.so"))
     d.setVar("BB_ORIGENV", origenv)
     d.setVar("SEGWAY_SIGN_ENV_VARS", "SEGWAY_PIN_FILE SEGWAY_PKCS11_MODULE")
@@ -200,7 +200,7 @@ def test_fit_pubkey_comes_from_the_certificate_in_both_modes(tmp_path, fatal, mo
     out = tmp_path / "keyed.dtb"
     f["segway_add_fit_pubkey"](d, str(dtb), str(out))
     fdt = libfdt.Fdt(out.read_bytes())
-    node = fdt.path_offset("/signature/fit-dev")
+    node = fdt.path_offset("/signature/segway-dev-fit")
     assert fdt.getprop(node, "required").as_str() == "conf"
     assert fdt.getprop(node, "algo").as_str() == "sha256,ecdsa256"
     assert not (tmp_path / "plan").exists()  # nothing left for the release job to do

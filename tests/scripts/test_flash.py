@@ -101,7 +101,8 @@ def make_release(tmp: Path, board: str, with_wic: bool = True, metadata: bytes |
                         str(deploy / "fip-stm32mp157c-dk2.bin")], check=True)
         doc["steps"] += [{"id": "tfa-bl2", "type": "stm32", "key": "stm32-rot",
                           "inputs": {"image": "tf-a-stm32mp157c-dk2.stm32"}},
-                         {"id": "fip", "type": "fip", "key": "fip-rot", "inputs": {"fip": "fip-stm32mp157c-dk2.bin"}}]
+                         {"id": "fip", "type": "fip", "key": "stm32-rot",  # BL2's key: one PKH
+                          "inputs": {"fip": "fip-stm32mp157c-dk2.bin"}}]
         metadata = fwu_metadata_bin() if metadata is None else metadata
         if metadata:
             (deploy / "metadata.bin").write_bytes(metadata)

@@ -164,3 +164,18 @@ def test_layer_signing_functions_with_the_layer_names(golden, tmp_path, monkeypa
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "segway-dev-fit" in check.stdout + check.stderr
+
+
+def test_ceremony_doc_block_runs_as_written(tmp_path):
+    """docs/ceremony.md's first block, in a fresh checkout-like directory."""
+    shutil.copytree(REPO / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("certs"))
+    text = (REPO / "docs" / "ceremony.md").read_text()
+    block = re.search(r"```sh\n(.*?)```", text, re.S).group(1)
+    env = {k: v for k, v in os.environ.items() if k not in ("SOFTHSM2_CONF", "SEGWAY_PIN_FILE",
+                                                            "SEGWAY_PKCS11_MODULE", "SEGWAY_DEV_HSM_DIR")}
+    env["PATH"] = f"{Path(SEGWAY_SIGN).parent}:{env['PATH']}"
+    r = subprocess.run(["bash", "-ec", block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "12 keys, 0 in the token, 12 missing" in r.stdout
+    assert (tmp_path / "conf" / "signing" / "certs" / "segway-dev-fit.crt").is_file()
+    assert (tmp_path / "out" / "pki" / "ceremony.json").is_file()

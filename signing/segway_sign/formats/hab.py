@@ -188,6 +188,8 @@ def _fit_image_entries(fdt, images: int, image: bytes, fit_off: int):
 # the ROM authenticates the SPL part, and SPL authenticates the FIT part (U-Boot proper, TF-A, TEE,
 # device trees) through the ROM's HAB API before jumping to it.
 LAYOUTS = {"imx6": ("imx",), "imx7": ("imx",), "imx8m": ("spl", "fit")}
+# i.MX 8M on-chip RAM (TCM, OCRAM) lies below this address, DDR far above: where an SPL IVT may point.
+ON_CHIP_RAM_END = 0x0100_0000
 SECTOR = 0x200  # SPL reads the FIT from whole sectors of the boot media
 
 
@@ -304,6 +306,11 @@ def locate_parts(image: bytes, soc: str, parts: Sequence[str] | None = None,
                                     "u-boot.imx does not have: for an i.MX 8M flash.bin give --soc imx8m")
         return [("imx", ivts[0])]
     spl = ivts[0]
+    if spl.self_addr >= ON_CHIP_RAM_END:
+        # An i.MX 8M SPL runs from on-chip RAM (TCM/OCRAM, below 16 MiB); u-boot.imx loads to DDR.
+        raise VerificationError(f"the IVT at 0x{spl.offset:x} loads the image to DDR (self 0x{spl.self_addr:x}), as an "
+                                "i.MX 6/7 u-boot.imx does, not to on-chip RAM as an i.MX 8M SPL: for a u-boot.imx "
+                                "give --soc imx6 or imx7")
     found = [("spl", spl)]
     if "fit" in wanted:
         found.append(("fit", locate_fit(image, spl, fit_offset).ivt))

@@ -294,3 +294,25 @@ def test_hab_verify_refuses_bad_input_in_one_line(tmp_path):
         for soc in ("imx8m", "imx6"):
             res = run_cli(["hab", "verify", "--soc", soc, "--in", str(path)])
             one_line_error(res, 1)
+
+
+@pytest.mark.parametrize("soc,image,words", [
+    ("imx8m", "u-boot.imx", "loads the image to DDR (self 0x877ff400), as an i.MX 6/7 u-boot.imx does"),
+    ("imx6", "flash.bin", "a second HAB part (IVT at 0x58c00) that a imx6 u-boot.imx does not have"),
+    ("imx7", "flash.bin", "for an i.MX 8M flash.bin give --soc imx8m"),
+])
+def test_an_image_of_the_other_soc_family_is_refused(tmp_path, soc, image, words):
+    """Refused from the image alone, before any token is opened (the key URIs name no token)."""
+    path = make_uboot_imx(tmp_path) if image == "u-boot.imx" else make_flash_bin(tmp_path)
+    (tmp_path / "table.bin").write_bytes(b"\0" * 64)
+    (tmp_path / "cert.pem").write_bytes(b"unused")
+    out = tmp_path / "signed.bin"
+    for extra in ([], ["--parts", "spl"] if soc == "imx8m" else []):
+        res = run_cli(["hab", "sign", "--soc", soc, "--in", str(path), "--out", str(out), "--srk-table",
+                       str(tmp_path / "table.bin"), "--srk-index", "1", "--csf-key", "pkcs11:token=none;object=c",
+                       "--csf-cert", str(tmp_path / "cert.pem"), "--img-key", "pkcs11:token=none;object=i",
+                       "--img-cert", str(tmp_path / "cert.pem"), *extra],
+                      env={"SEGWAY_PKCS11_MODULE": "/nonexistent/module.so"})
+        one_line_error(res, 1, words)
+        assert not out.exists()
+    one_line_error(run_cli(["hab", "verify", "--soc", soc, "--in", str(path)]), 1, words)

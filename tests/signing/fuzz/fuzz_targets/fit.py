@@ -60,7 +60,10 @@ def _build_unsigned(shop: Shop, case: Path) -> None:
 #
 # - the signed nodes (root, the configuration, its images and their hash nodes): every property
 #   record byte for byte (tag, length, name offset, value, padding), since U-Boot hashes them;
-#   and the strings block up to hashed-strings;
+#   and the strings block up to hashed-strings. Except the properties the configuration's hash
+#   leaves out (data, data-size, data-offset, data-position): their names and values as U-Boot
+#   reads them — data as long as its length says, the others as the 4 bytes at the value, whatever
+#   the length (fit_image_get_data_offset() and friends do not look at it);
 # - the other nodes (/images, /configurations): the node names and property values (a string
 #   property such as ``default`` up to its NUL);
 # - the configuration's signature nodes (their names count up to the "signature" prefix U-Boot
@@ -77,6 +80,7 @@ def _build_unsigned(shop: Shop, case: Path) -> None:
 # blocks, padding between external payloads and after them.
 
 READ_SIGNATURE_PROPS = ("algo", "padding", "value", "hashed-strings")
+UNHASHED = ("data-size", "data-offset", "data-position")  # and data (boot/image-fit-sig.c exc_prop)
 STRING_PROPS = ("algo", "padding", "default", "description")
 
 
@@ -104,7 +108,11 @@ def view(blob: bytes) -> list:
     hashed_strings, external = 0, {}
     for p in tree.props:
         value = blob[p.value:p.end]
-        if _signed(p.node):
+        if _signed(p.node) and p.name in UNHASHED:
+            out.append(("unhashed", p.node, p.name, blob[p.value:p.value + 4]))
+        elif _signed(p.node) and p.name == "data":
+            out.append(("unhashed", p.node, p.name, value))
+        elif _signed(p.node):
             out.append(("signed", p.node, p.name, blob[p.offset:(p.end + 3) & ~3]))
         elif _is_signature(p.node):
             if p.name in READ_SIGNATURE_PROPS and (p.node, p.name) not in seen:
@@ -115,8 +123,8 @@ def view(blob: bytes) -> list:
                 out.append(("signature", p.name, _cstring(value) if p.name in STRING_PROPS else value))
         else:
             out.append(("prop", p.node, p.name, _cstring(value) if p.name in STRING_PROPS else value))
-        if p.node.startswith("/images/") and p.name in ("data-size", "data-offset", "data-position"):
-            external.setdefault(p.node, {})[p.name] = int.from_bytes(value, "big")
+        if p.node.startswith("/images/") and p.name in UNHASHED:
+            external.setdefault(p.node, {})[p.name] = int.from_bytes(blob[p.value:p.value + 4], "big")
     strings = h["off_dt_strings"]
     out.append(("hashed strings", blob[strings:strings + max(hashed_strings, 0)]))
     for node, ext in sorted(external.items()):

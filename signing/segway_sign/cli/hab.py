@@ -175,6 +175,7 @@ def sign_cmd(soc, in_path, out_path, srk_table, srk_index, csf_key, csf_cert, im
     if csf_dir is not None:
         check_writable(csf_dir, force)
     parts = hab.parse_parts(soc, parts_text)
+    blocks = _blocks(imx_blocks, spl_blocks, fit_blocks)
     image = in_path.read_bytes()
     hab.locate_parts(image, soc, parts, fit_offset)  # an image of another SoC family: refused before the token
     pki = (csf_key, csf_cert, img_key, img_cert)
@@ -191,7 +192,7 @@ def sign_cmd(soc, in_path, out_path, srk_table, srk_index, csf_key, csf_cert, im
     if hab_version is None:
         hab_version = 0x43 if soc == "imx8m" else 0x42  # as U-Boot's CSF examples for these SoCs
     signed = hab.sign_image(image, soc, keys, version=hab_version, engine=hab_csf.ENGINES[engine],
-                            unlock_mid=unlock_mid, blocks=_blocks(imx_blocks, spl_blocks, fit_blocks),
+                            unlock_mid=unlock_mid, blocks=blocks,
                             signing_time=source_datetime(), parts=parts, fit_offset=fit_offset)
     if csf_dir is not None:
         from ..atomic import output_dir

@@ -1,11 +1,11 @@
 """The KMS page's walkthrough (docs/kms.md), run as written against a real swtpm and daemon.
 
-How the blocks are extracted: in docs/kms.md, every fenced ```sh block whose preceding non-blank line is the
-HTML comment ``<!-- runnable -->`` is taken, in document order, and the blocks are joined into one bash
-script run with ``set -eo pipefail`` (so a later block sees the variables an earlier one exported, as in a
+How the blocks are extracted (tests/docs_blocks.py): in docs/kms.md, every fenced shell block whose preceding
+non-blank line is the HTML comment ``<!-- runnable -->`` is taken, in document order, and the blocks are joined into one
+bash script run with ``set -eo pipefail`` (so a later block sees the variables an earlier one exported, as in a
 reader's shell). The only changes made to the text: ``/tmp/kms`` becomes a fresh temporary directory, and
 the ports 2321/2322 (swtpm) and 50051 (mTLS) become free ones, so that the test can run next to others.
-Blocks marked ``<!-- not runnable: <reason> -->`` are skipped; any other ```sh block in the section is an
+Blocks marked ``<!-- not runnable: <reason> -->`` are skipped; any other shell block of the page is an
 error (each block of the page must say which it is). swtpm and segway-kmsd are stopped by the PIDs they wrote.
 """
 from __future__ import annotations
@@ -21,35 +21,16 @@ from pathlib import Path
 
 import pytest
 
+from docs_blocks import RUNNABLE, Block, runnable_script, shell_blocks
+
 from ..conftest import free_port_pair, require_tools
 
 REPO = Path(__file__).resolve().parents[3]
 PAGE = REPO / "docs" / "kms.md"
-RUNNABLE = "<!-- runnable -->"
 
 
-def kms_section() -> str:
-    return PAGE.read_text()
-
-
-def shell_blocks(section: str) -> list[tuple[str, str]]:
-    """(marker, body) of every ```sh block in the section; marker is the preceding non-blank line."""
-    blocks = []
-    for m in re.finditer(r"^```sh\n(.*?)^```$", section, re.S | re.M):
-        before = [line for line in section[:m.start()].splitlines() if line.strip()]
-        blocks.append((before[-1].strip() if before else "", m.group(1)))
-    return blocks
-
-
-def runnable_script(section: str) -> str:
-    bodies = []
-    for marker, body in shell_blocks(section):
-        if marker == RUNNABLE:
-            bodies.append(body)
-        elif not re.fullmatch(r"<!-- not runnable: .+ -->", marker):
-            raise AssertionError(f"a sh block in the segway-kms section is marked neither runnable nor "
-                                 f"'not runnable: <reason>': {body.splitlines()[0]!r}")
-    return "\n".join(bodies)
+def kms_section() -> list[Block]:
+    return shell_blocks(PAGE)
 
 
 def _free_port() -> int:
@@ -70,8 +51,8 @@ def _stop(pid_file: Path, name: str) -> None:
 
 
 def test_blocks_are_marked():
-    blocks = shell_blocks(kms_section())
-    assert sum(m == RUNNABLE for m, _ in blocks) >= 3
+    blocks = kms_section()
+    assert sum(b.marker == RUNNABLE for b in blocks) >= 3
     runnable_script(kms_section())  # raises on an unmarked block
 
 

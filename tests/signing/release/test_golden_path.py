@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from docs_blocks import runnable_script, shell_blocks
 from fit_fixtures import make_unsigned_fit
 from helpers import SEGWAY_SIGN
 from segway_sign.formats import stm32
@@ -28,11 +29,9 @@ pytestmark = pytest.mark.slow
 
 
 def doc_commands() -> list[str]:
-    """The sh block of the section, line by line."""
-    text = (REPO / "docs" / "yocto-layer.md").read_text()
-    section = text.split("### What a plain `kas build kas/qemuarm64.yml` needs", 1)[1]
-    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
-    return [line for line in block.splitlines() if line.strip()]
+    """The runnable shell blocks of docs/yocto-layer.md (tests/docs_blocks.py), line by line."""
+    script = runnable_script(shell_blocks(REPO / "docs" / "yocto-layer.md"))
+    return [line for line in script.splitlines() if line.strip()]
 
 
 def deploy_dir(plan: dict, root: Path) -> Path:
@@ -167,10 +166,9 @@ def test_layer_signing_functions_with_the_layer_names(golden, tmp_path, monkeypa
 
 
 def test_ceremony_doc_block_runs_as_written(tmp_path):
-    """docs/ceremony.md's first block, in a fresh checkout-like directory."""
+    """docs/ceremony.md's runnable block, in a fresh checkout-like directory."""
     shutil.copytree(REPO / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("certs"))
-    text = (REPO / "docs" / "ceremony.md").read_text()
-    block = re.search(r"```sh\n(.*?)```", text, re.S).group(1)
+    block = runnable_script(shell_blocks(REPO / "docs" / "ceremony.md"))
     env = {k: v for k, v in os.environ.items() if k not in ("SOFTHSM2_CONF", "SEGWAY_PIN_FILE",
                                                             "SEGWAY_PKCS11_MODULE", "SEGWAY_DEV_HSM_DIR")}
     env["PATH"] = f"{Path(SEGWAY_SIGN).parent}:{env['PATH']}"

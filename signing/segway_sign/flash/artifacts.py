@@ -52,6 +52,13 @@ class Release:
         if step["type"] not in SIGNED_BOOT_TYPES and not allow_unsigned:
             raise InputError(f"release step '{step_id}' is of type {step['type']}, not a signed boot image "
                              "(--allow-unsigned-boot for an open development board)")
+        # A signing step that ships more than the image (hab: its SRK table) names the image.
+        image = (step.get("details") or {}).get("image")
+        if image is not None:
+            path = self.path / step_id / image
+            if path not in self.files(step_id):
+                raise InputError(f"release step '{step_id}' names image {image}, which is not among its outputs")
+            return path
         return self.one(step_id, *suffixes)
 
     def verity(self, step_id: str) -> tuple[Path, Path | None]:

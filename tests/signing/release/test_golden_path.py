@@ -112,6 +112,13 @@ def test_release_and_verify_every_machine_plan(golden, machine, tmp_path):
     v = subprocess.run([SEGWAY_SIGN, "release", "verify", "--certs", "conf/signing/certs", str(rel)], cwd=root,
                        env=env, capture_output=True, text=True, timeout=600)
     assert v.returncode == 0 and f"{rel}: OK" in v.stdout, v.stdout + v.stderr
+    if machine == "imx8mm":
+        # The next step on the path: the flashing command takes the release as made (the hab step
+        # ships the SRK table beside the signed imx-boot).
+        f = subprocess.run([SEGWAY_SIGN, "flash", "imx", "--certs", "conf/signing/certs", "--usb", "--dry-run",
+                            str(rel)], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert f.returncode == 0, f.stdout + f.stderr
+        assert "imx-boot" in f.stdout and "segway-dev-hab-srk-table.bin" not in f.stdout, f.stdout
 
 
 def test_layer_signing_functions_with_the_layer_names(golden, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ..errors import InputError
+from .files import read_regular
 
 PLAN_VERSION = 1
 # A plan is a few levels deep (steps > options > values) and a few hundred values long; these bounds
@@ -143,13 +144,14 @@ def _load_yaml(raw: bytes, path: Path):
             loader.dispose()
 
 
+PLAN_MAX_BYTES = 16 << 20  # far above any real plan; bounds what a hostile one costs
+
+
 def load_plan(path: str | Path, known_types: set[str] | None = None) -> Plan:
     """Read and validate a plan; raises InputError naming the first problem."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read plan {path}: {e.strerror}") from None
+    # A FIFO or device as the plan is refused at once instead of waited on; a plan is small text.
+    raw = read_regular(path, PLAN_MAX_BYTES, "plan", follow_symlinks=True)
     doc = _load_yaml(raw, path)
     where = f"plan {path.name}"
     if not isinstance(doc, dict):

@@ -9,6 +9,7 @@ target's counts as a JSON line.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -45,27 +47,26 @@ def shop(tmp_path_factory):
     return Shop(root, SoftHsmToken(root / "token", label="fuzz"))
 
 
-def plan_cases(target, originals: dict[str, bytes], count: int) -> list[harness.Case]:
+def plan_cases(target, originals: dict[str, bytes], count: int) -> Iterator[harness.Case]:
     """``count`` mutations shared among the target's inputs by weight, every SUBPROCESS_EVERY-th
     through the real CLI, then what else may stand in for each file: a FIFO or a character device
     (through the real CLI only: a reader blocked on them cannot be stopped in-process), a directory,
-    nothing."""
+    nothing. Made one at a time: a long run never holds its inputs' copies."""
     total = sum(i.weight for i in target.inputs)
-    mutations = []
+    index, through_cli = 0, 0
     for inp in target.inputs:
         n = max(1, round(count * inp.weight / total))
         m = mutator.Mutator(originals[inp.path], mutator.seed_for(f"{target.name}:{inp.path}", SEED),
                             inp.fields(originals[inp.path]), inp.hot(originals[inp.path]), inp.text)
-        mutations += [(inp, mut) for mut in m.cases(n)]
-    cases, through_cli = [], 0
-    for i, (inp, mut) in enumerate(mutations):
-        via_cli = i % SUBPROCESS_EVERY == SUBPROCESS_EVERY - 1 and through_cli < SUBPROCESS_MAX
-        through_cli += via_cli
-        cases.append(harness.Case(i, inp, mut, via_cli))
+        for mut in m.cases(n):
+            via_cli = index % SUBPROCESS_EVERY == SUBPROCESS_EVERY - 1 and through_cli < SUBPROCESS_MAX
+            through_cli += via_cli
+            yield harness.Case(index, inp, mut, via_cli)
+            index += 1
     for inp in target.inputs:
         for special in inp.specials:
-            cases.append(harness.Case(len(cases), inp, None, special in ("fifo", "device"), special))
-    return cases
+            yield harness.Case(index, inp, None, special in ("fifo", "device"), special)
+            index += 1
 
 
 def _digest_tree(root: Path) -> dict[str, str]:
@@ -103,7 +104,6 @@ def test_fuzz(shop, target, tmp_path):
         assert outcome.code == 0 and not outcome.traceback, (target.name, outcome.stderr)
         shutil.rmtree(where)
 
-    cases = plan_cases(target, originals, max(1, round(CASES * target.share)))
     tally = harness.Tally()
     work = tmp_path / "cases"
     work.mkdir()
@@ -114,13 +114,17 @@ def test_fuzz(shop, target, tmp_path):
         outcome = run(target.argv(shop, where), envs[run])
         verdict = harness.judge(case, originals[case.input.path], outcome)
         shutil.rmtree(where)
+        if case.mutation is not None:  # the description stays, the bytes go
+            case.mutation = dataclasses.replace(case.mutation, data=b"")
         return case, verdict
 
     # The real-CLI cases run on worker threads while this thread runs the in-process ones.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(run_case, c) for c in cases if c.subprocess]
-        for case in cases:
-            if not case.subprocess:
+        futures = []
+        for case in plan_cases(target, originals, max(1, round(CASES * target.share))):
+            if case.subprocess:
+                futures.append(pool.submit(run_case, case))
+            else:
                 tally.add(*run_case(case))
         in_process_done = time.monotonic()
         for future in futures:

@@ -22,6 +22,11 @@ from ..raw_ec import RawECPublicKey
 from ..release.certs import load_certificate  # noqa: F401  (the one certificate loader, for every command)
 
 
+# Exit status of a verify command whose signatures all check but which was given no trust anchor
+# (fused key hash, SRK table, EK root): "OK (signature only: ...)" and 3, never a bare OK and 0.
+EXIT_NO_ANCHOR = 3
+
+
 # ---------------------------------------------------------------------------------------------
 # Inputs: every artifact a command reads goes through open_input/read_input, which refuse at once
 # (one line, no waiting) anything that is not a regular file: a FIFO would block the reader, a

@@ -12,7 +12,7 @@ from ..atomic import check_writable, write_file
 from ..errors import UsageError
 from ..formats import hab, hab_csf, hab_pki, hab_srk
 from ..reproducible import source_datetime
-from .common import IN_FILE, OUT_FILE, emit, load_certificate, load_public_key, output_options, token_options
+from .common import EXIT_NO_ANCHOR, IN_FILE, OUT_FILE, emit, load_certificate, load_public_key, output_options, token_options
 
 
 def split_specs(values) -> list[str]:
@@ -57,8 +57,7 @@ PARTS_HELP = ("Parts to sign/check, comma-separated (imx8m: spl,fit; imx6/imx7: 
               "the SoC's layout, and a missing one is an error; `--parts spl` covers the SPL part alone.")
 
 # `hab verify` exit status: 0 all checked against the trust anchor, 1 verification failed (or bad
-# input), 2 usage error, 3 every signature verifies but no trust anchor was given.
-EXIT_NO_ANCHOR = 3
+# input), 2 usage error, EXIT_NO_ANCHOR (3) every signature verifies but no trust anchor was given.
 
 
 @click.group("hab")

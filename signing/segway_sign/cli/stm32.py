@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -10,7 +11,7 @@ from ..atomic import check_writable, write_file
 from ..errors import UsageError
 from ..formats import stm32
 from ..pki.stm32_fuses import pkh_fuse_words
-from .common import IN_FILE, emit, load_public_key, output_options, read_input, token_options
+from .common import EXIT_NO_ANCHOR, IN_FILE, emit, load_public_key, output_options, read_input, token_options
 
 HEADER_VERSIONS = {"1": stm32.HEADER_V1, "2": stm32.HEADER_V20, "2.0": stm32.HEADER_V20, "2.2": stm32.HEADER_V22}
 
@@ -120,7 +121,10 @@ def sign_cmd(key_uri, in_path, out_path, image_version, table, entry, load, bina
 @click.option("--pkh-file", type=IN_FILE, help="Expected PKH/PKHTH as a 32-byte binary or a hex text file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def verify_cmd(in_path, pkh_hex, pkh_file, as_json):
-    """Verify a signed STM32 image (checksum, key table, signature, optional PKH)."""
+    """Verify a signed STM32 image (checksum, key table, signature, and the PKH/PKHTH against --pkh).
+
+    Exit 0: verified against the expected PKH; 1: refused; 2: usage; 3: the signature verifies but no
+    PKH was given, so nothing ties the key to the device ("OK (signature only: ...)")."""
     expected = read_pkh(pkh_hex, pkh_file)
     result = stm32.verify(read_input(in_path), expected_pkh=expected)
     kind = "PKH" if result.header_version == "1.0" else "PKHTH"
@@ -137,8 +141,13 @@ def verify_cmd(in_path, pkh_hex, pkh_file, as_json):
         "binary_type": f"0x{result.binary_type:02x}",
         "pkh_checked": expected is not None,
     }
-    checked = " (matches the expected value)" if expected is not None else ""
-    emit(summary, as_json, f"OK {in_path}: STM32 header v{result.header_version}, {kind} {result.pkh.hex()}{checked}")
+    if expected is None:
+        # The key table and signature agree with each other, but nothing says they are the fused key.
+        emit(summary, as_json, f"OK (signature only: no trust anchor given) {in_path}: STM32 header "
+             f"v{result.header_version}, {kind} {result.pkh.hex()} (give --pkh or --pkh-file, the fused value)")
+        sys.exit(EXIT_NO_ANCHOR)
+    emit(summary, as_json, f"OK {in_path}: STM32 header v{result.header_version}, {kind} {result.pkh.hex()} "
+         "(matches the expected value)")
 
 
 @group.command("pkh")

@@ -52,6 +52,10 @@ def test_sign_verify_pkh(token, tmp_path):
     assert "Option     : 0x00000000" in listed
 
     one_line_error(run_cli(["stm32", "verify", "--in", str(out), "--pkh", "00" * 32]), match="does not match")
+    # Without the fused value nothing ties the key to a device: no bare OK, a distinct exit status.
+    bare = run_cli(["stm32", "verify", "--in", str(out)])
+    assert bare.returncode == 3, bare.stderr
+    assert bare.stdout.decode().startswith(f"OK (signature only: no trust anchor given) {out}")
 
 
 def test_v2_raw_binary_with_key_table(softhsm, tmp_path):

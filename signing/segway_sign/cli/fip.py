@@ -8,7 +8,7 @@ import click
 
 from ..atomic import check_writable, output_dir, write_file
 from ..errors import UsageError
-from ..formats import fip
+from ..formats.tfa import fip
 from .common import IN_FILE, emit, load_public_key, output_options, read_input, token_options
 from .stm32 import read_pkh
 

@@ -151,7 +151,7 @@ def test_pin_env_is_not_inherited_by_children(softhsm, tmp_path):
 def test_certificate_of_an_unknown_version(softhsm, tmp_path):
     """X.509 version 6 (cryptography's InvalidVersion, not a ValueError), inside the FIP and as
     the --rot-pubkey certificate: one line each."""
-    from segway_sign.formats import fip
+    from segway_sign.formats.tfa import fip
     _, out = _signed_fip(softhsm, tmp_path, "--pin-file", str(softhsm.pin_file))
     v3, v6 = bytes.fromhex("a003020102"), bytes.fromhex("a003020105")  # [0] EXPLICIT INTEGER 2 / 5
     data = out.read_bytes()

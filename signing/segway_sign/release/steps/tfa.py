@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ...errors import InputError, SegwayError, VerificationError
-from ...formats import fip, stm32
+from ...formats import stm32
+from ...formats.tfa import fip
 from ..certs import public_der
 from .base import StepContext, StepType, VerifyContext, register
 

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError, SegwayError, UsageError
+from ...errors import InputError, SegwayError, UsageError
 from . import tbbr
 
 TOC_HEADER_NAME = 0xAA640001

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.x509.oid import NameOID
 
-from ..errors import InputError, UsageError, VerificationError
-from ..reproducible import source_datetime
+from ...errors import InputError, UsageError, VerificationError
+from ...reproducible import source_datetime
 
 _ARM = "1.3.6.1.4.1.4128.2100."
 OID = {

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from helpers import open_token_key
 from segway_sign.errors import InputError, UsageError, VerificationError
-from segway_sign.formats import fip, tbbr
+from segway_sign.formats.tfa import fip, tbbr
 
 ARM = "1.3.6.1.4.1.4128.2100."
 CFG_CERT_UUID = "501d8dd2-8bce-49a5-84eb-559a9f2eaeaf"
@@ -71,7 +71,7 @@ def ext_value(cert: x509.Certificate, oid: str) -> x509.Extension:
 
 
 def walk_chain(certs: dict[str, bytes], images: dict[str, bytes], rot_public) -> None:
-    """The STM32MP1 chain of trust, checked independently of segway_sign.formats.tbbr."""
+    """The STM32MP1 chain of trust, checked independently of segway_sign.formats.tfa.tbbr."""
     parsed = {n: x509.load_der_x509_certificate(d) for n, d in certs.items()}
 
     def check(name, key):

@@ -1,0 +1,1 @@
+"""TF-A: the Firmware Image Package (``fip``) and the Trusted Board Boot certificates in it (``tbbr``)."""

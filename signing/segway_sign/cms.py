@@ -23,9 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from .crypto import HASHES
 from .errors import InputError, VerificationError
 
-_HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+_DIGESTS = ("sha256", "sha384", "sha512")  # the digests a signer may use (not SHA-1)
 # What asn1crypto raises on malformed DER (its messages span several lines: only the first is kept).
 _PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError)
 
@@ -123,7 +124,7 @@ def verify_detached(sig_der: bytes, data: bytes, trusted: list[x509.Certificate]
         if cert is None:
             errors.append("signer is not among the trusted certificates")
             continue
-        if si.digest not in _HASHES:
+        if si.digest not in _DIGESTS:
             errors.append(f"unsupported digest {si.digest}")
             continue
         if si.attrs_der is not None:
@@ -135,7 +136,7 @@ def verify_detached(sig_der: bytes, data: bytes, trusted: list[x509.Certificate]
             signed_bytes = data
         try:
             _verify_raw(cert.public_key(), si.signature, signed_bytes, si.signature_algorithm,
-                        _HASHES[si.digest]())
+                        HASHES[si.digest]())
         except InvalidSignature:
             errors.append(f"signature by {cert.subject.rfc4514_string()} does not verify")
             continue

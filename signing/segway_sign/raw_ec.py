@@ -13,8 +13,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from asn1crypto import algos, core, keys, pem
+from asn1crypto import core, keys, pem
 
+from .crypto import ecdsa_der
 from .errors import InputError, UsageError, VerificationError
 
 # Curve name -> (named-curve OID, field size in bytes). Only curves cryptography cannot load.
@@ -115,7 +116,7 @@ def openssl_verifies(public: RawECPublicKey, raw_signature: bytes, digest: bytes
     """
     if len(raw_signature) != 2 * public.size:
         return False
-    sig_der = algos.DSASignature.from_p1363(raw_signature).dump()
+    sig_der = ecdsa_der(raw_signature)
     with tempfile.TemporaryDirectory(prefix="segway-ecdsa-") as tmp:
         d = Path(tmp)
         (d / "pub.pem").write_bytes(public.spki_pem())

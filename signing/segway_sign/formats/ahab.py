@@ -24,8 +24,8 @@ from typing import Sequence
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from ..crypto import ecdsa_der, ecdsa_raw
 from ..errors import InputError, UsageError, VerificationError
 
 TAG_CONTAINER = 0x87
@@ -287,9 +287,7 @@ def _check_images(image: bytes, c: Container) -> None:
 
 def _raw_signature(public: PublicKey, der_or_raw: bytes) -> bytes:
     if isinstance(public, ec.EllipticCurvePublicKey):
-        size = _CURVES[public.curve.name][1]
-        r, s = decode_dss_signature(der_or_raw)
-        return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+        return ecdsa_raw(der_or_raw, _CURVES[public.curve.name][1])
     return der_or_raw
 
 
@@ -304,9 +302,7 @@ def _verify(public: PublicKey, alg: int, digest: str, signature: bytes, data: by
     algo = HASHES[digest][1]()
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):
-            half = len(signature) // 2
-            der = encode_dss_signature(int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big"))
-            public.verify(der, data, ec.ECDSA(algo))
+            public.verify(ecdsa_der(signature), data, ec.ECDSA(algo))
         else:
             public.verify(signature, data, _rsa_padding(alg, digest), algo)
     except InvalidSignature:

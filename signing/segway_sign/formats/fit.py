@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from .. import __version__
 from ..atomic import FileRange
+from ..crypto import HASHES, ecdsa_raw
 from ..errors import InputError, UsageError, VerificationError
 from ..reproducible import source_date_epoch
 from . import fit_tree as t
@@ -29,7 +30,6 @@ from .fdt_regions import Header, find_regions
 from .fit_keys import algo_for_key, check_algo_matches_key
 
 SIGNER_NAME = "segway-sign"
-_HASHES = {"sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 
 
 @dataclass
@@ -414,7 +414,7 @@ def _node_plan(fdt, path: str, kind: str, algo_opt: str | None, hint_opt: str | 
     if not algo:
         raise InputError(f"signature node {path} has no 'algo' (give --algo)")
     hash_name = algo.split(",", 1)[0]
-    if hash_name not in _HASHES:
+    if hash_name not in HASHES:
         raise InputError(f"signature node {path}: unsupported hash in algo {algo!r}")
     check_algo_matches_key(algo, public)
     hint = t.getstr(fdt, path, "key-name-hint")
@@ -457,7 +457,7 @@ def _write_signature(fdt: libfdt.Fdt, node: SignatureNode, value: bytes, timesta
 def _config_digest(fdt: libfdt.Fdt, node: SignatureNode) -> bytes:
     blob = fdt.as_bytearray()
     regions = find_regions(blob, frozenset(node.hashed_nodes), add_string_tab=True)
-    h = hashes.Hash(_HASHES[node.hash_name]())
+    h = hashes.Hash(HASHES[node.hash_name]())
     for start, size in regions:
         h.update(bytes(blob[start:start + size]))
     return h.finalize()
@@ -487,14 +487,12 @@ def _run_pass(blob: bytes, size_inc: int, plans: list[SignatureNode], image_dige
 
 
 def _signature_value(key, node: SignatureNode, digest: bytes) -> bytes:
-    algo = _HASHES[node.hash_name]()
+    algo = HASHES[node.hash_name]()
     if isinstance(key, rsa.RSAPrivateKey):
         pad = (padding.PSS(padding.MGF1(algo), padding.PSS.DIGEST_LENGTH) if node.padding == "pss"
                else padding.PKCS1v15())
         return key.sign(digest, pad, utils.Prehashed(algo))
-    r, s = utils.decode_dss_signature(key.sign(digest, ec.ECDSA(utils.Prehashed(algo))))
-    size = (key.curve.key_size + 7) // 8
-    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    return ecdsa_raw(key.sign(digest, ec.ECDSA(utils.Prehashed(algo))), (key.curve.key_size + 7) // 8)
 
 
 def _placeholder_len(public) -> int:

@@ -17,12 +17,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
+from ..crypto import HASHES, ecdsa_der
 from ..errors import InputError, VerificationError
 from . import fit_tree as t
 from .fdt_regions import find_regions
 from .fit_keys import SIG_NODE, key_nodes, public_key_from_node
 
-_HASHES = {"sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 
 
 @dataclass
@@ -50,7 +50,7 @@ def signed_nodes(fdt, conf: str) -> list[str]:
 
 def _verify_value(public, algo: str, pad: str, digest: bytes, value: bytes) -> None:
     hash_name, crypto = algo.split(",", 1)
-    hash_algo = _HASHES[hash_name]()
+    hash_algo = HASHES[hash_name]()
     if isinstance(public, rsa.RSAPublicKey):
         if crypto != f"rsa{public.key_size}" or len(value) != public.key_size // 8:
             raise InvalidSignature
@@ -60,8 +60,7 @@ def _verify_value(public, algo: str, pad: str, digest: bytes, value: bytes) -> N
         size = (public.curve.key_size + 7) // 8
         if crypto != f"ecdsa{public.curve.key_size}" or len(value) != 2 * size:
             raise InvalidSignature
-        der = utils.encode_dss_signature(int.from_bytes(value[:size], "big"), int.from_bytes(value[size:], "big"))
-        public.verify(der, digest, ec.ECDSA(utils.Prehashed(hash_algo)))
+        public.verify(ecdsa_der(value), digest, ec.ECDSA(utils.Prehashed(hash_algo)))
 
 
 def config_digest(fdt, blob: bytes, conf: str, sig_path: str, hash_name: str) -> bytes:
@@ -73,7 +72,7 @@ def config_digest(fdt, blob: bytes, conf: str, sig_path: str, hash_name: str) ->
         raise VerificationError(f"{sig_path}: hashed-strings reaches beyond the strings block")
     regions = find_regions(blob, frozenset(signed_nodes(fdt, conf)), add_string_tab=False)
     regions.append((fdt.off_dt_strings(), strings_size))
-    h = hashes.Hash(_HASHES[hash_name]())
+    h = hashes.Hash(HASHES[hash_name]())
     for start, size in regions:
         h.update(bytes(blob[start:start + size]))
     return h.finalize()
@@ -85,7 +84,7 @@ def _check_signature(fdt, blob: bytes, sig_path: str, key_path: str, ctl, kind: 
     if not algo or value is None:
         raise VerificationError(f"{sig_path}: unsigned (no value)")
     hash_name = algo.split(",", 1)[0]
-    if hash_name not in _HASHES:
+    if hash_name not in HASHES:
         raise VerificationError(f"{sig_path}: unsupported algo {algo!r}")
     if t.getstr(ctl, key_path, "algo") != algo:
         raise VerificationError(f"{sig_path}: algo {algo!r} differs from key {key_path}")

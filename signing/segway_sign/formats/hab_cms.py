@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from ..crypto import spki_der
 from ..errors import InputError, UsageError, VerificationError
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -42,9 +43,7 @@ def _signed_attributes(digest: bytes, signing_time: datetime.datetime) -> cms.CM
 
 
 def _check_key_matches(key: PrivateKey, cert: x509.Certificate) -> None:
-    pub = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if key.public_key().public_bytes(der, pub) != cert.public_key().public_bytes(der, pub):
+    if spki_der(key.public_key()) != spki_der(cert.public_key()):
         raise UsageError(f"the signing key does not match the certificate {cert.subject.rfc4514_string()}")
 
 

@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from ..crypto import parse_certificate
 from ..errors import InputError, UsageError, VerificationError
 from . import hab_cms, hab_srk
 
@@ -272,14 +273,16 @@ def _blob(csf: bytes, offset: int, tag: int, version: int | None = None) -> byte
 def _load_certificate(der: bytes, where: int) -> x509.Certificate:
     """A certificate blob's DER, refused when a field outside the signed part is not the canonical one
     (the outer algorithm must repeat the inner one; the signature bit string has no unused bits)."""
+    cert = parse_certificate(der)
     try:
-        cert = x509.load_der_x509_certificate(der)
         outer = asn1_x509.Certificate.load(der, strict=True)
         inner_alg = outer["tbs_certificate"]["signature"].dump()
         outer_alg = outer["signature_algorithm"].dump()
         unused_bits = outer["signature_value"].contents[:1]
-    except (ValueError, x509.InvalidVersion, KeyError, TypeError):
-        raise InputError(f"CSF: bad certificate at 0x{where:x}") from None
+    except (ValueError, KeyError, TypeError):
+        cert = None
+    if cert is None:
+        raise InputError(f"CSF: bad certificate at 0x{where:x}")
     if inner_alg != outer_alg or unused_bits != b"\x00":
         raise VerificationError(f"CSF: the certificate at 0x{where:x} has a non-canonical signature field")
     return cert

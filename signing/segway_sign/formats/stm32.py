@@ -20,13 +20,10 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    Prehashed,
-    decode_dss_signature,
-    encode_dss_signature,
-)
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from ..crypto import ecdsa_der, ecdsa_raw
 from ..errors import InputError, UsageError, VerificationError
 from ..raw_ec import RawECPublicKey
 
@@ -302,16 +299,6 @@ def otp_words(digest: bytes) -> list[int]:
 # Signing
 
 
-def _raw_signature(der: bytes) -> bytes:
-    r, s = decode_dss_signature(der)
-    # Fixed 32-byte big-endian halves: r or s below 2**248 must keep their leading zeros.
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
-def _der_signature(raw: bytes) -> bytes:
-    return encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
-
-
 def sign(
     data: bytes,
     key,
@@ -349,7 +336,7 @@ def sign(
         raw = key.sign_digest(digest)
     else:
         der = key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-        raw = _raw_signature(der)
+        raw = ecdsa_raw(der, 32)  # fixed 32-byte halves, as the ROM reads them
     # Check what will be written: the raw r||s as the ROM will read it.
     if not _signature_verifies(public_key, raw, digest):
         raise VerificationError("the signature returned by the key does not verify")
@@ -365,7 +352,7 @@ def _signature_verifies(public_key, raw: bytes, digest: bytes) -> bool:
             return False
         return True
     try:
-        public_key.verify(_der_signature(raw), digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        public_key.verify(ecdsa_der(raw), digest, ec.ECDSA(Prehashed(hashes.SHA256())))
     except (InvalidSignature, ValueError):
         return False
     return True

@@ -22,6 +22,7 @@ from pkcs11.exceptions import AttributeSensitive, AttributeTypeInvalid
 from pkcs11.util.ec import encode_ec_public_key
 from pkcs11.util.rsa import encode_rsa_public_key
 
+from ..crypto import ecdsa_der
 from ..errors import InputError, TokenError, UsageError, VerificationError
 from ..raw_ec import RAW_CURVES, RawECPublicKey, curve_from_ec_params, decode_ec_point
 from .raw_ec_key import TokenRawECKey
@@ -117,17 +118,12 @@ class TokenECPrivateKey(TokenKey, ec.EllipticCurvePrivateKey):
             raise UsageError("EC keys sign with ECDSA only")
         digest, algo = host_digest(data, signature_algorithm.algorithm)
         raw = self._raw_sign(digest, Mechanism.ECDSA)
-        signature = _raw_to_der(raw)
+        signature = ecdsa_der(raw)
         try:
             self._public.verify(signature, digest, ec.ECDSA(utils.Prehashed(algo)))
         except InvalidSignature:
             raise VerificationError(f"the token returned a signature that does not verify with {self.uri}") from None
         return signature
-
-
-def _raw_to_der(raw: bytes) -> bytes:
-    half = len(raw) // 2
-    return utils.encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
 
 
 TokenPrivateKey = TokenRSAPrivateKey | TokenECPrivateKey

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives import serialization
 from pkcs11 import Mechanism, ObjectClass
 
+from ..crypto import spki_der
 from ..errors import TokenError
 from .session import TokenSession
 from .uri import Pkcs11Uri
@@ -63,5 +63,4 @@ class TokenKey:
 
     @property
     def public_der(self) -> bytes:
-        return self.public_key().public_bytes(serialization.Encoding.DER,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+        return spki_der(self.public_key())

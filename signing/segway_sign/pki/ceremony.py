@@ -23,6 +23,7 @@ from pkcs11 import Attribute, CertificateType, ObjectClass
 
 from .. import __version__
 from ..atomic import output_dir
+from ..crypto import parse_certificate, spki_pem
 from ..errors import SegwayError, TokenError
 from ..reproducible import source_datetime
 from ..formats.fit_keys import add_pubkey, algo_for_key
@@ -35,7 +36,7 @@ from .plan import ISSUED_BY, TABLE_SIZES, KeySpec, Plan
 def pem_public_key(public_key) -> bytes:
     if isinstance(public_key, RawECPublicKey):
         return public_key.spki_pem()
-    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return spki_pem(public_key)
 
 
 def fingerprint(der: bytes) -> str:
@@ -161,12 +162,8 @@ def _stored_certificate(session: TokenSession, key) -> x509.Certificate | None:
     def op(s):
         return [bytes(c[Attribute.VALUE]) for c in
                 s.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: key.key_id})]
-    for der in session.call(op, f"reading the certificate of {key.label}"):
-        try:
-            return x509.load_der_x509_certificate(der)
-        except ValueError:
-            continue
-    return None
+    certs = (parse_certificate(der) for der in session.call(op, f"reading the certificate of {key.label}"))
+    return next((cert for cert in certs if cert is not None), None)
 
 
 def _cert_spki(cert: x509.Certificate) -> bytes:

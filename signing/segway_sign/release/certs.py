@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
+from ..crypto import parse_certificate
 from ..errors import InputError
 from .files import read_regular
 
@@ -26,12 +26,10 @@ def load_certificate(path: str | Path) -> x509.Certificate:
     directory is refused at once (a symlink to a regular file is read)."""
     path = Path(path)
     raw = read_regular(path, MAX_CERTIFICATE, what="certificate", follow_symlinks=True)
-    try:
-        if b"-----BEGIN" in raw:
-            return x509.load_pem_x509_certificate(raw)
-        return x509.load_der_x509_certificate(raw)
-    except (ValueError, x509.InvalidVersion):
-        raise InputError(f"{path} is not an X.509 certificate (PEM or DER)") from None
+    cert = parse_certificate(raw, pem=True)
+    if cert is None:
+        raise InputError(f"{path} is not an X.509 certificate (PEM or DER)")
+    return cert
 
 
 def load_certs_dir(certs_dir: str | Path) -> list[x509.Certificate]:
@@ -43,8 +41,3 @@ def load_certs_dir(certs_dir: str | Path) -> list[x509.Certificate]:
     if not certs:
         raise InputError(f"no certificates (*.pem, *.crt, *.der) in {certs_dir}")
     return certs
-
-
-def public_der(public_key) -> bytes:
-    """A public key's SubjectPublicKeyInfo (DER): what keys and certificates are compared by."""
-    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -19,10 +19,11 @@ from typing import Any, Callable
 from cryptography import x509
 
 from ..atomic import output_dir
+from ..crypto import spki_der
 from ..errors import InputError, OutputExistsError, SegwayError
 from . import manifest as mf
 from . import steps as registry
-from .certs import load_certificate, public_der
+from .certs import load_certificate
 from .plan import Plan, split_step_ref
 from .verify import verify_release
 
@@ -95,7 +96,7 @@ class PlanKeys:
         if name not in self._opened:
             spec = self.plan.keys[name]
             key = self.open_key(spec.uri)
-            if public_der(key.public_key()) != public_der(self.certs[name].public_key()):
+            if spki_der(key.public_key()) != spki_der(self.certs[name].public_key()):
                 raise InputError(f"certificate {spec.cert} does not match key '{name}' ({mf.public_uri(spec.uri)})")
             self._opened[name] = key
         return self._opened[name]

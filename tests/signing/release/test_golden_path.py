@@ -127,7 +127,8 @@ def test_layer_signing_functions_with_the_layer_names(golden, tmp_path, monkeypa
     sys.path.insert(0, str(REPO / "tests"))
     from meta_segway.layer import LAYER, class_functions, evaluate, import_bb
     from segway_sign.hsm import PinSource, module, open_private_key
-    from segway_sign.release.certs import load_certificate, public_der
+    from segway_sign.crypto import spki_der
+    from segway_sign.release.certs import load_certificate
 
     root, env = golden
     d = evaluate([LAYER / "conf/distro/include/segway-signing.inc"],
@@ -138,7 +139,7 @@ def test_layer_signing_functions_with_the_layer_names(golden, tmp_path, monkeypa
         monkeypatch.setenv("SOFTHSM2_CONF", env["SOFTHSM2_CONF"])
         module.reset()
         key = open_private_key(uri, pin=PinSource(file=Path(env["SEGWAY_PIN_FILE"])))
-        assert key.public_der == public_der(load_certificate(cert).public_key()), var
+        assert key.public_der == spki_der(load_certificate(cert).public_key()), var
         module.reset()
     assert Path(d.getVar("SEGWAY_HAB_SRK_TABLE")).is_file()
 

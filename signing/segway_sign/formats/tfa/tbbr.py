@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.x509.oid import NameOID
 
+from ...crypto import parse_certificate, spki_der
 from ...errors import InputError, UsageError, VerificationError
 from ...reproducible import source_datetime
 
@@ -123,10 +124,6 @@ def nv_counter(value: int) -> bytes:
     return core.Integer(value).dump()
 
 
-def spki(public_key) -> bytes:
-    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-
-
 
 
 def check_rot_key(public_key) -> None:
@@ -176,7 +173,7 @@ def build_certificates(
     for spec in CHAIN:
         exts: list[tuple[str, bytes]] = [(spec.nvctr, nv_counter(counters[spec.nvctr]))]
         for ext, role in spec.keys_carried:
-            exts.append((ext, spki(keys[role].public_key())))
+            exts.append((ext, spki_der(keys[role].public_key())))
         for ext, image, _ in HASHED_IMAGES.get(spec.name, []):
             if image in images:
                 exts.append((ext, digest_info(images[image])))
@@ -212,10 +209,10 @@ def _certificate(cn: str, key, exts: list[tuple[str, bytes]], start: datetime.da
 
 
 def _load(name: str, der: bytes) -> x509.Certificate:
-    try:
-        return x509.load_der_x509_certificate(der)
-    except (ValueError, x509.InvalidVersion):
-        raise VerificationError(f"{name} is not a DER X.509 v1-v3 certificate") from None
+    cert = parse_certificate(der)
+    if cert is None:
+        raise VerificationError(f"{name} is not a DER X.509 v1-v3 certificate")
+    return cert
 
 
 def _public_key(cert: x509.Certificate, cert_name: str):
@@ -240,7 +237,7 @@ def _ext(cert: x509.Certificate, cert_name: str, ext: str) -> bytes:
 def _check_signature(cert: x509.Certificate, cert_name: str, public_key) -> None:
     if cert.signature_algorithm_oid != x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256:
         raise VerificationError(f"{cert_name} is not signed with ecdsa-with-SHA256")
-    if spki(_public_key(cert, cert_name)) != spki(public_key):
+    if spki_der(_public_key(cert, cert_name)) != spki_der(public_key):
         raise VerificationError(f"{cert_name} subject key is not the key its parent authorises")
     try:
         public_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
@@ -286,7 +283,7 @@ def verify_certificates(
         raise VerificationError(f"missing certificate(s): {', '.join(missing)}")
     parsed = {n: _load(n, certs[n]) for n in CERT_NAMES}
     root = _public_key(parsed["trusted_key_cert"], "trusted_key_cert")
-    if rot_public_key is not None and spki(root) != spki(rot_public_key):
+    if rot_public_key is not None and spki_der(root) != spki_der(rot_public_key):
         raise VerificationError("trusted_key_cert is not made for the given ROT key")
     check_rot_key(root)
     raw_xy = root.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)[1:]

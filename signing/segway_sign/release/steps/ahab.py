@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...errors import InputError, VerificationError
 from ...formats import ahab
-from ..certs import public_der
+from ...crypto import spki_der
 from .base import StepContext, StepType, VerifyContext, register, check_srk_index, srk_index
 
 DEFAULT_TABLE = "ahab-srk-table.bin"
@@ -167,7 +167,7 @@ class Ahab(StepType):
                     raise VerificationError(f"{where}: its SGK certificate's permissions or UUID are not "
                                             "the plan's")
         srk = ahab.parse_srk_table(table)[index]
-        if not any(public_der(srk.public_key) == public_der(c.public_key()) for c in ctx.certs):
+        if not any(spki_der(srk.public_key) == spki_der(c.public_key()) for c in ctx.certs):
             raise VerificationError(f"SRK {index + 1} of {d['srk_table']} is the key of none of the "
                                     "trusted certificates")
 

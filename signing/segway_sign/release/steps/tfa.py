@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...errors import InputError, SegwayError, VerificationError
 from ...formats import stm32
 from ...formats.tfa import fip
-from ..certs import public_der
+from ...crypto import spki_der
 from .base import StepContext, StepType, VerifyContext, register
 
 
@@ -30,7 +30,7 @@ class Stm32(StepType):
         version = ctx.option("image_version")
         signed = stm32.sign(image.read_bytes(), ctx.key, image_version=None if version is None else int(version))
         checked = stm32.verify(signed)
-        if public_der(checked.public_key) != public_der(ctx.cert.public_key()):
+        if spki_der(checked.public_key) != spki_der(ctx.cert.public_key()):
             raise InputError(f"step '{ctx.step.id}': the signed header does not carry the certificate's key")
         (ctx.out_dir / image.name).write_bytes(signed)
         return {"image": image.name, "header": checked.header_version, "pkh": checked.pkh.hex()}
@@ -38,7 +38,7 @@ class Stm32(StepType):
     def verify(self, ctx: VerifyContext) -> None:
         name = ctx.record["details"]["image"]
         checked = stm32.verify((ctx.out_dir / name).read_bytes())
-        if not any(public_der(checked.public_key) == public_der(c.public_key()) for c in ctx.certs):
+        if not any(spki_der(checked.public_key) == spki_der(c.public_key()) for c in ctx.certs):
             raise VerificationError(f"{name} is signed by a key none of the trusted certificates holds")
 
 

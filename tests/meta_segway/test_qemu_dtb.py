@@ -20,7 +20,7 @@ import yaml
 
 from fit_fixtures import pem_key_pair
 from segway_dev import fitbuild, qemu
-from segway_sign.formats import fit_tree
+from segway_sign.formats.fit import tree as fit_tree
 
 from .layer import LAYER, class_functions, evaluate, import_bb, python_task, segway_sign_bindir
 

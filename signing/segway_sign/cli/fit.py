@@ -11,10 +11,10 @@ from pathlib import Path
 import click
 
 from ..atomic import FileRange, check_writable, output_file, write_at, write_file
-from ..formats.fit import payload_spans, sign_fit
-from ..formats.fit_keys import add_pubkey as add_pubkey_node
-from ..formats.fit_keys import algo_for_key
-from ..formats.fit_verify import verify_fit
+from ..formats.fit.keys import add_pubkey as add_pubkey_node
+from ..formats.fit.keys import algo_for_key
+from ..formats.fit.sign import payload_spans, sign_fit
+from ..formats.fit.verify import verify_fit
 from ..errors import InputError
 from .common import emit, load_public_key, open_input, output_options, read_input, token_options
 from .progress import DelayedProgress

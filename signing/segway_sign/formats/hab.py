@@ -20,7 +20,8 @@ from typing import Sequence
 from cryptography import x509
 
 from ..errors import InputError, SegwayError, UsageError, VerificationError
-from . import fit_tree, hab_csf, hab_srk
+from . import hab_csf, hab_srk
+from .fit import tree as fit_tree
 from .hab_csf import Block
 # Re-exported: the key ceremony (pki init) takes the SRK fuse values from here.
 from .hab_srk import fuse_prog_lines, hash_fuse_words, srk_fuse_words, srk_hash, srk_table  # noqa: F401

@@ -26,7 +26,7 @@ from ..atomic import output_dir
 from ..crypto import parse_certificate, spki_pem
 from ..errors import SegwayError, TokenError
 from ..reproducible import source_datetime
-from ..formats.fit_keys import add_pubkey, algo_for_key
+from ..formats.fit.keys import add_pubkey, algo_for_key
 from ..hsm import find_private_key, keygen
 from ..hsm.session import TokenSession
 from .certs import key_type_name, root_certificate, signing_certificate
@@ -52,7 +52,7 @@ def _empty_dtb() -> bytes:
 def uboot_dtsi(dtb: bytes, node_path: str) -> str:
     """The key node as device-tree source, for U-Boot's CONFIG_DEVICE_TREE_INCLUDES."""
     import libfdt
-    from ..formats.fit_tree import properties
+    from ..formats.fit.tree import properties
     fdt = libfdt.Fdt(bytearray(dtb))
     lines = ["/ {", "\tsignature {", f"\t\t{node_path.rsplit('/', 1)[1]} {{"]
     for prop, value in reversed(properties(fdt, node_path)):

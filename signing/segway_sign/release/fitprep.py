@@ -15,7 +15,7 @@ import hashlib
 import libfdt
 
 from ..errors import InputError
-from ..formats import fit_tree
+from ..formats.fit import tree as fit_tree
 from .initramfs import append_files
 
 VERITY_DIR_IN_INITRAMFS = "usr/share/segway/verity"

@@ -27,8 +27,9 @@ from pathlib import Path
 import pytest
 
 from segway_dev import bootmedia, cache, fitbuild, qemu
-from segway_sign.formats import fit as fit_format
-from segway_sign.formats import fit_keys, verity
+from segway_sign.formats import verity
+from segway_sign.formats.fit import keys as fit_keys
+from segway_sign.formats.fit import sign as fit_format
 from segway_sign.release import fitprep, steps
 from segway_sign.release.plan import load_plan
 from segway_sign.release.runner import run_release

@@ -242,8 +242,8 @@ def assert_fit_verifies(pki, signed: Path) -> None:
     """segway-sign's U-Boot-rules check, then openssl on the signed configuration digest."""
     res = cli(["fit", "verify", "--dtb", str(pki["dtb"]), "--in", str(signed)], dict(os.environ))
     assert res.returncode == 0 and b"sha256,rsa2048:dev+ verified" in res.stdout, res.stdout + res.stderr
-    from segway_sign.formats.fit_tree import open_fdt
-    from segway_sign.formats.fit_verify import config_digest
+    from segway_sign.formats.fit.tree import open_fdt
+    from segway_sign.formats.fit.verify import config_digest
     blob = signed.read_bytes()
     node = "/configurations/conf-1/signature-1"
     digest = signed.with_suffix(".digest")

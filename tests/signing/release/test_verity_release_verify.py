@@ -10,7 +10,7 @@ import pytest
 from release_fixtures import make_deploy, plan_doc, write_plan
 from segway_dev import fitbuild
 from segway_sign.errors import SegwayError
-from segway_sign.formats import fit as fit_format
+from segway_sign.formats.fit import sign as fit_format
 from segway_sign.release import fitprep, steps
 from segway_sign.release import manifest as mf
 from segway_sign.release.initramfs import append_files, ends_with_archive

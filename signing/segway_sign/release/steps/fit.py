@@ -5,12 +5,15 @@ from __future__ import annotations
 import libfdt
 
 from ...errors import InputError, UsageError, VerificationError
-from ...formats import fit as fit_format
-from ...formats import fit_keys, fit_tree, fit_verify, verity
+from ...formats import verity
+from ...formats.fit import keys as fit_keys
+from ...formats.fit import sign as fit_format
+from ...formats.fit import tree as fit_tree
+from ...formats.fit import verify as fit_verify
 from .. import fitprep
 from .base import StepContext, StepType, VerifyContext, register
 
-# Plan option -> keyword of segway_sign.formats.fit.sign_fit.
+# Plan option -> keyword of segway_sign.formats.fit.sign.sign_fit.
 _SIGN_FIT_KWARGS = {"key_name_hint": "key_name_hint", "algo": "algo", "padding": "padding_name",
                     "configs": "configs", "image_signatures": "image_signatures", "comment": "comment"}
 
@@ -76,7 +79,7 @@ class Fit(StepType):
 
     @staticmethod
     def _sign(fit: bytes, ctx: StepContext) -> bytes:
-        """segway_sign.formats.fit.sign_fit with the plan's options; it verifies before returning."""
+        """segway_sign.formats.fit.sign.sign_fit with the plan's options; it verifies before returning."""
         kwargs = {_SIGN_FIT_KWARGS[k]: v for k, v in ctx.step.options.items() if k in _SIGN_FIT_KWARGS}
         if ctx.progress:
             label = f"{ctx.step.id}: hashing FIT images"

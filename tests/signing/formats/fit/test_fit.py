@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fit_fixtures import (EPOCH, empty_dtb, import_rsa_key, make_unsigned_fit, mkimage_sign, pem_key_pair, tree)
 from segway_dev import fit_attacks
 from segway_sign.errors import InputError, SegwayError, UsageError, VerificationError
-from segway_sign.formats.fit import sign_fit
-from segway_sign.formats.fit_keys import add_pubkey, public_key_from_node
-from segway_sign.formats.fit_tree import open_fdt
-from segway_sign.formats.fit_verify import verify_fit
+from segway_sign.formats.fit.keys import add_pubkey, public_key_from_node
+from segway_sign.formats.fit.sign import sign_fit
+from segway_sign.formats.fit.tree import open_fdt
+from segway_sign.formats.fit.verify import verify_fit
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +123,7 @@ def test_algorithms(token, tmp_path, kind, algo, padding):
 
 def test_pss_verifies_with_openssl(softhsm, tmp_path):
     """An independent check: openssl verifies the PSS value over the regions U-Boot hashes."""
-    from segway_sign.formats.fit_verify import config_digest
+    from segway_sign.formats.fit.verify import config_digest
     key = softhsm.open_key(softhsm.generate("rsa2048", "dev"))
     blob = sign_fit(make_unsigned_fit(tmp_path / "fit", padding="pss").read_bytes(), key).blob
     fdt = open_fdt(blob)

@@ -17,11 +17,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from ..crypto import HASHES, ecdsa_der
-from ..errors import InputError, VerificationError
-from . import fit_tree as t
-from .fdt_regions import find_regions
-from .fit_keys import SIG_NODE, key_nodes, public_key_from_node
+from ...crypto import HASHES, ecdsa_der
+from ...errors import InputError, VerificationError
+from . import tree as t
+from .keys import SIG_NODE, key_nodes, public_key_from_node
+from .regions import find_regions
 
 
 

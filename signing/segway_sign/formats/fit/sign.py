@@ -20,14 +20,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from .. import __version__
-from ..atomic import FileRange
-from ..crypto import HASHES, ecdsa_raw
-from ..errors import InputError, UsageError, VerificationError
-from ..reproducible import source_date_epoch
-from . import fit_tree as t
-from .fdt_regions import Header, find_regions
-from .fit_keys import algo_for_key, check_algo_matches_key
+from ... import __version__
+from ...atomic import FileRange
+from ...crypto import HASHES, ecdsa_raw
+from ...errors import InputError, UsageError, VerificationError
+from ...reproducible import source_date_epoch
+from . import tree as t
+from .keys import algo_for_key, check_algo_matches_key
+from .regions import Header, find_regions
 
 SIGNER_NAME = "segway-sign"
 
@@ -127,7 +127,7 @@ def _chunks(source, start: int, length: int) -> Iterator[memoryview]:
 def payload_spans(blob, minimum: int = _CHUNK) -> list[tuple[int, int]]:
     """(offset, length) of the embedded image data of at least ``minimum`` bytes, in tree order; []
     for anything that does not parse (a guess for copying ahead: sign_fit reports the errors)."""
-    from .fdt_regions import value_spans
+    from .regions import value_spans
     try:
         return [(start, length) for path, start, length in value_spans(blob, "data")
                 if path.startswith(t.IMAGES + "/") and path.count("/") == 2 and length >= minimum]
@@ -142,7 +142,7 @@ def split_payloads(blob) -> tuple[bytes, _Payloads]:
     The embedded values are cut out of the tree before libfdt sees it (without_values), so neither
     the tree copies libfdt needs nor the edits copy the image data. A tree where that could differ
     from libfdt (two nodes with one path, a node with two ``data`` properties) goes through libfdt."""
-    from .fdt_regions import node_names, value_spans, without_values
+    from .regions import node_names, value_spans, without_values
     hdr = Header.parse(blob)
     paths = node_names(blob)
     spans = value_spans(blob, "data")
@@ -178,7 +178,7 @@ def split_payloads(blob) -> tuple[bytes, _Payloads]:
 
 def _split_payloads_libfdt(blob) -> tuple[bytes, _Payloads]:
     """split_payloads through libfdt on the whole FIT (copies it)."""
-    from .fdt_regions import property_spans
+    from .regions import property_spans
     blob = bytes(blob)
     fdt = t.open_fdt(blob)
     source = memoryview(blob)
@@ -211,7 +211,7 @@ def join_payloads(tree: bytes, payloads: _Payloads) -> list:
     if payloads.external is None:
         if payloads.by_libfdt:
             return [_join_in_place_libfdt(fdt, payloads)]
-        from .fdt_regions import property_spans, with_values
+        from .regions import property_spans, with_values
         # Values libfdt would pad with bytes of the old tree (short, unaligned ones) are set
         # through libfdt, on a small tree; the others are spliced in as views.
         small = {n: v for n, v in payloads.views.items() if len(v) % 4 and len(v) < len(tree)}
@@ -252,7 +252,7 @@ def join_payloads(tree: bytes, payloads: _Payloads) -> list:
 
 
 def _join_in_place_libfdt(fdt: libfdt.Fdt, payloads: _Payloads) -> bytearray:
-    from .fdt_regions import property_spans
+    from .regions import property_spans
     fdt.resize(fdt.totalsize() + sum((len(v) + 3) & ~3 for v in payloads.views.values()))
     # libfdt lays the tree out around zero-filled values; the payloads are then copied into
     # those values (pylibfdt only takes bytes, and a bytes copy of a large image is costly).
@@ -503,7 +503,7 @@ def _placeholder_len(public) -> int:
 
 def _self_check(blob: bytes, plans: list[SignatureNode], public) -> None:
     """Verify each configuration signature as U-Boot will: node list rebuilt from the config."""
-    from .fit_verify import _verify_value, config_digest
+    from .verify import _verify_value, config_digest
     fdt = t.open_fdt(blob)
     for node in plans:
         value = t.getprop(fdt, node.path, "value")

@@ -9,8 +9,8 @@ from typing import Callable, Iterator, TypeVar
 
 import libfdt
 
-from ..errors import InputError
-from .fdt_regions import check_structure, node_names
+from ...errors import InputError
+from .regions import check_structure, node_names
 
 IMAGES = "/images"
 CONFIGS = "/configurations"

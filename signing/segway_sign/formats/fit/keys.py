@@ -5,8 +5,8 @@ from __future__ import annotations
 import libfdt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ..errors import InputError, UsageError
-from .fit_tree import fdt_errors, getprop, getstr, open_fdt, subnodes
+from ...errors import InputError, UsageError
+from .tree import fdt_errors, getprop, getstr, open_fdt, subnodes
 
 SIG_NODE = "/signature"
 _CURVES = {"prime256v1": ec.SECP256R1, "secp384r1": ec.SECP384R1}

@@ -1,4 +1,5 @@
-"""TF-A Firmware Image Package (FIP): read, sign with the STM32MP1 TBBR chain, pack with fiptool.
+"""TF-A Firmware Image Package (FIP): read, sign with a TBBR chain of trust (STM32MP1's or TF-A's
+generic one, see ``tbbr.CHAINS``), pack with fiptool.
 
 Reading is done here (ToC header ``0xAA640001``, 40-byte entries, a null-UUID terminator; see TF-A
 ``include/tools_share/firmware_image_package.h``); writing is left to TF-A's own ``fiptool`` so the
@@ -36,7 +37,10 @@ UUIDS = {
     "tos_fw_config": "26257c1a-dbc6-7f47-8d96-c4c4b0248021",
     "nt_fw_config": "28da9815-93e8-7e44-ac66-1aaf801550f9",
     "fw_config": "5807e16a-8459-47be-8ed5-648e8dddab0e",
+    "tb_fw_cert": "d6e269ea-5d63-e411-8d8c-9fbabe9956a5",
     "trusted_key_cert": "827ee890-f860-e411-a1b4-777a21b4f94c",
+    "soc_fw_key_cert": "8ab8becc-f960-e411-9ad0-eb4822d8dcf8",
+    "soc_fw_cert": "e2b20c20-5e63-e411-9ce8-abccf92bb666",
     "tos_fw_key_cert": "9477d603-fb60-e411-85dd-b7105b8cee04",
     "nt_fw_key_cert": "8ad5832a-fb60-e411-8aaf-df30bbc49859",
     "tos_fw_cert": "a49f4411-5e63-e411-8728-3f05722af33d",
@@ -47,16 +51,23 @@ UUIDS = {
 UUID_BYTES = {name: bytes.fromhex(u.replace("-", "")) for name, u in UUIDS.items()}
 NAME_BY_UUID = {v: k for k, v in UUID_BYTES.items()}
 
-# tbbr certificate name -> FIP entry name
-CERT_ENTRIES = {
+# tbbr certificate name -> FIP entry name, per chain of trust
+_ENTRY_OF_CERT = {
     "stm32mp_cfg_cert": "stm32mp_cfg_cert",
+    "tb_fw_cert": "tb_fw_cert",
     "trusted_key_cert": "trusted_key_cert",
+    "soc_fw_key_cert": "soc_fw_key_cert",
+    "soc_fw_content_cert": "soc_fw_cert",
     "tos_fw_key_cert": "tos_fw_key_cert",
     "tos_fw_content_cert": "tos_fw_cert",
     "nt_fw_key_cert": "nt_fw_key_cert",
     "nt_fw_content_cert": "nt_fw_cert",
 }
+CERT_ENTRIES_BY_COT = {name: {c: _ENTRY_OF_CERT[c] for c in cot.cert_names} for name, cot in tbbr.CHAINS.items()}
+CERT_ENTRIES = CERT_ENTRIES_BY_COT["stm32mp1"]
 CERT_BY_ENTRY = {v: k for k, v in CERT_ENTRIES.items()}
+# Every certificate entry of any chain: re-signing drops them all.
+ALL_CERT_ENTRIES = frozenset(_ENTRY_OF_CERT.values())
 
 
 def uuid_string(raw: bytes) -> str:
@@ -142,64 +153,78 @@ def pack(fip: Fip, *, align: int = 1) -> bytes:
         return out.read_bytes()
 
 
-def images_of(fip: Fip) -> dict[str, bytes]:
-    """The images the STM32MP1 chain hashes, by name."""
+def images_of(fip: Fip, cot: str = "stm32mp1") -> dict[str, bytes]:
+    """The images the chain of trust hashes, by name."""
     present = fip.by_name()
-    return {name: present[name] for name in tbbr.IMAGE_NAMES if name in present}
+    return {name: present[name] for name in tbbr.chain(cot).image_names if name in present}
 
 
 def sign(
     fip_data: bytes,
     rot_key,
     *,
+    cot: str = "stm32mp1",
+    keys: dict | None = None,
     tfw_nvctr: int = 0,
     ntfw_nvctr: int = 0,
     align: int = 1,
 ) -> tuple[bytes, dict[str, bytes]]:
-    """Add (or replace) the STM32MP1 TBBR certificates in a FIP; return (FIP, certificates)."""
+    """Add (or replace) the TBBR certificates of chain ``cot`` in a FIP; return (FIP, certificates).
+
+    ``keys``: the chain's keys other than the ROT key, by role (``tbbr.KEY_OPTIONS``); the
+    generic chain needs all five, STM32MP1's makes its own."""
     fip = parse(fip_data)
-    kept = [e for e in fip.entries if e.name not in CERT_BY_ENTRY]
-    return _sign_entries(Fip(kept, fip.flags), rot_key, tfw_nvctr, ntfw_nvctr, align)
+    kept = [e for e in fip.entries if e.name not in ALL_CERT_ENTRIES]
+    return _sign_entries(Fip(kept, fip.flags), rot_key, cot, keys, tfw_nvctr, ntfw_nvctr, align)
 
 
 def sign_images(
     images: dict[str, bytes],
     rot_key,
     *,
+    cot: str = "stm32mp1",
+    keys: dict | None = None,
     tfw_nvctr: int = 0,
     ntfw_nvctr: int = 0,
     align: int = 1,
 ) -> tuple[bytes, dict[str, bytes]]:
     """Build a signed FIP from separate images (names as in ``UUIDS``, e.g. tos_fw, nt_fw)."""
-    unknown = [n for n in images if n not in UUID_BYTES or n in CERT_BY_ENTRY]
+    unknown = [n for n in images if n not in UUID_BYTES or n in ALL_CERT_ENTRIES]
     if unknown:
         raise UsageError(f"unknown FIP image name(s): {', '.join(unknown)}")
     entries = [Entry(UUID_BYTES[name], data) for name, data in images.items()]
-    return _sign_entries(Fip(entries), rot_key, tfw_nvctr, ntfw_nvctr, align)
+    return _sign_entries(Fip(entries), rot_key, cot, keys, tfw_nvctr, ntfw_nvctr, align)
 
 
-def _sign_entries(fip: Fip, rot_key, tfw_nvctr: int, ntfw_nvctr: int, align: int):
-    certs = tbbr.build_certificates(images_of(fip), rot_key, tfw_nvctr=tfw_nvctr, ntfw_nvctr=ntfw_nvctr)
-    entries = list(fip.entries) + [Entry(UUID_BYTES[CERT_ENTRIES[n]], der) for n, der in certs.items()]
+def _sign_entries(fip: Fip, rot_key, cot: str, keys: dict | None, tfw_nvctr: int, ntfw_nvctr: int, align: int):
+    chain = tbbr.chain(cot)
+    all_keys = {"rot": rot_key, **(keys or {})}
+    certs = tbbr.build_chain(chain, images_of(fip, cot), all_keys, tfw_nvctr=tfw_nvctr, ntfw_nvctr=ntfw_nvctr)
+    entry_of = CERT_ENTRIES_BY_COT[cot]
+    entries = list(fip.entries) + [Entry(UUID_BYTES[entry_of[n]], der) for n, der in certs.items()]
     packed = pack(Fip(entries, fip.flags), align=align)
     # Read back what fiptool wrote and check it against the key before anyone writes it out.
-    verify(packed, rot_public_key=rot_key.public_key())
+    verify(packed, cot=cot, rot_public_key=rot_key.public_key())
     return packed, certs
 
 
-def certificates_of(fip: Fip) -> dict[str, bytes]:
+def certificates_of(fip: Fip, cot: str = "stm32mp1") -> dict[str, bytes]:
     present = fip.by_name()
-    return {cert: present[entry] for cert, entry in CERT_ENTRIES.items() if entry in present}
+    return {cert: present[entry] for cert, entry in CERT_ENTRIES_BY_COT[tbbr.chain(cot).name].items()
+            if entry in present}
 
 
-def verify(fip_data: bytes, *, rot_public_key=None, rot_pkh: bytes | None = None) -> dict:
-    """Verify the STM32MP1 chain of trust in a FIP; return a report (see tbbr.verify_certificates)."""
+def verify(fip_data: bytes, *, cot: str = "stm32mp1", rot_public_key=None, rot_pkh: bytes | None = None) -> dict:
+    """Verify the chain of trust ``cot`` in a FIP; return a report (see tbbr.verify_chain).
+
+    ``rot_pkh``: the STM32MP15 PKH (stm32mp1) or TF-A's ROTPK hash (generic)."""
+    chain = tbbr.chain(cot)
     fip = parse(fip_data)
-    report = tbbr.verify_certificates(
-        certificates_of(fip), images_of(fip), rot_public_key=rot_public_key, rot_pkh=rot_pkh
-    )
+    report = tbbr.verify_chain(chain, certificates_of(fip, cot), images_of(fip, cot), rot_public_key=rot_public_key,
+                               rot_pkh=rot_pkh)
+    report["cot"] = chain.name
     report["entries"] = [{"name": e.name, "size": len(e.data)} for e in fip.entries]
-    # Entries no certificate covers: TF-A's STM32MP1 chain of trust will not load them.
-    covered = set(tbbr.IMAGE_NAMES) | set(CERT_BY_ENTRY)
+    # Entries no certificate covers: TF-A's chain of trust will not load them.
+    covered = set(chain.image_names) | set(CERT_ENTRIES_BY_COT[cot].values())
     report["unauthenticated"] = [e.name for e in fip.entries if e.name not in covered]
     return report

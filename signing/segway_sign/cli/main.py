@@ -16,7 +16,7 @@ from ..errors import SegwayError
 
 # Subcommand groups, each in its own module exporting ``group``. A group whose module is absent
 # (an optional format) is simply not offered.
-_GROUPS = ("token", "pki", "fit", "stm32", "fip", "hab", "ahab", "verity", "release", "flash")
+_GROUPS = ("token", "pki", "fit", "stm32", "fip", "hab", "ahab", "verity", "ta", "release", "flash")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

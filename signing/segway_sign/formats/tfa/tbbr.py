@@ -274,6 +274,21 @@ def _pss() -> padding.PSS:
 # Building
 
 
+def check_key_roles(cot: Chain, roles) -> list[str]:
+    """Refuse a set of key roles the chain cannot take (some missing, or one it makes itself);
+    return the roles it needs."""
+    wanted = [r for r in cot.roles if r not in cot.ephemeral_roles]
+    missing = [r for r in wanted if r not in roles]
+    if missing:
+        raise UsageError(f"the {cot.name} chain needs the key(s) {', '.join('--' + KEY_OPTIONS[r] for r in missing)}")
+    extra = [r for r in roles if r not in wanted]
+    if extra:
+        raise UsageError(f"the {cot.name} chain takes no {', '.join('--' + KEY_OPTIONS.get(r, r) for r in extra)}"
+                         + (" (its keys below the ROT key are made fresh for each signing)"
+                            if cot.ephemeral_roles else ""))
+    return wanted
+
+
 def build_chain(
     cot: Chain,
     images: dict[str, bytes],
@@ -292,15 +307,7 @@ def build_chain(
     for name, value in (("--tfw-nvctr", tfw_nvctr), ("--ntfw-nvctr", ntfw_nvctr)):
         if not 0 <= value <= 0x7FFFFFFF:
             raise UsageError(f"{name} {value} out of range (0..2147483647)")
-    wanted = [r for r in cot.roles if r not in cot.ephemeral_roles]
-    missing = [r for r in wanted if keys.get(r) is None]
-    if missing:
-        raise UsageError(f"the {cot.name} chain needs the key(s) "
-                         f"{', '.join('--' + KEY_OPTIONS[r] for r in missing)}")
-    extra = sorted(set(keys) - set(wanted))
-    if extra:
-        raise UsageError(f"the {cot.name} chain takes no key for {', '.join(extra)}"
-                         + (" (made fresh for each signing)" if set(extra) <= set(cot.ephemeral_roles) else ""))
+    wanted = check_key_roles(cot, [r for r, k in keys.items() if k is not None])
     for role in wanted:
         cot.check_key(role, keys[role].public_key())
     families = {isinstance(keys[r].public_key(), rsa.RSAPublicKey) for r in wanted}

@@ -343,7 +343,7 @@ def test_signing_refusals(images):
     with pytest.raises(InputError, match="soc_fw"):
         fip.sign_images({n: d for n, d in images.items() if n != "soc_fw"}, keys["rot"], cot="generic",
                         keys=others(keys))
-    with pytest.raises(UsageError, match="takes no key"):
+    with pytest.raises(UsageError, match="takes no --trusted-world-key"):
         fip.sign_images({"tos_fw": b"a", "nt_fw": b"b"}, keys["rot"], keys=others(keys))
     with pytest.raises(UsageError, match="unknown chain of trust"):
         fip.sign_images(images, keys["rot"], cot="tbbr", keys=others(keys))

@@ -4,7 +4,7 @@
 Baselines use file keys, as the vendor tools need them:
   * SRK table + fuse: NXP ``srktool`` (C, Debian imx-code-signing-tool 3.3.1);
   * HAB CSF for a u-boot.imx: NXP ``cst`` (C, same package; Debian's build needs libcrypto and a
-    minimal libpw preloaded to run at all, see tests/signing/formats/test_hab.py);
+    minimal libpw preloaded to run at all, see tests/signing/formats/hab/test_hab.py);
   * AHAB container: SPSDK ``nxpimage ahab export`` with a file signer (Python; NXP's AHAB tool —
     Debian's cst cannot run its AHAB path), from .venv/oracle-spsdk.
 segway-sign runs in-process with the same file keys (library cost) and as the CLI with the keys in a
@@ -34,7 +34,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
 
 from benchmarks.timing import median_time  # noqa: E402
 from helpers import SoftHsmToken, run_cli  # noqa: E402  (test helpers: a real SoftHSM token)
-from segway_sign.formats import ahab, hab, hab_pki, hab_srk  # noqa: E402
+from segway_sign.formats import ahab  # noqa: E402
+from segway_sign.formats.hab import image as hab  # noqa: E402
+from segway_sign.formats.hab import pki as hab_pki  # noqa: E402
+from segway_sign.formats.hab import srk as hab_srk  # noqa: E402
 
 SIGNING_TIME = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 NXPIMAGE = TOP / ".venv" / "oracle-spsdk" / "bin" / "nxpimage"

@@ -10,7 +10,10 @@ from cryptography.hazmat.primitives import serialization
 
 from ..atomic import check_writable, write_file
 from ..errors import UsageError
-from ..formats import hab, hab_csf, hab_pki, hab_srk
+from ..formats.hab import csf as hab_csf
+from ..formats.hab import image as hab
+from ..formats.hab import pki as hab_pki
+from ..formats.hab import srk as hab_srk
 from ..reproducible import source_datetime
 from .common import EXIT_NO_ANCHOR, IN_FILE, OUT_FILE, emit, load_certificate, load_public_key, output_options, token_options
 

@@ -108,7 +108,7 @@ def irreversible_header(what: str, table_sha256: str) -> str:
 def _export_hab(public_keys: list, dest: Path) -> tuple[list[str], bool]:
     """HAB4 SRK table of every hab key in plan order. Only a complete table (four SRKs, what the docs
     say to fuse) gets its SRK_HASH fuse file and the U-Boot ``fuse prog`` lines for i.MX8M."""
-    from ..formats import hab_srk
+    from ..formats.hab import srk as hab_srk
     table = hab_srk.srk_table(public_keys, ca=True)
     (dest / "hab-SRK_table.bin").write_bytes(table)
     files = ["fuses/hab-SRK_table.bin"]

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from helpers import REPO, open_token_key
 from segway_sign.errors import InputError, UsageError, VerificationError
-from segway_sign.formats import ahab, hab_pki
+from segway_sign.formats import ahab
+from segway_sign.formats.hab import pki as hab_pki
 
 
 NXPIMAGE = Path(os.environ.get("SEGWAY_NXPIMAGE", REPO / ".venv" / "oracle-spsdk" / "bin" / "nxpimage"))

@@ -14,7 +14,8 @@ from test_hab import Pki, make_flash_bin  # noqa: E402
 
 from release_fixtures import FileKeys, make_deploy, plan_doc, write_cert, write_plan  # noqa: E402
 from segway_sign.errors import SegwayError  # noqa: E402
-from segway_sign.formats import hab, hab_srk  # noqa: E402
+from segway_sign.formats.hab import image as hab  # noqa: E402
+from segway_sign.formats.hab import srk as hab_srk  # noqa: E402
 from segway_sign.release import steps  # noqa: E402
 from segway_sign.release.plan import load_plan  # noqa: E402
 from segway_sign.release.runner import run_release  # noqa: E402

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ...errors import InputError, VerificationError
-from ...formats import hab, hab_srk
+from ...formats.hab import image as hab
+from ...formats.hab import srk as hab_srk
 from ...reproducible import source_datetime
 from .base import StepContext, StepType, VerifyContext, register, check_srk_index, srk_index
 

@@ -19,12 +19,11 @@ from typing import Sequence
 
 from cryptography import x509
 
-from ..errors import InputError, SegwayError, UsageError, VerificationError
-from . import hab_csf, hab_srk
-from .fit import tree as fit_tree
-from .hab_csf import Block
-# Re-exported: the key ceremony (pki init) takes the SRK fuse values from here.
-from .hab_srk import fuse_prog_lines, hash_fuse_words, srk_fuse_words, srk_hash, srk_table  # noqa: F401
+from ...errors import InputError, SegwayError, UsageError, VerificationError
+from ..fit import tree as fit_tree
+from . import csf as hab_csf
+from . import srk as hab_srk
+from .csf import Block
 from .ivt import IVT_SIZE, Ivt, boot_data, find_ivts, parse_ivt
 
 FDT_MAGIC = b"\xd0\x0d\xfe\xed"

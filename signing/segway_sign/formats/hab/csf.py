@@ -21,9 +21,10 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from ..crypto import parse_certificate
-from ..errors import InputError, UsageError, VerificationError
-from . import hab_cms, hab_srk
+from ...crypto import parse_certificate
+from ...errors import InputError, UsageError, VerificationError
+from . import cms as hab_cms
+from . import srk as hab_srk
 
 TAG_CSF = 0xD4
 TAG_CRT = 0xD7

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from ..errors import UsageError
+from ...errors import UsageError
 
 
 def issue_certificate(subject_public_key, common_name: str, issuer_key, issuer_cert: x509.Certificate | None,

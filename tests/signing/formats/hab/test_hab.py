@@ -18,8 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from helpers import open_token_key
 from segway_sign.errors import InputError, UsageError, VerificationError
-from segway_sign.formats import hab, hab_csf, hab_pki, hab_srk
-from segway_sign.formats.hab_csf import Block
+from segway_sign.formats.hab import csf as hab_csf
+from segway_sign.formats.hab import image as hab
+from segway_sign.formats.hab import pki as hab_pki
+from segway_sign.formats.hab import srk as hab_srk
+from segway_sign.formats.hab.csf import Block
 
 UTC = datetime.timezone.utc
 SIGNING_TIME = datetime.datetime(2024, 1, 1, tzinfo=UTC)

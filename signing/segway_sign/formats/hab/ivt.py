@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..errors import InputError
+from ...errors import InputError
 
 IVT_TAG = 0xD1
 IVT_SIZE = 0x20

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ..errors import InputError, UsageError
+from ...errors import InputError, UsageError
 
 TAG_TABLE = 0xD7  # HAB_TAG_CRT: the table is wrapped like a certificate blob
 TAG_PUBKEY = 0xE1  # HAB_KEY_PUBLIC

@@ -18,8 +18,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from ..crypto import spki_der
-from ..errors import InputError, UsageError, VerificationError
+from ...crypto import spki_der
+from ...errors import InputError, UsageError, VerificationError
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 

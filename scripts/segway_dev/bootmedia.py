@@ -1,4 +1,7 @@
-"""Debian bookworm arm64 boot media: cloud kernel, its modules and a busybox initramfs.
+"""Debian bookworm arm64 boot media: a kernel, its modules and a busybox initramfs.
+
+Two kernel flavours: ``cloud`` (small, for the FIT tests on Debian's U-Boot) and ``generic``
+(``linux-image-arm64``: it has ``tee.ko``/``optee.ko``, which the secure-world chain needs).
 
 The packages are fetched once with ``apt-get download`` into the cache (``cache.cache_dir("arm64")``) using private
 apt lists and state (``Dir::State::status=/dev/null``), so the host's dpkg configuration is never
@@ -23,7 +26,7 @@ from typing import Iterable, Mapping, Union
 
 from . import cache
 
-KERNEL_META_PACKAGE = "linux-image-cloud-arm64"
+KERNEL_META_PACKAGES = {"cloud": "linux-image-cloud-arm64", "generic": "linux-image-arm64"}
 BUSYBOX_PACKAGE = "busybox-static"
 USERSPACE_MARKER = "SEGWAY-USERSPACE-OK"
 
@@ -71,22 +74,24 @@ def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
         raise BootMediaError(f"{what} failed: {detail[-1] if detail else exc}") from exc
 
 
-def _resolve_kernel_package(apt: list[str]) -> str:
-    out = _run(["apt-cache", *apt, "depends", KERNEL_META_PACKAGE]).stdout
-    match = re.search(r"Depends:\s*<?(linux-image-[0-9][^\s>]*-cloud-arm64)>?", out)
+def _resolve_kernel_package(apt: list[str], flavour: str) -> str:
+    meta = KERNEL_META_PACKAGES[flavour]
+    out = _run(["apt-cache", *apt, "depends", meta]).stdout
+    suffix = "-cloud-arm64" if flavour == "cloud" else "-arm64"
+    match = re.search(rf"Depends:\s*<?(linux-image-[0-9][^\s>]*(?<!-cloud){re.escape(suffix)})>?", out)
     if not match:
-        raise BootMediaError(f"cannot find the versioned kernel package behind {KERNEL_META_PACKAGE}")
+        raise BootMediaError(f"cannot find the versioned kernel package behind {meta}")
     return match.group(1)
 
 
-def _download(cache_dir: Path) -> dict:
+def _download(cache_dir: Path, flavour: str) -> dict:
     apt_dir = cache_dir / "apt"
     for sub in ("lists/partial", "cache/archives/partial"):
         (apt_dir / sub).mkdir(parents=True, exist_ok=True)
     apt = _apt_options(apt_dir)
     # --error-on=any: an unreachable source fails here, not later as "no packages found".
     _run(["apt-get", *apt, "-qq", "--error-on=any", "update"])
-    kernel_pkg = _resolve_kernel_package(apt)
+    kernel_pkg = _resolve_kernel_package(apt, flavour)
     debs = cache_dir / "debs"
     shutil.rmtree(debs, ignore_errors=True)
     debs.mkdir()
@@ -125,9 +130,11 @@ def _download(cache_dir: Path) -> dict:
     }
 
 
-def fetch_boot_media(cache_dir: Path | None = None) -> BootMedia:
+def fetch_boot_media(cache_dir: Path | None = None, flavour: str = "cloud") -> BootMedia:
     """Return the cached arm64 boot media, downloading and extracting it on first use."""
-    cache_dir = Path(cache_dir or cache.cache_dir("arm64"))
+    if flavour not in KERNEL_META_PACKAGES:
+        raise BootMediaError(f"unknown kernel flavour {flavour!r} (expected one of {', '.join(KERNEL_META_PACKAGES)})")
+    cache_dir = Path(cache_dir or cache.cache_dir("arm64" if flavour == "cloud" else f"arm64-{flavour}"))
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / ".lock", "w") as lock:
         # Parallel test sessions share the cache; only one of them downloads.
@@ -139,7 +146,7 @@ def fetch_boot_media(cache_dir: Path | None = None) -> BootMedia:
             if not all((cache_dir / info[k]).exists() for k in ("kernel_image", "modules_dir", "busybox")):
                 info = None
         if info is None:
-            info = _download(cache_dir)
+            info = _download(cache_dir, flavour)
             _write_atomic(stamp, json.dumps(info, indent=1).encode())
     return BootMedia(
         kernel_version=info["kernel_version"],

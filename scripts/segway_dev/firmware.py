@@ -1,0 +1,289 @@
+"""Secure-world firmware for the QEMU device, built from Debian's pinned source packages.
+
+- TF-A (PLAT=qemu, GICv3, SPD=opteed, TRUSTED_BOARD_BOOT=1, GENERATE_COT=0) with the ROTPK hash of
+  the ROT key in the token: BL1, BL2, BL31. Certificates and the FIP are made by segway-sign.
+- OP-TEE OS (vexpress-qemu_armv8a, GICv3) with the PKCS#11 TA as an early TA and our own TA
+  public key (never upstream's ``keys/default.pem``).
+- U-Boot (qemu_arm64) with the layer's FIT-verification and locked-console fragments and the
+  harness's boot fragment; its control device tree (holding the FIT key) is appended at the end
+  (``with_control_dtb``), so it is part of BL33, which BL2 authenticates.
+
+Each build is cached under ``cache_dir("firmware")`` by the hash of its inputs (pinned source,
+compiler, options, key material, configuration fragments) and made with ``SOURCE_DATE_EPOCH``, so
+it is reproducible; a changed input is a cache miss and a new build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from . import cache, debsrc
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LAYER_UBOOT_FRAGMENTS = [
+    REPO_ROOT / "meta-segway/recipes-bsp/u-boot/files/segway-fit-verify.cfg",
+    REPO_ROOT / "meta-segway/recipes-bsp/u-boot/files/segway-console-locked.cfg",
+]
+HARNESS_UBOOT_FRAGMENT = Path(__file__).with_name("uboot-qemu-chain.cfg")
+CROSS_COMPILE = "aarch64-linux-gnu-"
+SOURCE_DATE_EPOCH = "1700000000"  # fixed: the builds embed their date
+JOBS = str(max(1, min(os.cpu_count() or 1, 4)))
+
+# TF-A's make options, shared with the layer check (tests/scripts/test_chain_config.py).
+TFA_OPTIONS = {
+    "PLAT": "qemu",
+    "QEMU_USE_GIC_DRIVER": "QEMU_GICV3",  # OP-TEE is built for GICv3; TF-A's default GICv2 crashes it
+    "SPD": "opteed",
+    "BL32_RAM_LOCATION": "tdram",
+    "TRUSTED_BOARD_BOOT": "1",
+    "GENERATE_COT": "0",  # certificates come from segway-sign with keys in the token
+    "KEY_ALG": "ecdsa",
+    "KEY_SIZE": "256",
+    "HASH_ALG": "sha256",
+    "E": "0",  # mbedTLS 3.6 headers trip -Werror=redundant-decls
+}
+OPTEE_OPTIONS = {
+    "PLATFORM": "vexpress-qemu_armv8a",
+    "CFG_ARM64_core": "y",
+    "CFG_ARM_GICV3": "y",
+    "CFG_USER_TA_TARGETS": "ta_arm64",
+    # segway-kms reaches OP-TEE's PKCS#11 TA through libckteec: part of tee.bin, so no TA key check.
+    "CFG_PKCS11_TA": "y",
+    "CFG_IN_TREE_EARLY_TAS": "pkcs11/fd02c9da-306c-48c7-a49c-bbd827ae86ee",
+}
+UBOOT_DEFCONFIG = "qemu_arm64_defconfig"
+
+
+class FirmwareError(RuntimeError):
+    """A firmware build failed or its output is missing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TfaBuild:
+    bl1: Path
+    bl2: Path
+    bl31: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class OpteeBuild:
+    header: Path  # tee-header_v2.bin: BL32
+    pager: Path  # tee-pager_v2.bin: BL32 extra 1
+    pageable: Path  # tee-pageable_v2.bin: BL32 extra 2 (may be empty)
+    conf: dict  # CFG_* of the build (conf.mk)
+    ta_dev_kit: Path  # export-ta_arm64
+
+
+def _compiler_identity() -> str:
+    try:
+        out = subprocess.run([f"{CROSS_COMPILE}gcc", "--version"], capture_output=True, text=True,
+                             check=True).stdout
+    except (FileNotFoundError, subprocess.CalledProcessError):
+        raise FirmwareError(f"{CROSS_COMPILE}gcc is not installed (apt: gcc-aarch64-linux-gnu)") from None
+    return out.splitlines()[0]
+
+
+def _build_env() -> dict:
+    env = dict(os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH, LC_ALL="C", TZ="UTC")
+    # OP-TEE's and U-Boot's build scripts need Debian's python3 (pyelftools, cryptography), which a
+    # virtualenv or pyenv first in PATH would hide.
+    env["PATH"] = "/usr/bin:/bin:" + env.get("PATH", "")
+    for var in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "MAKEFLAGS"):
+        env.pop(var, None)
+    return env
+
+
+def _make(argv: list[str], cwd: Path, log: Path, what: str) -> None:
+    with open(log, "ab") as fh:
+        fh.write(("$ " + " ".join(argv) + "\n").encode())
+        fh.flush()
+        proc = subprocess.run(argv, cwd=cwd, env=_build_env(), stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise FirmwareError(f"{what} failed (exit {proc.returncode}): {tail[0][:200]}; log: {log}")
+
+
+def _cached(name: str, inputs: dict, build: Callable[[Path, Path], None],
+            progress: Callable[[str], None] | None) -> Path:
+    """Directory of the build ``name`` for ``inputs``; ``build(out, log)`` fills it on a miss."""
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
+    root = cache.cache_dir("firmware")
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{name}-{key}"
+    with open(root / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "inputs.json").is_file():
+            return final
+        if progress:
+            progress(f"building {name} from Debian's source (first run, or its inputs changed)")
+        work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        try:
+            out = work / "out"
+            out.mkdir()
+            build(out, work / "build.log")
+            (out / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n")
+            shutil.rmtree(final, ignore_errors=True)
+            out.rename(final)
+            shutil.copy(work / "build.log", final / "build.log")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def rotpk_hash(rot_public_key_der: bytes) -> bytes:
+    """What TF-A's ROTPK_HASH holds: SHA-256 of the ROT key's DER SubjectPublicKeyInfo."""
+    return hashlib.sha256(rot_public_key_der).digest()
+
+
+def build_tfa(rot_public_key_pem: bytes, rot_public_key_der: bytes, *,
+              progress: Callable[[str], None] | None = None) -> TfaBuild:
+    """BL1, BL2 and BL31 that trust the ROT key whose public half is given."""
+    digest = rotpk_hash(rot_public_key_der)
+    inputs = {
+        "source": [debsrc.pin_identity("arm-trusted-firmware"), debsrc.pin_identity("mbedtls")],
+        "compiler": _compiler_identity(),
+        "options": TFA_OPTIONS,
+        "rotpk_sha256": digest.hex(),
+    }
+
+    def build(out: Path, log: Path) -> None:
+        src = debsrc.source_tree("arm-trusted-firmware")
+        mbedtls = debsrc.source_tree("mbedtls")
+        keys = out.parent / "keys"
+        keys.mkdir()
+        rot_pem, rot_hash = keys / "rot_pub.pem", keys / "rotpk_sha256.bin"
+        rot_pem.write_bytes(rot_public_key_pem)
+        rot_hash.write_bytes(digest)
+        # qemu's platform makefile regenerates both with `openssl genrsa` unless ROT_KEY names an
+        # existing file older than ROTPK_HASH (its rule also cannot hash an EC key).
+        os.utime(rot_pem, (1, 1))
+        opts = [f"{k}={v}" for k, v in TFA_OPTIONS.items()]
+        _make(["make", f"-j{JOBS}", f"CROSS_COMPILE={CROSS_COMPILE}", *opts, f"MBEDTLS_DIR={mbedtls}",
+               f"ROT_KEY={rot_pem}", f"ROTPK_HASH={rot_hash}", f"BUILD_BASE={out.parent / 'build'}",
+               "bl1", "bl2", "bl31"], src, log, "TF-A build")
+        release = out.parent / "build" / "qemu" / "release"
+        for name in ("bl1.bin", "bl2.bin", "bl31.bin"):
+            shutil.copy(release / name, out / name)
+
+    d = _cached("tf-a", inputs, build, progress)
+    return TfaBuild(d / "bl1.bin", d / "bl2.bin", d / "bl31.bin")
+
+
+def _read_conf_mk(path: Path) -> dict:
+    conf = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("CFG_") and "=" in line:
+            key, _, value = line.partition("=")
+            conf[key.strip()] = value.strip()
+    return conf
+
+
+def build_optee(ta_public_key_pem: bytes, *, progress: Callable[[str], None] | None = None) -> OpteeBuild:
+    """OP-TEE OS that loads only user TAs signed by the key whose public half is given."""
+    if b"PUBLIC KEY" not in ta_public_key_pem:
+        raise FirmwareError("the TA key for OP-TEE must be a PEM public key")
+    inputs = {
+        "source": debsrc.pin_identity("optee-os"),
+        "compiler": _compiler_identity(),
+        "options": OPTEE_OPTIONS,
+        "ta_public_key_sha256": hashlib.sha256(ta_public_key_pem).hexdigest(),
+    }
+
+    def build(out: Path, log: Path) -> None:
+        src = debsrc.source_tree("optee-os")
+        key = out.parent / "ta_pub.pem"
+        key.write_bytes(ta_public_key_pem)
+        opts = [f"{k}={v}" for k, v in OPTEE_OPTIONS.items()]
+        build_dir = out.parent / "build"
+        _make(["make", f"-j{JOBS}", *opts, f"CROSS_COMPILE={CROSS_COMPILE}",
+               f"CROSS_COMPILE_core={CROSS_COMPILE}", f"CROSS_COMPILE_ta_arm64={CROSS_COMPILE}",
+               f"TA_PUBLIC_KEY={key}", f"O={build_dir}"], src, log, "OP-TEE OS build")
+        for name in ("tee-header_v2.bin", "tee-pager_v2.bin", "tee-pageable_v2.bin"):
+            shutil.copy(build_dir / "core" / name, out / name)
+        shutil.copy(build_dir / "conf.mk", out / "conf.mk")
+        shutil.copytree(build_dir / "export-ta_arm64", out / "export-ta_arm64", symlinks=True)
+
+    d = _cached("optee-os", inputs, build, progress)
+    return OpteeBuild(d / "tee-header_v2.bin", d / "tee-pager_v2.bin", d / "tee-pageable_v2.bin",
+                      _read_conf_mk(d / "conf.mk"), d / "export-ta_arm64")
+
+
+def uboot_fragments() -> list[Path]:
+    return [*LAYER_UBOOT_FRAGMENTS, HARNESS_UBOOT_FRAGMENT]
+
+
+def build_uboot(*, progress: Callable[[str], None] | None = None) -> Path:
+    """U-Boot for qemu_arm64 without its device tree (``u-boot-nodtb.bin``)."""
+    fragments = uboot_fragments()
+    inputs = {
+        "source": debsrc.pin_identity("u-boot"),
+        "compiler": _compiler_identity(),
+        "defconfig": UBOOT_DEFCONFIG,
+        "fragments": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in fragments},
+    }
+
+    def build(out: Path, log: Path) -> None:
+        src = debsrc.source_tree("u-boot")
+        o = out.parent / "build"
+        base = ["make", f"O={o}", f"CROSS_COMPILE={CROSS_COMPILE}"]
+        _make([*base, UBOOT_DEFCONFIG], src, log, "U-Boot configuration")
+        _make(["scripts/kconfig/merge_config.sh", "-O", str(o), "-m", str(o / ".config"),
+               *map(str, fragments)], src, log, "U-Boot configuration fragments")
+        _make([*base, "olddefconfig"], src, log, "U-Boot configuration")
+        _check_fragments_applied(o / ".config", fragments)
+        _make([*base, f"-j{JOBS}", "u-boot-nodtb.bin"], src, log, "U-Boot build")
+        shutil.copy(o / "u-boot-nodtb.bin", out / "u-boot-nodtb.bin")
+        shutil.copy(o / ".config", out / "u-boot.config")
+
+    return _cached("u-boot", inputs, build, progress) / "u-boot-nodtb.bin"
+
+
+def _check_fragments_applied(config: Path, fragments: list[Path]) -> None:
+    """Kconfig silently drops a symbol whose dependencies are not met: refuse that."""
+    have = set(config.read_text().splitlines())
+    for frag in fragments:
+        for line in frag.read_text().splitlines():
+            line = line.strip()
+            if line.startswith("CONFIG_") and line not in have:
+                raise FirmwareError(f"U-Boot did not take {line!r} from {frag.name}")
+            if line.startswith("# CONFIG_") and line.endswith(" is not set"):
+                sym = line.split()[1]
+                if any(h.startswith(sym + "=") for h in have):
+                    raise FirmwareError(f"U-Boot kept {sym} that {frag.name} turns off")
+
+
+def with_control_dtb(uboot_nodtb: Path, control_dtb: bytes) -> bytes:
+    """U-Boot with its control device tree appended (CONFIG_OF_SEPARATE), as U-Boot's own
+    ``u-boot-dtb.bin`` rule does: the tree, and the FIT key in it, become part of BL33."""
+    data = uboot_nodtb.read_bytes()
+    if len(data) % 8:
+        raise FirmwareError("u-boot-nodtb.bin is not 8-byte aligned; its device tree would not be found")
+    return data + control_dtb
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fetch and build everything once (used to warm the cache): python -m segway_dev.firmware."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m segway_dev.firmware", description=main.__doc__)
+    parser.parse_args(argv)
+    try:
+        print(build_uboot(progress=print))
+    except (FirmwareError, debsrc.SourceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,7 @@ from segway_sign.release.steps import StepContext, StepType, VerifyContext, docu
 
 
 def test_every_type_is_a_documented_class():
-    assert set(steps.REGISTRY) == {"ahab", "copy", "fip", "fit", "hab", "stm32", "verity"}
+    assert set(steps.REGISTRY) == {"ahab", "copy", "fip", "fit", "hab", "optee-ta", "stm32", "verity"}
     for name, stype in steps.REGISTRY.items():
         cls = type(stype)
         assert isinstance(stype, StepType) and cls.name == name

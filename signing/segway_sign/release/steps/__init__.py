@@ -23,7 +23,7 @@ from __future__ import annotations
 from .base import REGISTRY, StepContext, StepType, VerifyContext, describe, documented_options, get, register
 
 # Importing the step modules registers their types.
-from . import ahab, copy, fit, hab, tfa, verity  # noqa: F401
+from . import ahab, copy, fit, hab, optee, tfa, verity  # noqa: F401
 
 __all__ = ["REGISTRY", "StepContext", "StepType", "VerifyContext", "describe", "documented_options", "get",
            "register"]

@@ -338,6 +338,9 @@ def _write_public(plan: Plan, entries: list[_Entry], tmp: Path, record: dict) ->
             entry["key_name_hint"] = spec.key_name_hint
         if spec.purpose == "stm32":
             entry["exports"] += _export_stm32(key.public_key(), spec.label, tmp / "fuses")
+        if spec.purpose == "optee-ta":
+            # OP-TEE's TA_PUBLIC_KEY (pem_to_pub_c.py reads a PEM public key): the key tee.bin checks TAs with
+            entry["exports"].append(f"keys/{spec.label}.pub.pem")
         keys.append(entry)
 
     def of(purpose):

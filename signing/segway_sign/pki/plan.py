@@ -14,7 +14,7 @@ from ..errors import InputError, UsageError
 from ..hsm.keygen import KEY_KINDS, RAW_KINDS
 from ..hsm.uri import Pkcs11Uri
 
-PURPOSES = ("fit", "stm32", "hab", "hab-csf", "hab-img", "ahab", "ahab-sgk", "verity", "release", "fip")
+PURPOSES = ("fit", "stm32", "hab", "hab-csf", "hab-img", "ahab", "ahab-sgk", "verity", "release", "fip", "optee-ta")
 # Keys certified by another key of the plan instead of the root: purpose -> the issuer's purpose.
 ISSUED_BY = {"hab-csf": "hab", "hab-img": "hab", "ahab-sgk": "ahab"}
 # Table sizes the boot ROMs take (STM32MP13/MP2 PKHTH tables hold up to eight keys).
@@ -23,6 +23,7 @@ TABLE_SIZES = {"hab": 4, "ahab": 4, "stm32": 8}
 PURPOSE_KINDS = {
     "stm32": ("p256", "bp256t1"),          # the STM32MP ROM: ECDSA P-256 or brainpoolP256t1
     "fip": ("p256",),                      # TF-A's TBBR chain as segway-sign fip builds it
+    "optee-ta": ("rsa2048", "rsa3072", "rsa4096"),  # OP-TEE checks TAs with RSA (TA_PUBLIC_KEY)
     "hab": ("rsa2048", "rsa3072", "rsa4096", "p256", "p384"),
     "hab-csf": ("rsa2048", "rsa3072", "rsa4096", "p256", "p384"),
     "hab-img": ("rsa2048", "rsa3072", "rsa4096", "p256", "p384"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def test_dev_plan_ceremony(token, tmp_path):
     record = json.loads(res.stdout)
     assert record == json.loads((out / "ceremony.json").read_text())
     purposes = {k["purpose"] for k in record["keys"]}
-    assert purposes == {"root-ca", "fit", "stm32", "fip", "hab", "hab-csf", "hab-img", "verity", "release"}
+    assert purposes == {"root-ca", "fit", "stm32", "fip", "hab", "hab-csf", "hab-img", "verity", "release",
+                        "optee-ta"}
     root = out / "certs" / "segway-dev-root-ca.pem"
     for entry in record["keys"]:
         assert entry["attributes"]["never_extractable"] and entry["attributes"]["always_sensitive"]
@@ -73,6 +75,19 @@ def test_dev_plan_ceremony(token, tmp_path):
     import hashlib
     pkh = hashlib.sha256(nums.x.to_bytes(32, "big") + nums.y.to_bytes(32, "big")).digest()
     assert (out / "fuses" / "segway-dev-stm32.pkh.bin").read_bytes() == pkh
+    # OP-TEE's TA key: OP-TEE's own pem_to_pub_c.py (what its build runs on TA_PUBLIC_KEY) reads the
+    # exported PEM and embeds the certificate's modulus.
+    ta_entry = next(k for k in record["keys"] if k["purpose"] == "optee-ta")
+    assert ta_entry["exports"] == ["keys/segway-dev-optee-ta.pub.pem"] and ta_entry["type"].startswith("rsa")
+    from segway_dev import debsrc
+    subprocess.run(["/usr/bin/python3", str(debsrc.source_tree("optee-os") / "scripts" / "pem_to_pub_c.py"),
+                    "--prefix", "ta_pub_key", "--key", str(out / ta_entry["exports"][0]),
+                    "--out", str(tmp_path / "ta_pub_key.c")], check=True, capture_output=True)
+    ta_pub = x509.load_pem_x509_certificate((out / "certs" / "segway-dev-optee-ta.pem").read_bytes()).public_key()
+    modulus = ta_pub.public_numbers().n.to_bytes(ta_pub.key_size // 8, "big")
+    c_text = (tmp_path / "ta_pub_key.c").read_text()
+    embedded = bytes(int(x, 16) for x in re.findall(r"0x([0-9a-f]{2})", c_text.split("_modulus[]", 1)[1]))
+    assert embedded == modulus and "ta_pub_key_exponent = 65537;" in c_text
     # HAB: Debian's srktool (not us) builds the same SRK table and fuse file from the four certificates.
     der = __import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).Encoding.DER
     srk_crts = []
@@ -162,7 +177,8 @@ def test_refuses_existing_keys_and_output(softhsm, tmp_path):
     assert exists.returncode == 1 and b"exists" in exists.stderr
     # Destroying keys needs a confirmation: without a terminal, --yes.
     unconfirmed = run_cli(args + ["--out", str(tmp_path / "a"), "--replace-keys", "--force"], softhsm)
-    one_line_error(unconfirmed, code=2, match="--replace-keys destroys 12 key")
+    count = 1 + len(yaml.safe_load(DEV_PLAN.read_text())["keys"])  # the root and the keys
+    one_line_error(unconfirmed, code=2, match=f"--replace-keys destroys {count} key")
     before = json.loads((tmp_path / "a" / "ceremony.json").read_text())
     replaced = run_cli(args + ["--out", str(tmp_path / "a"), "--replace-keys", "--force", "--yes"], softhsm)
     assert replaced.returncode == 0, replaced.stderr.decode()

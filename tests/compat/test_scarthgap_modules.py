@@ -43,7 +43,7 @@ SUBSET = [
     "tests/kms/server/test_robustness.py",
     "tests/signing/formats/fit/test_fit.py",
     "tests/signing/formats/fit/test_fit_uboot.py",
-    "tests/signing/formats/test_stm32.py",
+    "tests/signing/formats/stm32/test_stm32.py",
     "tests/signing/formats/test_verity.py",
     "tests/signing/cli/test_fit_cli.py",
     "tests/signing/cli/test_stm32_cli.py",

@@ -22,7 +22,7 @@ from release_fixtures import FileKeys, make_deploy, plan_doc, write_plan  # noqa
 from segway_dev import fitbuild  # noqa: E402
 from segway_sign import flash  # noqa: E402
 from segway_sign.errors import InputError  # noqa: E402
-from segway_sign.formats import stm32  # noqa: E402
+from segway_sign.formats.stm32 import header as stm32  # noqa: E402
 from segway_sign.release import steps  # noqa: E402
 from segway_sign.release.plan import load_plan  # noqa: E402
 from segway_sign.release.runner import run_release  # noqa: E402

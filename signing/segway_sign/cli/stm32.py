@@ -9,8 +9,8 @@ import click
 
 from ..atomic import check_writable, write_file
 from ..errors import UsageError
-from ..formats import stm32
-from ..pki.stm32_fuses import pkh_fuse_words
+from ..formats.stm32 import header as stm32
+from ..formats.stm32.fuses import pkh_fuse_words
 from .common import EXIT_NO_ANCHOR, IN_FILE, emit, load_public_key, output_options, read_input, token_options
 
 HEADER_VERSIONS = {"1": stm32.HEADER_V1, "2": stm32.HEADER_V20, "2.0": stm32.HEADER_V20, "2.2": stm32.HEADER_V22}

@@ -84,7 +84,7 @@ def _store_certificate(session: TokenSession, key, cert: x509.Certificate) -> No
 
 def _export_stm32(public_key, label: str, dest: Path) -> list[str]:
     """STM32MP15 PKH: the file U-Boot's ``stm32key`` reads and the OTP words to check it against."""
-    from .stm32_fuses import pkh_fuse_words
+    from ..formats.stm32.fuses import pkh_fuse_words
     words = pkh_fuse_words([public_key], 1)
     (dest / f"{label}.pkh.bin").write_bytes(bytes.fromhex(words["hash"]))
     (dest / f"{label}.otp.json").write_text(json.dumps(words, indent=2) + "\n")
@@ -93,7 +93,7 @@ def _export_stm32(public_key, label: str, dest: Path) -> list[str]:
 
 def _export_stm32_table(public_keys: list, dest: Path) -> list[str]:
     """STM32MP13/MP2 PKHTH: the hash of the table of every stm32 key, in plan order."""
-    from .stm32_fuses import pkh_fuse_words
+    from ..formats.stm32.fuses import pkh_fuse_words
     words = pkh_fuse_words(public_keys, 2)
     (dest / "stm32-pkhth.bin").write_bytes(bytes.fromhex(words["hash"]))
     (dest / "stm32-pkhth.otp.json").write_text(json.dumps(words, indent=2) + "\n")

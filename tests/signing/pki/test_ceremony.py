@@ -113,7 +113,7 @@ def test_dev_plan_ceremony(token, tmp_path):
 def test_stm32_key_table_for_header_v2(softhsm, tmp_path):
     """Several stm32 keys: the PKHTH of their table, as STM32MP13/MP2 fuse it."""
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
-    from segway_sign.pki.stm32_fuses import pkh_fuse_words
+    from segway_sign.formats.stm32.fuses import pkh_fuse_words
     raw = yaml.safe_load(DEV_PLAN.read_text())
     raw["token"] = softhsm.token_uri
     stm32 = next(k for k in raw["keys"] if k["purpose"] == "stm32")

@@ -11,7 +11,7 @@ import pytest
 
 from release_fixtures import make_deploy, plan_doc, write_plan
 from segway_sign.errors import SegwayError
-from segway_sign.formats import stm32
+from segway_sign.formats.stm32 import header as stm32
 from segway_sign.release import steps
 from segway_sign.release.plan import load_plan
 from segway_sign.release.runner import run_release

@@ -19,7 +19,7 @@ import yaml
 from docs_blocks import runnable_script, shell_blocks
 from fit_fixtures import make_unsigned_fit
 from helpers import SEGWAY_SIGN
-from segway_sign.formats import stm32
+from segway_sign.formats.stm32 import header as stm32
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "tests" / "signing" / "formats"))

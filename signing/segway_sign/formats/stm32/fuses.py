@@ -6,8 +6,8 @@ the PKHTH, the hash of a table of up to eight key hashes; images name the key th
 
 from __future__ import annotations
 
-from ..errors import UsageError
-from ..formats import stm32
+from ...errors import UsageError
+from . import header as stm32
 
 
 def pkh_fuse_words(public_keys, header_version: int) -> dict:

@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ..crypto import ecdsa_der, ecdsa_raw
-from ..errors import InputError, UsageError, VerificationError
-from ..raw_ec import RawECPublicKey
+from ...crypto import ecdsa_der, ecdsa_raw
+from ...errors import InputError, UsageError, VerificationError
+from ...raw_ec import RawECPublicKey
 
 MAGIC = b"STM\x32"
 V1_HEADER_SIZE = 0x100

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from helpers import open_token_key
 from segway_sign.errors import InputError, SegwayError, UsageError, VerificationError
-from segway_sign.formats import stm32
-from segway_sign.pki.stm32_fuses import pkh_fuse_words
+from segway_sign.formats.stm32 import header as stm32
+from segway_sign.formats.stm32.fuses import pkh_fuse_words
 
 
 

@@ -25,5 +25,6 @@ SEGWAY_CERT_FP_SEGWAY_FIT_CERT = "${@segway_cert_fingerprint(d, 'SEGWAY_FIT_CERT
 SEGWAY_CERT_FP_SEGWAY_VERITY_CERT = "${@segway_cert_fingerprint(d, 'SEGWAY_VERITY_CERT')}"
 SEGWAY_CERT_FP_SEGWAY_STM32_CERT = "${@segway_cert_fingerprint(d, 'SEGWAY_STM32_CERT')}"
 SEGWAY_CERT_FP_SEGWAY_FIP_ROT_CERT = "${@segway_cert_fingerprint(d, 'SEGWAY_FIP_ROT_CERT')}"
+SEGWAY_CERT_FP_SEGWAY_OPTEE_TA_CERT = "${@segway_cert_fingerprint(d, 'SEGWAY_OPTEE_TA_CERT')}"
 SEGWAY_CERT_FP_SEGWAY_HAB_CSF_CERT = "${@segway_cert_fingerprint(d, 'SEGWAY_HAB_CSF_CERT')}"
 SEGWAY_CERT_FP_SEGWAY_HAB_IMG_CERT = "${@segway_cert_fingerprint(d, 'SEGWAY_HAB_IMG_CERT')}"

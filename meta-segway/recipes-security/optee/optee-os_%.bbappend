@@ -1,3 +1,18 @@
 # OP-TEE's PKCS#11 TA (used through libckteec by segway-kms and p11-kit) is built with the
 # in-tree TAs; keep it on explicitly so a BSP default cannot drop it.
 EXTRA_OEMAKE:append:segway = " CFG_PKCS11_TA=y"
+
+# TAs are signed with the TA key in the token (segway_optee_ta: segway-sign ta sign, or the release
+# job's optee-ta step in deferred mode), and OP-TEE checks them with that key's public half, taken
+# from the signing certificate: never upstream's keys/default.pem.
+inherit segway_optee_ta
+EXTRA_OEMAKE:append:segway = " TA_PUBLIC_KEY=${SEGWAY_OPTEE_TA_PUBKEY}"
+
+# Deferred mode: the unsigned TAs and their plan entries go to the deploy dir for the release job.
+do_deploy:append:segway() {
+    segway_sign_deploy_plan
+    if [ "${SEGWAY_SIGN_MODE}" = "deferred" ]; then
+        install -d ${DEPLOYDIR}/segway-signing/optee-ta
+        find ${B} -name '*-*-*-*-*.ta' -exec install -m 0644 {} ${DEPLOYDIR}/segway-signing/optee-ta/ \;
+    fi
+}

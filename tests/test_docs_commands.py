@@ -15,6 +15,7 @@ directory gets before a page's blocks run, standing in for what a reader has at 
   directory, ``pki init conf/pki-dev.yaml``; ``SOFTHSM2_CONF``/``SEGWAY_PIN_FILE`` exported);
 - fit.md: ``fitImage``, an unsigned FIT made by mkimage, and ``u-boot.dtb``, an empty control DTB;
 - verity.md: ``rootfs.ext4``, a small ext4 image made by mkfs.ext4;
+- optee-ta.md: ``8aaaf200-2450-11e4-abe2-0002a5d5c51b.stripped.elf``, a small aarch64 TA-shaped ELF;
 - release.md: ``build/tmp/deploy/images/qemuarm64``, a deferred build's deploy dir made from fixtures under
   the names conf/signing/qemuarm64.yaml gives.
 """
@@ -67,6 +68,11 @@ def _inputs(page: str, root: Path) -> None:
         empty_dtb(root / "u-boot.dtb")
     elif page == "docs/verity.md":
         subprocess.run(["mkfs.ext4", "-q", "-F", str(root / "rootfs.ext4"), "8M"], check=True, capture_output=True)
+    elif page == "docs/optee-ta.md":
+        sys.path.insert(0, str(REPO / "tests" / "signing" / "formats" / "optee"))
+        from ta_fixtures import build_ta_elf  # noqa: PLC0415
+        shutil.copy(build_ta_elf(root / "fixtures"), root)
+        shutil.rmtree(root / "fixtures")
     elif page == "docs/release.md":
         (root / "fixtures").mkdir()
         _deploy_dir(root, root / "conf" / "signing" / "qemuarm64.yaml")

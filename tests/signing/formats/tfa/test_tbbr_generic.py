@@ -77,8 +77,8 @@ def walk_chain(certs: dict[str, bytes], images: dict[str, bytes], rot_public) ->
         cert = parsed[name]
         assert cert.issuer == cert.subject
         verify_sig(key, cert)
-        assert cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) \
-            == key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        assert cert.public_key().public_bytes(*spki) == key.public_bytes(*spki)
         return cert
 
     def carried(cert, oid):

@@ -338,6 +338,10 @@ def _write_public(plan: Plan, entries: list[_Entry], tmp: Path, record: dict) ->
             entry["key_name_hint"] = spec.key_name_hint
         if spec.purpose == "stm32":
             entry["exports"] += _export_stm32(key.public_key(), spec.label, tmp / "fuses")
+        if spec.purpose == "fip":
+            # TF-A's ROTPK_HASH (PLAT=qemu, Arm platforms): SHA-256 of the DER SubjectPublicKeyInfo.
+            (tmp / "fuses" / f"{spec.label}.rotpk_hash.bin").write_bytes(hashlib.sha256(key.public_der).digest())
+            entry["exports"].append(f"fuses/{spec.label}.rotpk_hash.bin")
         if spec.purpose == "optee-ta":
             # OP-TEE's TA_PUBLIC_KEY (pem_to_pub_c.py reads a PEM public key): the key tee.bin checks TAs with
             entry["exports"].append(f"keys/{spec.label}.pub.pem")

@@ -14,7 +14,8 @@ from ..errors import InputError, UsageError
 from ..hsm.keygen import KEY_KINDS, RAW_KINDS
 from ..hsm.uri import Pkcs11Uri
 
-PURPOSES = ("fit", "stm32", "hab", "hab-csf", "hab-img", "ahab", "ahab-sgk", "verity", "release", "fip", "optee-ta")
+PURPOSES = ("fit", "stm32", "hab", "hab-csf", "hab-img", "ahab", "ahab-sgk", "verity", "release", "fip", "fip-chain",
+            "optee-ta")
 # Keys certified by another key of the plan instead of the root: purpose -> the issuer's purpose.
 ISSUED_BY = {"hab-csf": "hab", "hab-img": "hab", "ahab-sgk": "ahab"}
 # Table sizes the boot ROMs take (STM32MP13/MP2 PKHTH tables hold up to eight keys).
@@ -23,6 +24,7 @@ TABLE_SIZES = {"hab": 4, "ahab": 4, "stm32": 8}
 PURPOSE_KINDS = {
     "stm32": ("p256", "bp256t1"),          # the STM32MP ROM: ECDSA P-256 or brainpoolP256t1
     "fip": ("p256",),                      # TF-A's TBBR chain as segway-sign fip builds it
+    "fip-chain": ("p256",),                # its keys below the ROT key: one KEY_ALG for the whole chain
     "optee-ta": ("rsa2048", "rsa3072", "rsa4096"),  # OP-TEE checks TAs with RSA (TA_PUBLIC_KEY)
     "hab": ("rsa2048", "rsa3072", "rsa4096", "p256", "p384"),
     "hab-csf": ("rsa2048", "rsa3072", "rsa4096", "p256", "p384"),
@@ -168,6 +170,9 @@ def validate(plan: Plan, where: str) -> None:
     if len({k.kind for k in ahab}) > 1:
         raise InputError(f"{where}: the ahab SRKs must all be of one key type (the table takes one), got "
                          f"{', '.join(sorted({k.kind for k in ahab}))}")
+    if plan.of("fip-chain") and not plan.of("fip"):
+        raise InputError(f"{where}: fip-chain keys (TF-A's trusted-world, non-trusted-world and content keys) "
+                         "need the fip key, the root of trust that carries them")
     hab = plan.of("hab")
     if len({_family(k.kind) for k in hab}) > 1:
         raise InputError(f"{where}: the hab SRKs must be all RSA or all EC")

@@ -39,8 +39,8 @@ def test_dev_plan_ceremony(token, tmp_path):
     record = json.loads(res.stdout)
     assert record == json.loads((out / "ceremony.json").read_text())
     purposes = {k["purpose"] for k in record["keys"]}
-    assert purposes == {"root-ca", "fit", "stm32", "fip", "hab", "hab-csf", "hab-img", "verity", "release",
-                        "optee-ta"}
+    assert purposes == {"root-ca", "fit", "stm32", "fip", "fip-chain", "hab", "hab-csf", "hab-img", "verity",
+                        "release", "optee-ta"}
     root = out / "certs" / "segway-dev-root-ca.pem"
     for entry in record["keys"]:
         assert entry["attributes"]["never_extractable"] and entry["attributes"]["always_sensitive"]
@@ -75,6 +75,11 @@ def test_dev_plan_ceremony(token, tmp_path):
     import hashlib
     pkh = hashlib.sha256(nums.x.to_bytes(32, "big") + nums.y.to_bytes(32, "big")).digest()
     assert (out / "fuses" / "segway-dev-stm32.pkh.bin").read_bytes() == pkh
+    # TF-A's ROTPK_HASH for the generic chain: SHA-256 of the fip key's DER SubjectPublicKeyInfo.
+    from cryptography.hazmat.primitives import serialization
+    fip_pub = serialization.load_pem_public_key((out / "keys" / "segway-dev-fip.pub.pem").read_bytes())
+    assert (out / "fuses" / "segway-dev-fip.rotpk_hash.bin").read_bytes() == hashlib.sha256(
+        fip_pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest()
     # OP-TEE's TA key: OP-TEE's own pem_to_pub_c.py (what its build runs on TA_PUBLIC_KEY) reads the
     # exported PEM and embeds the certificate's modulus.
     ta_entry = next(k for k in record["keys"] if k["purpose"] == "optee-ta")
@@ -277,6 +282,9 @@ def test_a_plan_that_cannot_finish_creates_nothing(softhsm, tmp_path):
     (lambda r: r["keys"].append({"label": "a1", "purpose": "ahab", "key": "p256", "subject": {"CN": "a"}})
      or r["keys"].append({"label": "a2", "purpose": "ahab", "key": "p384", "subject": {"CN": "a"}}), "one key type"),
     (lambda r: next(k for k in r["keys"] if k["purpose"] == "fip").update(key="rsa2048"), "a fip key must be"),
+    (lambda r: r["keys"].remove(next(k for k in r["keys"] if k["purpose"] == "fip")), "need the fip key"),
+    (lambda r: next(k for k in r["keys"] if k["purpose"] == "fip-chain").update(key="rsa2048"),
+     "a fip-chain key must be"),
 ])
 def test_whole_plan_checks(tmp_path, edit, message):
     raw = yaml.safe_load(DEV_PLAN.read_text())

@@ -22,7 +22,7 @@ from helpers import SEGWAY_SIGN
 from segway_sign.formats.stm32 import header as stm32
 
 REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "tests" / "signing" / "formats"))
+sys.path.insert(0, str(REPO / "tests" / "signing" / "formats" / "hab"))
 from test_hab import make_flash_bin  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -54,11 +54,13 @@ def deploy_dir(plan: dict, root: Path) -> Path:
                 path.write_bytes(stm32.create(os.urandom(40000), entry_point=0x2FFC2500, load_address=0x2FFC2400,
                                               binary_type=0x10))
             elif step["type"] == "fip":
-                for part in ("tos-fw", "nt-fw", "hw-config"):
+                parts = ["tos-fw", "nt-fw", "hw-config"]
+                if step.get("options", {}).get("cot") == "generic":  # BL2 and BL31 are in this FIP too
+                    parts += ["tb-fw", "soc-fw", "tos-fw-extra1"]
+                for part in parts:
                     (work / f"{part}.bin").write_bytes(os.urandom(5000))
-                subprocess.run(["fiptool", "create", "--tos-fw", str(work / "tos-fw.bin"), "--nt-fw",
-                                str(work / "nt-fw.bin"), "--hw-config", str(work / "hw-config.bin"), str(path)],
-                               check=True, capture_output=True)
+                subprocess.run(["fiptool", "create", *[a for p in parts for a in (f"--{p}", str(work / f"{p}.bin"))],
+                                str(path)], check=True, capture_output=True)
             elif step["type"] == "hab":
                 flash_bin, _ = make_flash_bin(work)
                 shutil.copy(flash_bin, path)

@@ -1,8 +1,10 @@
-"""TF-A FIP with the STM32MP1 TBBR certificates: ``fip verify`` on a FIP made by fiptool and signed
-with a token ROT key (P-256)."""
+"""TF-A FIP with TBBR certificates: ``fip verify`` on a FIP made by fiptool and signed with token keys
+(P-256): STM32MP1's chain (the ROT key in the token) and TF-A's generic chain (``--cot generic``, all
+six keys in the token, checked against the ROTPK hash)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import subprocess
@@ -93,7 +95,34 @@ def _argv(shop: Shop, case: Path) -> list[str]:
     return ["fip", "verify", "--fip", str(case / "fip.bin"), "--pkh-file", str(case / "pkh.txt")]
 
 
+def _build_generic(shop: Shop, case: Path) -> None:
+    cli_tests = load_test_module("signing/cli/test_fip_generic_cli.py")
+    keys = []
+    for option in cli_tests.KEY_OPTIONS:
+        keys += [f"--{option}", shop.key("p256", f"fuzz-fip-generic-{option}")]
+    src = shop.root / "fip-generic"
+    src.mkdir(exist_ok=True)
+    imgs = cli_tests.images(src)
+    unsigned = src / "fip.bin"
+    subprocess.run(["fiptool", "create", *[a for n, p in imgs.items() for a in (f"--{n}", str(p))], str(unsigned)],
+                   check=True, capture_output=True, timeout=60)
+    report = json.loads(shop.cli(["fip", "sign", "--cot", "generic", *keys, "--fip", str(unsigned), "--out",
+                                  str(case / "fip.bin"), "--tfw-nvctr", "2", "--ntfw-nvctr", "2", "--json", *shop.pin]))
+    (case / "rotpk_hash.txt").write_text(report["rot_pkh"] + "\n")
+
+
+def _argv_generic(shop: Shop, case: Path) -> list[str]:
+    return ["fip", "verify", "--cot", "generic", "--fip", str(case / "fip.bin"), "--rot-pkh",
+            str(case / "rotpk_hash.txt")]
+
+
+# The ROTPK hash BL1/BL2 are built with: every byte of its value counts, as the PKH's.
+ROTPK_HASH = dataclasses.replace(PKH, path="rotpk_hash.txt")
+
 TARGETS = [
     Target("fip verify", (Input("fip.bin", device_bytes, fields=fields, hot=hot, weight=8, canonical=canonical), PKH),
            _build, _argv),
+    Target("fip verify --cot generic",
+           (Input("fip.bin", device_bytes, fields=fields, hot=hot, weight=8, canonical=canonical), ROTPK_HASH),
+           _build_generic, _argv_generic),
 ]

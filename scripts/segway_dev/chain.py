@@ -69,6 +69,9 @@ _FINAL = re.compile(r"Failed to load BL2 firmware|BL2: Failed to load image id|r
                     + re.escape(USERSPACE_MARKER))
 
 
+_OPTEE_PANIC = re.compile(r"Panic at \S+")
+
+
 class ChainError(RuntimeError):
     """The flash image could not be assembled or QEMU could not run it."""
 
@@ -172,7 +175,7 @@ def boot(flash: Path, log_dir: Path, *, fit: Path | None = None, timeout: float 
     timed_out = False
     try:
         while proc.poll() is None:
-            if until.search(_read(uart0)):
+            if until.search(_read(uart0)) or _OPTEE_PANIC.search(_read(uart1)):
                 time.sleep(settle)  # let the stage finish its lines
                 break
             if time.monotonic() > deadline:

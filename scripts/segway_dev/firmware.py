@@ -10,7 +10,8 @@
 
 Each build is cached under ``cache_dir("firmware")`` by the hash of its inputs (pinned source,
 compiler, options, key material, configuration fragments) and made with ``SOURCE_DATE_EPOCH``, so
-it is reproducible; a changed input is a cache miss and a new build.
+it is reproducible; a changed input is a cache miss and a new build. The build trees are kept per
+source and options, so a new ceremony's keys (ROTPK hash, TA key) cost a relink, not a rebuild.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ TFA_OPTIONS = {
     "KEY_SIZE": "256",
     "HASH_ALG": "sha256",
     "E": "0",  # mbedTLS 3.6 headers trip -Werror=redundant-decls
+    # The version banner: without it TF-A asks `git describe`, which answers for whatever
+    # repository the cache sits in.
+    "BUILD_STRING": debsrc.PINS["arm-trusted-firmware"].version,
 }
 OPTEE_OPTIONS = {
     "PLATFORM": "vexpress-qemu_armv8a",
@@ -60,6 +64,8 @@ OPTEE_OPTIONS = {
     # segway-kms reaches OP-TEE's PKCS#11 TA through libckteec: part of tee.bin, so no TA key check.
     "CFG_PKCS11_TA": "y",
     "CFG_IN_TREE_EARLY_TAS": "pkcs11/fd02c9da-306c-48c7-a49c-bbd827ae86ee",
+    # Not the commit of whatever repository the cache sits in (reproducible builds).
+    "CFG_OS_REV_REPORTS_GIT_SHA1": "n",
 }
 UBOOT_DEFCONFIG = "qemu_arm64_defconfig"
 
@@ -80,8 +86,8 @@ class OpteeBuild:
     header: Path  # tee-header_v2.bin: BL32
     pager: Path  # tee-pager_v2.bin: BL32 extra 1
     pageable: Path  # tee-pageable_v2.bin: BL32 extra 2 (may be empty)
-    conf: dict  # CFG_* of the build (conf.mk)
     ta_dev_kit: Path  # export-ta_arm64
+    conf: dict = dataclasses.field(repr=False)  # CFG_* of the build (conf.mk)
 
 
 def _compiler_identity() -> str:
@@ -113,10 +119,19 @@ def _make(argv: list[str], cwd: Path, log: Path, what: str) -> None:
         raise FirmwareError(f"{what} failed (exit {proc.returncode}): {tail[0][:200]}; log: {log}")
 
 
-def _cached(name: str, inputs: dict, build: Callable[[Path, Path], None],
-            progress: Callable[[str], None] | None) -> Path:
-    """Directory of the build ``name`` for ``inputs``; ``build(out, log)`` fills it on a miss."""
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _cached(name: str, inputs: dict, build: Callable[[Path, Path, Path], None],
+            progress: Callable[[str], None] | None, keys: tuple[str, ...] = ()) -> Path:
+    """Directory of the build ``name`` for ``inputs``; ``build(out, log, tree)`` fills it on a miss.
+
+    ``tree`` is a build directory kept between builds that differ only in the ``keys`` inputs (a
+    new ceremony's keys): make then rebuilds only what the key reaches, in seconds, instead of
+    the whole firmware."""
+    key = _digest(inputs)
+    tree_key = _digest({k: v for k, v in inputs.items() if k not in keys})
     root = cache.cache_dir("firmware")
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{name}-{key}"
@@ -127,10 +142,12 @@ def _cached(name: str, inputs: dict, build: Callable[[Path, Path], None],
         if progress:
             progress(f"building {name} from Debian's source (first run, or its inputs changed)")
         work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        tree = root / f"tree-{name}-{tree_key}"
+        tree.mkdir(exist_ok=True)
         try:
             out = work / "out"
             out.mkdir()
-            build(out, work / "build.log")
+            build(out, work / "build.log", tree)
             (out / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n")
             shutil.rmtree(final, ignore_errors=True)
             out.rename(final)
@@ -156,11 +173,11 @@ def build_tfa(rot_public_key_pem: bytes, rot_public_key_der: bytes, *,
         "rotpk_sha256": digest.hex(),
     }
 
-    def build(out: Path, log: Path) -> None:
+    def build(out: Path, log: Path, tree: Path) -> None:
         src = debsrc.source_tree("arm-trusted-firmware")
         mbedtls = debsrc.source_tree("mbedtls")
-        keys = out.parent / "keys"
-        keys.mkdir()
+        keys = tree / "keys"
+        keys.mkdir(exist_ok=True)
         rot_pem, rot_hash = keys / "rot_pub.pem", keys / "rotpk_sha256.bin"
         rot_pem.write_bytes(rot_public_key_pem)
         rot_hash.write_bytes(digest)
@@ -169,13 +186,13 @@ def build_tfa(rot_public_key_pem: bytes, rot_public_key_der: bytes, *,
         os.utime(rot_pem, (1, 1))
         opts = [f"{k}={v}" for k, v in TFA_OPTIONS.items()]
         _make(["make", f"-j{JOBS}", f"CROSS_COMPILE={CROSS_COMPILE}", *opts, f"MBEDTLS_DIR={mbedtls}",
-               f"ROT_KEY={rot_pem}", f"ROTPK_HASH={rot_hash}", f"BUILD_BASE={out.parent / 'build'}",
+               f"ROT_KEY={rot_pem}", f"ROTPK_HASH={rot_hash}", f"BUILD_BASE={tree / 'build'}",
                "bl1", "bl2", "bl31"], src, log, "TF-A build")
-        release = out.parent / "build" / "qemu" / "release"
+        release = tree / "build" / "qemu" / "release"
         for name in ("bl1.bin", "bl2.bin", "bl31.bin"):
             shutil.copy(release / name, out / name)
 
-    d = _cached("tf-a", inputs, build, progress)
+    d = _cached("tf-a", inputs, build, progress, keys=("rotpk_sha256",))
     return TfaBuild(d / "bl1.bin", d / "bl2.bin", d / "bl31.bin")
 
 
@@ -199,23 +216,24 @@ def build_optee(ta_public_key_pem: bytes, *, progress: Callable[[str], None] | N
         "ta_public_key_sha256": hashlib.sha256(ta_public_key_pem).hexdigest(),
     }
 
-    def build(out: Path, log: Path) -> None:
+    def build(out: Path, log: Path, tree: Path) -> None:
         src = debsrc.source_tree("optee-os")
-        key = out.parent / "ta_pub.pem"
+        key = tree / "ta_pub.pem"
         key.write_bytes(ta_public_key_pem)
         opts = [f"{k}={v}" for k, v in OPTEE_OPTIONS.items()]
-        build_dir = out.parent / "build"
+        build_dir = tree / "build"
         _make(["make", f"-j{JOBS}", *opts, f"CROSS_COMPILE={CROSS_COMPILE}",
                f"CROSS_COMPILE_core={CROSS_COMPILE}", f"CROSS_COMPILE_ta_arm64={CROSS_COMPILE}",
                f"TA_PUBLIC_KEY={key}", f"O={build_dir}"], src, log, "OP-TEE OS build")
         for name in ("tee-header_v2.bin", "tee-pager_v2.bin", "tee-pageable_v2.bin"):
             shutil.copy(build_dir / "core" / name, out / name)
         shutil.copy(build_dir / "conf.mk", out / "conf.mk")
+        shutil.rmtree(out / "export-ta_arm64", ignore_errors=True)
         shutil.copytree(build_dir / "export-ta_arm64", out / "export-ta_arm64", symlinks=True)
 
-    d = _cached("optee-os", inputs, build, progress)
+    d = _cached("optee-os", inputs, build, progress, keys=("ta_public_key_sha256",))
     return OpteeBuild(d / "tee-header_v2.bin", d / "tee-pager_v2.bin", d / "tee-pageable_v2.bin",
-                      _read_conf_mk(d / "conf.mk"), d / "export-ta_arm64")
+                      d / "export-ta_arm64", _read_conf_mk(d / "conf.mk"))
 
 
 def uboot_fragments() -> list[Path]:
@@ -232,9 +250,9 @@ def build_uboot(*, progress: Callable[[str], None] | None = None) -> Path:
         "fragments": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in fragments},
     }
 
-    def build(out: Path, log: Path) -> None:
+    def build(out: Path, log: Path, tree: Path) -> None:
         src = debsrc.source_tree("u-boot")
-        o = out.parent / "build"
+        o = tree / "build"
         base = ["make", f"O={o}", f"CROSS_COMPILE={CROSS_COMPILE}"]
         _make([*base, UBOOT_DEFCONFIG], src, log, "U-Boot configuration")
         _make(["scripts/kconfig/merge_config.sh", "-O", str(o), "-m", str(o / ".config"),

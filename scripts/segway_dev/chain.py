@@ -58,7 +58,7 @@ REFUSALS = [
     ("BL1", re.compile(r"ERROR:\s+Failed to load BL2 firmware\.?")),
     ("BL2", re.compile(r"ERROR:\s+BL2: Failed to load image id \d+ \(-?\d+\)")),
     ("U-Boot", re.compile(
-        r"Bad Data Hash|Failed to verify required signature|Verification failed|"
+        r"Bad Data Hash|Failed to verify required signature '[^']*'|Verification failed|"
         r"ERROR: can't get kernel image!?|Bad FIT kernel image format!?|Wrong Image Format for bootm command|"
         r"Could not find configuration node|\S+:\S+-\s+error!")),
     ("Linux", re.compile(r"Kernel panic - not syncing[^\n]*")),

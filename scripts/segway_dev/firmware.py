@@ -66,6 +66,7 @@ OPTEE_OPTIONS = {
     "CFG_IN_TREE_EARLY_TAS": "pkcs11/fd02c9da-306c-48c7-a49c-bbd827ae86ee",
     # Not the commit of whatever repository the cache sits in (reproducible builds).
     "CFG_OS_REV_REPORTS_GIT_SHA1": "n",
+    "TEE_IMPL_VERSION": debsrc.PINS["optee-os"].version,
 }
 UBOOT_DEFCONFIG = "qemu_arm64_defconfig"
 
@@ -222,6 +223,8 @@ def build_optee(ta_public_key_pem: bytes, *, progress: Callable[[str], None] | N
         key.write_bytes(ta_public_key_pem)
         opts = [f"{k}={v}" for k, v in OPTEE_OPTIONS.items()]
         build_dir = tree / "build"
+        # The banner counts the builds of a tree ("#2"): a relink must print what a fresh build does.
+        (build_dir / "core" / ".buildcount").unlink(missing_ok=True)
         _make(["make", f"-j{JOBS}", *opts, f"CROSS_COMPILE={CROSS_COMPILE}",
                f"CROSS_COMPILE_core={CROSS_COMPILE}", f"CROSS_COMPILE_ta_arm64={CROSS_COMPILE}",
                f"TA_PUBLIC_KEY={key}", f"O={build_dir}"], src, log, "OP-TEE OS build")

@@ -425,12 +425,21 @@ SIG_ALG_PSS = bytes.fromhex("304106092a864886f70d01010a3034a00f300d0609608648016
 
 
 def _signature_algorithms(der: bytes, cert_name: str) -> tuple[bytes, bytes]:
-    """(outer, TBS) signature AlgorithmIdentifier DER, read without interpreting them."""
+    """(outer, TBS) signature AlgorithmIdentifier DER, read without interpreting them.
+
+    The signatureValue BIT STRING, outside what is signed, must declare no unused bits: TF-A reads
+    it with mbedtls_asn1_get_bitstring_null, which refuses any other count (cert_parse in
+    drivers/auth/mbedtls/mbedtls_x509_parser.c, verify_signature in mbedtls_crypto.c), while
+    cryptography accepts a count whose padding bits are zero and hands back the same signature."""
     try:
         outer = asn1_x509.Certificate.load(der)
-        return outer["signature_algorithm"].dump(), outer["tbs_certificate"]["signature"].dump()
+        algorithms = outer["signature_algorithm"].dump(), outer["tbs_certificate"]["signature"].dump()
+        value = outer["signature_value"].contents
     except (ValueError, TypeError, KeyError):
         raise VerificationError(f"{cert_name} is not a DER X.509 v1-v3 certificate") from None
+    if value[:1] != b"\0":
+        raise VerificationError(f"{cert_name} signature BIT STRING declares unused bits (TF-A requires none)")
+    return algorithms
 
 
 def _check_signature(cert: x509.Certificate, der: bytes, cert_name: str, public_key) -> None:

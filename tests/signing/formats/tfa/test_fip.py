@@ -285,6 +285,39 @@ def test_tampered_certificate_refused(cert, signed_fip):
         fip.verify(fip.pack(fip.Fip(entries)), rot_public_key=rot.public_key())
 
 
+def with_unused_bit(der: bytes) -> bytes | None:
+    """The certificate with its signatureValue BIT STRING declaring 1 unused bit, or None when its
+    signature's last bit is 1 (then the encoding would be invalid anyway). cryptography reads it as
+    the same signature; TF-A's mbedtls_asn1_get_bitstring_null refuses any unused bits."""
+    signature = x509.load_der_x509_certificate(der).signature
+    if signature[-1] & 1:
+        return None
+    pos = len(der) - len(signature) - 1  # the BIT STRING's unused-bits byte
+    assert der[pos] == 0
+    tampered = der[:pos] + b"\x01" + der[pos + 1:]
+    assert x509.load_der_x509_certificate(tampered).signature == signature  # what made it pass
+    return tampered
+
+
+@pytest.mark.parametrize("cert", sorted(fip.CERT_BY_ENTRY))
+def test_signature_bit_string_with_unused_bits_refused(cert, images, tmp_path):
+    """The long fuzz run's accepted case (fip.bin: bit-flip 0x4ab2.0): the unused-bits byte of
+    stm32mp_cfg_cert's signatureValue set to 1, which BL2 refuses; every certificate of the chain."""
+    unsigned = unsigned_fip(tmp_path, images)
+    for _ in range(40):  # a signature ending in a 0 bit: one in two
+        rot = ec.generate_private_key(ec.SECP256R1())
+        signed, _ = fip.sign(unsigned, rot)
+        parsed = fip.parse(signed)
+        tampered = with_unused_bit(parsed.by_name()[cert])
+        if tampered is not None:
+            break
+    else:
+        pytest.fail("no signature ending in a 0 bit in 40 signings")
+    entries = [fip.Entry(e.uuid, tampered) if e.name == cert else e for e in parsed.entries]
+    with pytest.raises(VerificationError, match=f"{fip.CERT_BY_ENTRY[cert]} signature BIT STRING declares unused bits"):
+        fip.verify(fip.pack(fip.Fip(entries)), rot_public_key=rot.public_key())
+
+
 def test_wrong_rot_or_pkh_refused(signed_fip):
     rot, signed = signed_fip
     with pytest.raises(VerificationError, match="ROT"):

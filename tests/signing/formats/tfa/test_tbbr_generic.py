@@ -289,6 +289,24 @@ def test_flipped_signature_refused(cert, signed_generic):
         fip.verify(tampered, cot="generic", rot_public_key=keys["rot"].public_key())
 
 
+@pytest.mark.parametrize("cert", list(CERT_OPTIONS.values()))
+def test_signature_bit_string_with_unused_bits_refused(cert, images):
+    """A signatureValue declaring 1 unused bit (the fuzz run's fip.bin: bit-flip 0x4ab2.0, there in
+    STM32MP1's chain): cryptography reads the same signature, BL1/BL2 refuse it."""
+    from test_fip import with_unused_bit
+    keys = software_keys()
+    for _ in range(40):  # a signature ending in a 0 bit: one in two
+        signed, certs = fip.sign_images(images, keys["rot"], cot="generic", keys=others(keys))
+        tampered = with_unused_bit(certs[cert])
+        if tampered is not None:
+            break
+    else:
+        pytest.fail("no signature ending in a 0 bit in 40 signings")
+    tampered_fip = replace_entry(signed, fip.CERT_ENTRIES_BY_COT["generic"][cert], tampered)
+    with pytest.raises(VerificationError, match=f"{cert} signature BIT STRING declares unused bits"):
+        fip.verify(tampered_fip, cot="generic", rot_public_key=keys["rot"].public_key())
+
+
 @pytest.mark.parametrize("cert", ["soc_fw_content_cert", "tos_fw_content_cert", "nt_fw_content_cert"])
 def test_content_certificate_of_another_key_refused(cert, signed_generic):
     """A content certificate made (correctly, same images) under another content key."""

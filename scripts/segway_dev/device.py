@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import subprocess
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from . import bootmedia, cache, chain, firmware, fitbuild
 
@@ -105,6 +105,7 @@ def _runtime_dtb(sign: Sign, work: Path, tfa, optee, nodtb: Path, pin_args, rot_
 
 def build_device(out: Path, pki_dir: Path, sign: Sign, pin_args: Sequence[str], *,
                  init: str = TEE_INIT, modules: Sequence[str] = ("tee", "optee"),
+                 extra_files: Mapping[str, bootmedia.FileContent] | None = None,
                  progress: Callable[[str], None] = print) -> Device:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +136,8 @@ def build_device(out: Path, pki_dir: Path, sign: Sign, pin_args: Sequence[str], 
     kernel_dtb.write_bytes(chain.kernel_dtb(runtime.read_bytes(), BOOTARGS))
     media = bootmedia.fetch_boot_media(flavour="generic")
     unsigned = fitbuild.build_kernel_fit(out / "kernel-unsigned.itb", kernel_dtb, init=init,
-                                         modules=list(modules), media=media, key_name_hint=FIT_KEY,
+                                         modules=list(modules), media=media, extra_files=extra_files,
+                                         key_name_hint=FIT_KEY,
                                          kernel_load=chain.KERNEL_LOAD, source_date_epoch=1700000000)
     fit = out / "kernel.itb"
     sign("fit", "sign", "--key", key_uri(FIT_KEY), "--in", unsigned, "--out", fit, "--force", *pin_args)

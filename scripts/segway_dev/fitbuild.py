@@ -200,18 +200,20 @@ def build_kernel_fit(
     init: str | None = None,
     modules: tuple[str, ...] | list[str] = (),
     media=None,
+    extra_files=None,
     **kwargs,
 ) -> Path:
     """Build an unsigned arm64 FIT: Debian's cloud kernel, ``fdt`` (QEMU's tree dumped with the
     boot options) and a busybox initramfs (written to ``out`` + ``.initramfs.cpio.gz``) whose
-    ``/init`` defaults to printing the userspace marker and powering off."""
+    ``/init`` defaults to printing the userspace marker and powering off; ``extra_files`` as
+    ``bootmedia.build_initramfs`` takes them."""
     from . import bootmedia  # the download is only needed for kernel FITs
 
     media = media or bootmedia.fetch_boot_media()
     out = Path(out)
     initramfs = bootmedia.build_initramfs(out.with_name(out.name + ".initramfs.cpio.gz"),
                                           init if init is not None else bootmedia.DEFAULT_INIT,
-                                          modules=modules, media=media)
+                                          extra_files, modules=modules, media=media)
     return build_fit(out, FitImages(media.kernel_image, Path(fdt), initramfs), arch="arm64", **kwargs)
 
 

@@ -6,6 +6,7 @@ tested against tools we did not write before it is used on segway-sign's output.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 
 from segway_dev import bootmedia, fitbuild, qemu
 
+REPO = Path(__file__).resolve().parents[2]
+SEGWAY_SIGN = REPO / ".venv" / "bin" / "segway-sign"
 SOURCE_DATE_EPOCH = 1700000000
 KEY_NAME = "dev"
 ARCHES = ("arm64", "arm")
@@ -113,3 +116,31 @@ def tiny_fits(keydir, tmp_path_factory) -> dict[str, Path]:
 def signed_fits(kernel_fit, tiny_fits) -> dict[str, Path]:
     """The FIT the attack tests tamper with: the real kernel FIT on arm64, the tiny one on arm."""
     return {"arm64": kernel_fit, "arm": tiny_fits["arm"]}
+
+
+class Signer:
+    """segway-sign against a development token of its own under ``root`` (the secure-world chain's
+    tests: tests/dev/test_chain.py, tests/dev/test_optee_ta.py)."""
+
+    def __init__(self, root: Path) -> None:
+        self.env = dict(os.environ, SEGWAY_DEV_HSM_DIR=str(root / "hsm"), SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH))
+        for var in ("SOFTHSM2_CONF", "SEGWAY_PKCS11_MODULE", "SEGWAY_PIN_FILE"):
+            self.env.pop(var, None)
+        self.pin = ["--pin-file", str(root / "hsm" / "user.pin")]
+
+    def __call__(self, *args) -> str:
+        res = subprocess.run([str(SEGWAY_SIGN), *map(str, args)], env=self.env, capture_output=True,
+                             text=True)
+        assert res.returncode == 0, f"segway-sign {' '.join(map(str, args[:2]))}: {res.stderr.strip()}"
+        return res.stdout
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory) -> Signer:
+    """A development token after the ceremony (``pki init conf/pki-dev.yaml``), one per test module."""
+    root = tmp_path_factory.mktemp("chain")
+    sign = Signer(root)
+    sign("token", "init-dev")
+    sign("pki", "init", REPO / "conf" / "pki-dev.yaml", "--out", root / "pki", *sign.pin)
+    sign.root = root
+    return sign

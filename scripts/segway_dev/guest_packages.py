@@ -1,0 +1,180 @@
+"""Debian arm64 userspace for the QEMU guest: pinned packages of another suite, with their closure.
+
+The secure-world guest runs bookworm's kernel and busybox but needs newer userspace than bookworm
+carries (the OP-TEE 4.x client, xtest and its TAs from trixie). The packages are resolved and
+downloaded through a private apt configuration under the cache (its own ``deb`` list for the suite,
+lists and state, ``Dir::State::status=/dev/null``, ``APT::Architecture=arm64``), so the machine's
+apt sources and dpkg database are never touched; the dependency closure is what ``apt-get
+--print-uris install`` computes against that empty status. Each set is extracted with ``dpkg-deb
+-x`` into a cached root, keyed by the pinned versions.
+
+Only binaries and the shared libraries they need (``DT_NEEDED``, followed through the closure) go
+into an initramfs (:func:`initramfs_files`): overlaying a closure's ``etc/`` and ``bin/`` over the
+busybox initramfs replaces busybox's applets and breaks ``/init``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import urllib.parse
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from . import cache
+
+ARCHIVE = "http://deb.debian.org/debian"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+SUITE = "trixie"
+LIBDIR = "usr/lib/aarch64-linux-gnu"
+LOADER = "ld-linux-aarch64.so.1"  # PT_INTERP is /lib/ld-linux-aarch64.so.1
+
+# OP-TEE's normal-world client (4.5.0: what trixie carries) and xtest with its TAs, which Debian
+# signs with upstream's default TA key.
+OPTEE_CLIENT = {"tee-supplicant": "4.5.0-1", "libteec2": "4.5.0-1", "optee-test-qemu": "4.5.0-1"}
+XTEST_TA_DIR = "usr/lib/optee_armtz"
+# OP-TEE's TA dev kit of the same release: its keys/default.pem is the upstream key Debian's TAs are
+# signed with (RSA 2048 in 4.5.0; upstream's 4.10 tree ships another, RSA 4096, key under that name).
+OPTEE_DEV_KIT = {"optee-os-dev": "4.5.0-2"}
+OPTEE_DEV_KIT_DEFAULT_KEY = "usr/lib/optee-os-dev/vexpress-qemu_armv8a/keys/default.pem"
+
+
+class GuestPackageError(RuntimeError):
+    """Guest packages could not be resolved, downloaded or extracted."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestRoot:
+    root: Path  # every package of the closure, extracted
+    packages: dict  # name -> version, the whole closure as downloaded
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+
+def _apt_options(apt_dir: Path) -> list[str]:
+    return [
+        "-o", "APT::Architecture=arm64",
+        "-o", "APT::Architectures=arm64",
+        "-o", f"Dir::Etc::sourcelist={apt_dir / 'sources.list'}",
+        "-o", f"Dir::Etc::sourceparts={apt_dir / 'sources.list.d'}",
+        "-o", f"Dir::Etc::preferencesparts={apt_dir / 'preferences.d'}",
+        "-o", f"Dir::State::Lists={apt_dir / 'lists'}",
+        "-o", f"Dir::Cache={apt_dir / 'cache'}",
+        "-o", "Dir::State::status=/dev/null",
+        "-o", "APT::Sandbox::User=root",  # downloads land in a root-owned project directory
+    ]
+
+
+def _run(argv: list[str], what: str, **kwargs) -> str:
+    try:
+        return subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs).stdout
+    except FileNotFoundError:
+        raise GuestPackageError(f"{argv[0]} is not installed") from None
+    except subprocess.CalledProcessError as exc:
+        lines = [ln for ln in (exc.stderr or exc.stdout or "").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("E:")]
+        raise GuestPackageError(f"{what}: {(errors or lines or [f'exit {exc.returncode}'])[-1]}") from None
+
+
+def _update(apt_dir: Path, suite: str) -> list[str]:
+    for sub in ("lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"):
+        (apt_dir / sub).mkdir(parents=True, exist_ok=True)
+    (apt_dir / "sources.list").write_text(f"deb [signed-by={KEYRING}] {ARCHIVE} {suite} main\n")
+    apt = _apt_options(apt_dir)
+    # --error-on=any: an unreachable archive fails here, not later as "package not found".
+    _run(["apt-get", *apt, "-qq", "--error-on=any", "update"], f"apt-get update of the private {suite} lists")
+    return apt
+
+
+def _check_served(apt: list[str], pins: Mapping[str, str], suite: str) -> None:
+    for name, version in pins.items():
+        out = _run(["apt-cache", *apt, "madison", name], f"apt-cache madison {name}")
+        served = [line.split("|")[1].strip() for line in out.splitlines() if line.count("|") >= 2]
+        if version not in served:
+            raise GuestPackageError(
+                f"Debian {suite} no longer serves {name} {version} (it has {', '.join(served) or 'none'}); "
+                "update its pin in scripts/segway_dev/guest_packages.py")
+
+
+def _closure(apt: list[str], pins: Mapping[str, str]) -> dict[str, str]:
+    """name -> version of every package ``apt-get install`` of the pins needs on an empty system."""
+    out = _run(["apt-get", *apt, "-qq", "--print-uris", "install", *(f"{n}={v}" for n, v in pins.items())],
+               "apt-get --print-uris install")
+    closure = {}
+    for line in out.splitlines():
+        match = re.match(r"'[^']+' (\S+?)_(\S+?)_(?:arm64|all)\.deb ", line)
+        if match:
+            closure[match.group(1)] = urllib.parse.unquote(match.group(2))
+    missing = set(pins) - set(closure)
+    if missing:
+        raise GuestPackageError(f"apt did not resolve {', '.join(sorted(missing))}")
+    return closure
+
+
+def fetch(pins: Mapping[str, str] = OPTEE_CLIENT, *, suite: str = SUITE, dependencies: bool = True) -> GuestRoot:
+    """The pinned packages and (``dependencies``) their dependency closure, extracted (cached by
+    suite, pins and that choice)."""
+    base = cache.cache_dir(f"guest-{suite}")
+    base.mkdir(parents=True, exist_ok=True)
+    ident = hashlib.sha256(json.dumps([suite, sorted(pins.items()), dependencies]).encode()).hexdigest()[:16]
+    where = base / "roots" / ident
+    stamp = where / "packages.json"
+    with open(base / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test sessions share the cache
+        if stamp.is_file():
+            return GuestRoot(where / "root", json.loads(stamp.read_text()))
+        apt = _update(base / "apt", suite)
+        _check_served(apt, pins, suite)
+        closure = _closure(apt, pins) if dependencies else dict(pins)
+        shutil.rmtree(where, ignore_errors=True)
+        debs = where / "debs"
+        debs.mkdir(parents=True)
+        _run(["apt-get", *apt, "-qq", "download", *(f"{n}={v}" for n, v in sorted(closure.items()))],
+             f"apt-get download from {suite}", cwd=debs)
+        root = where / "root"
+        root.mkdir()
+        for deb in sorted(debs.glob("*.deb")):
+            _run(["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb -x {deb.name}")
+        stamp.write_text(json.dumps(closure, indent=1, sort_keys=True) + "\n")
+        return GuestRoot(root, closure)
+
+
+def _needed(elf: Path) -> list[str]:
+    out = _run(["readelf", "-d", str(elf)], f"readelf -d {elf.name}")
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+
+
+def initramfs_files(guest: GuestRoot, binaries: Iterable[str]) -> dict[str, Path]:
+    """``build_initramfs`` extra files: the binaries (root-relative paths) at their paths, the
+    libraries they need (followed recursively) in ``usr/lib/aarch64-linux-gnu`` and the dynamic
+    loader at ``lib/`` (its PT_INTERP path)."""
+    files: dict[str, Path] = {}
+    todo: list[Path] = []
+    for rel in binaries:
+        src = guest.path(rel)
+        if not src.is_file():
+            raise GuestPackageError(f"{rel} is in none of {', '.join(sorted(guest.packages))}")
+        files[rel] = src
+        todo.append(src)
+    libdir = guest.path(LIBDIR)
+    while todo:
+        for lib in _needed(todo.pop()):
+            rel = f"{LIBDIR}/{lib}"
+            if rel in files:
+                continue
+            src = libdir / lib
+            if lib == LOADER:
+                src = guest.path(f"usr/lib/{LOADER}")
+                files[f"lib/{LOADER}"] = src.resolve()
+                continue
+            if not src.exists():
+                raise GuestPackageError(f"{lib} (needed by the guest binaries) is in none of the packages")
+            files[rel] = src.resolve()  # the file behind the SONAME link, under the SONAME
+            todo.append(src.resolve())
+    return files

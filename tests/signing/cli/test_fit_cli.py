@@ -251,6 +251,20 @@ def test_malformed_control_dtb(signing, tmp_path, damage, words):
     assert not (tmp_path / "x.dtb").exists()
 
 
+def test_unbalanced_unsigned_fit_is_one_line(signing, tmp_path):
+    """The long fuzz run's unsigned.itb bit-flip (0x1bd37.4): a property length 16 bytes longer
+    makes the struct walk meet one end of node too many (an IndexError in the copy-ahead walk)."""
+    from segway_sign.formats.fit.regions import value_spans
+    tok, uri, unsigned = signing
+    blob = bytearray(unsigned.read_bytes())
+    [(_, start, length)] = value_spans(blob, "ramdisk")  # /configurations/conf-1's, 10 bytes
+    blob[start - 5] ^= 1 << 4  # the low byte of its length: 26
+    bad, out = tmp_path / "bad.itb", tmp_path / "out.itb"
+    bad.write_bytes(blob)
+    failed(_sign(tok, uri, bad, out, "--pin-file", str(tok.pin_file)), "malformed")
+    assert not out.exists() and not list(tmp_path.glob(".out.itb.*"))
+
+
 def test_tree_without_room_grows(signing, tmp_path):
     """New signature nodes larger than the room first made for them (here a long key name): the
     tree grows until they fit, and the result verifies."""

@@ -267,6 +267,8 @@ def value_spans(blob: bytes | bytearray | memoryview, name: str) -> list[tuple[s
         if tag == FDT_BEGIN_NODE:
             path.append(pname)
         elif tag == FDT_END_NODE:
+            if not path:
+                raise InputError("malformed device tree: unbalanced end of node")
             path.pop()
         elif tag == FDT_PROP and pname == name:
             spans.append(("/" + "/".join(path[1:]), hdr.off_dt_struct + offset + 12, walker.u32(offset + 4)))

@@ -206,21 +206,29 @@ def _monitor(sock_path: Path, commands: Sequence[str], timeout: float = 30.0) ->
                 raise ChainError("QEMU's monitor socket did not open") from None
             time.sleep(0.1)
     out = b""
+
+    def read_prompt(prompts: int) -> None:
+        # Each command is answered with its output and a new "(qemu)" prompt: wait for it, so no
+        # command is lost when the connection closes.
+        nonlocal out
+        end = time.monotonic() + timeout
+        while out.count(b"(qemu)") < prompts and time.monotonic() < end:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not chunk:
+                break
+            out += chunk
+        if out.count(b"(qemu)") < prompts:
+            raise ChainError(f"QEMU's monitor did not answer {commands!r}")
+
     with sock:
         sock.settimeout(1.0)
-        for cmd in commands:
+        read_prompt(1)  # the banner
+        for n, cmd in enumerate(commands, start=2):
             sock.sendall(cmd.encode() + b"\n")
-            end = time.monotonic() + 10
-            while time.monotonic() < end:
-                try:
-                    chunk = sock.recv(65536)
-                except socket.timeout:
-                    break
-                if not chunk:
-                    break
-                out += chunk
-                if out.rstrip().endswith(b"(qemu)"):
-                    break
+            read_prompt(n)
     return out.decode(errors="replace")
 
 
@@ -247,10 +255,8 @@ def capture_runtime_dtb(flash: Path, log_dir: Path, timeout: float = 300.0) -> b
                                      f"log: {uart0}")
                 time.sleep(0.2)
             _monitor(mon, ["stop", f'pmemsave {RUNTIME_DTB_ADDR:#x} {RUNTIME_DTB_MAX:#x} "{dump}"'])
-            for _ in range(100):
-                if dump.is_file() and dump.stat().st_size == RUNTIME_DTB_MAX:
-                    break
-                time.sleep(0.1)
+            if not (dump.is_file() and dump.stat().st_size == RUNTIME_DTB_MAX):
+                raise ChainError("QEMU did not save the guest memory holding the device tree")
             ram = dump.read_bytes()
         finally:
             _stop(proc)

@@ -1,6 +1,7 @@
 """The segway demo: the QEMU device's whole chain of trust, every signature made in a development
-SoftHSM token: TF-A BL1 → BL2 → BL31 + OP-TEE → U-Boot → Linux with /dev/tee0, then tampering
-refused by the stage that checks it.
+SoftHSM token: TF-A BL1 → BL2 → BL31 + OP-TEE → U-Boot → Linux with /dev/tee0, OP-TEE loading a
+user TA re-signed in the token and refusing it as Debian ships it, then tampering refused by the
+stage that checks it.
 
 Run with ``bash scripts/demo``. Everything goes under ``out/demo/`` (recreated on each run), the
 development token included, so the demo is repeatable and touches nothing else. The firmware is
@@ -17,7 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import bootmedia, chain, debsrc, device, fip_attacks, fit_attacks, fitbuild, firmware
+from . import bootmedia, chain, debsrc, device, fip_attacks, fit_attacks, fitbuild, firmware, guest_packages, ta_proof
+from segway_sign.formats.optee import ta as ta_format
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "out" / "demo"
@@ -111,21 +113,44 @@ def demo() -> int:
     step("2. Key ceremony from conf/pki-dev.yaml: keys generated inside the token, certificates issued")
     run("pki", "init", REPO / "conf" / "pki-dev.yaml", "--out", OUT / "pki", *pin, env=env)
 
-    step("3. Firmware from Debian's sources for these keys, FIP and FIT signed in the token")
+    step("3. A user TA for OP-TEE: xtest's crypt TA as Debian ships it (upstream's default key), re-signed in the token")
+    guest = guest_packages.fetch(guest_packages.OPTEE_CLIENT)
+    shipped = guest.path(f"{guest_packages.XTEST_TA_DIR}/{ta_proof.CRYPT_TA_UUID}.ta").read_bytes()
+    parsed = ta_format.parse(shipped)
+    elf = OUT / f"{ta_proof.CRYPT_TA_UUID}.stripped.elf"
+    elf.write_bytes(parsed.payload)
+    ours = OUT / f"{ta_proof.CRYPT_TA_UUID}.ta"
+    run("ta", "sign", "--key", device.key_uri(device.TA_KEY), "--in", elf, "--ta-version", str(parsed.ta_version),
+        "--out", ours, *pin, env=env)
+    tas = {"debian-default-key": shipped, "ours": ours.read_bytes()}
+
+    step("4. Firmware from Debian's sources for these keys, FIP and FIT signed in the token")
     print("  TF-A (ROTPK hash of segway-dev-fip), OP-TEE (TA key segway-dev-optee-ta), U-Boot (FIT key\n"
           "  segway-dev-fit in its own device tree); the first run builds them (a few minutes), later runs\n"
           "  take them from .cache/firmware.")
     dev = device.build_device(OUT / "device", OUT / "pki", lambda *a: run(*a, env=env), pin,
+                              init=ta_proof.init_script(list(tas)), extra_files=ta_proof.initramfs_files(tas, guest),
                               progress=lambda msg: print(f"  ... {msg}", flush=True))
 
-    step("4. Boot: BL1 → BL2 → BL31 + OP-TEE → U-Boot → Linux, each stage checking the next")
+    step("5. Boot: BL1 → BL2 → BL31 + OP-TEE → U-Boot → Linux, each stage checking the next")
     good = chain.boot(dev.flash, OUT / "boot" / "signed", fit=dev.fit, timeout=900)
     show(good, "BL1: v", "BL2: v", "BL31: v", "U-Boot 20", "Verifying Hash Integrity ... sha256,rsa",
-         "Starting kernel", "optee: revision", device.TEE_MARKER, bootmedia.USERSPACE_MARKER)
-    if not good.booted or device.TEE_MARKER not in good.uart0:
+         "Starting kernel", "optee: revision", bootmedia.USERSPACE_MARKER)
+    if not good.booted:
         raise DemoError(f"the signed chain did not boot: {good.summary()}")
+    runs = ta_proof.case_runs(good.uart0)
+    print("  OP-TEE and the user TA (tee-supplicant, xtest -t regression 1004 with the crypt TA):")
+    debian, mine = runs.get("debian-default-key"), runs.get("ours")
+    for refusal in ta_proof.optee_refusals(good.uart1)[:1]:
+        for line in refusal.lines:
+            print(f"  | (OP-TEE, UART1) {line}")
+    print(f"  - as Debian ships it (upstream's default key): xtest exit {debian.rc if debian else '?'}"
+          f"{', TEEC_ERROR_SECURITY' if debian and debian.security_error else ''}")
+    print(f"  - signed in the token: xtest exit {mine.rc if mine else '?'}{' (regression_1004 OK)' if mine and mine.passed else ''}")
+    if not (debian and debian.security_error and not debian.passed and mine and mine.passed):
+        raise DemoError("OP-TEE did not load only the TA signed in the token (see boot/signed/uart*.log)")
 
-    step("5. Tampering, refused by the stage that checks it")
+    step("6. Tampering, refused by the stage that checks it")
     fip = dev.fip.read_bytes()
     bl1 = dev.tfa.bl1
     refused("One byte of BL2", chain.flash_image(bl1, fip_attacks.flip_entry_byte(fip, "tb-fw")), dev.fit, "BL1")
@@ -138,7 +163,8 @@ def demo() -> int:
 
     step("Done")
     print(f"""  Every stage verified the next with keys from the token, Linux reached userspace with
-  /dev/tee0, and each tampered image was refused by the stage that checks it.
+  /dev/tee0, OP-TEE ran only the TA signed in the token, and each tampered image was refused by
+  the stage that checks it.
   Outputs in {OUT}:
     hsm/              the development token (PIN in hsm/user.pin)
     pki/              certificates, public keys, ROTPK hash, ceremony.json
@@ -158,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         return demo()
     except (DemoError, OSError, chain.ChainError, firmware.FirmwareError, debsrc.SourceError,
             bootmedia.BootMediaError, fitbuild.FitBuildError, fit_attacks.FitAttackError,
-            fip_attacks.FipAttackError) as exc:
+            fip_attacks.FipAttackError, guest_packages.GuestPackageError, ta_format.InputError) as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ Only ``cryptography`` is used here; the keys on curves it lacks are in :mod:`seg
 from __future__ import annotations
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
@@ -37,12 +38,56 @@ def spki_pem(public_key) -> bytes:
     return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def parse_certificate(raw: bytes, pem: bool = False) -> x509.Certificate | None:
-    """The DER X.509 (v1 to v3) certificate in ``raw``, or None when it is not one. With ``pem``, bytes
-    holding a ``-----BEGIN`` line are read as PEM instead."""
+class CertificateError(ValueError):
+    """Bytes that are not a usable X.509 certificate; ``str(err)`` is a one-line phrase that reads
+    after the certificate's name ("is not a DER X.509 v1-v3 certificate", "has a malformed subject
+    (...)")."""
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+# Loading a certificate parses only its outer structure: cryptography reads the subject, the issuer,
+# the extensions and the public key when they are first used, and a malformed one raises there (a
+# ValueError, DuplicateExtension or UnsupportedGeneralNameType), far from where the file was read.
+# They are read once here instead. A public key of an algorithm or curve cryptography lacks
+# (UnsupportedAlgorithm: e.g. brainpoolP256t1) is not malformed: the callers that need the key say so.
+_LAZY_ERRORS = (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+_LAZY_PARTS = (
+    ("has a malformed subject", lambda cert: cert.subject),
+    ("has a malformed issuer", lambda cert: cert.issuer),
+    ("has malformed extensions", lambda cert: cert.extensions),
+    ("holds an invalid public key", lambda cert: cert.public_key()),
+)
+
+
+def load_certificate_bytes(raw: bytes, pem: bool = False) -> x509.Certificate:
+    """The DER X.509 (v1 to v3) certificate in ``raw``, every part of it parsed; CertificateError
+    naming the problem otherwise. With ``pem``, bytes holding a ``-----BEGIN`` line are read as PEM."""
     try:
         if pem and b"-----BEGIN" in raw:
-            return x509.load_pem_x509_certificate(raw)
-        return x509.load_der_x509_certificate(raw)
+            cert = x509.load_pem_x509_certificate(raw)
+        else:
+            cert = x509.load_der_x509_certificate(raw)
     except (ValueError, x509.InvalidVersion):
+        raise CertificateError("is not an X.509 certificate (PEM or DER)" if pem
+                               else "is not a DER X.509 v1-v3 certificate") from None
+    for problem, read in _LAZY_PARTS:
+        try:
+            read(cert)
+        except UnsupportedAlgorithm:
+            pass
+        except _LAZY_ERRORS as err:
+            raise CertificateError(f"{problem} ({_one_line(err)})") from None
+    return cert
+
+
+def parse_certificate(raw: bytes, pem: bool = False) -> x509.Certificate | None:
+    """The DER X.509 (v1 to v3) certificate in ``raw``, every part of it parsed (see
+    load_certificate_bytes), or None when it is not one. With ``pem``, bytes holding a
+    ``-----BEGIN`` line are read as PEM instead."""
+    try:
+        return load_certificate_bytes(raw, pem)
+    except CertificateError:
         return None

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from asn1crypto.algos import DigestInfo
 from asn1crypto.core import Null
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.serialization import load_der_public_key
@@ -22,7 +21,7 @@ from pkcs11.exceptions import AttributeSensitive, AttributeTypeInvalid
 from pkcs11.util.ec import encode_ec_public_key
 from pkcs11.util.rsa import encode_rsa_public_key
 
-from ..crypto import ecdsa_der
+from ..crypto import CertificateError, ecdsa_der, load_certificate_bytes
 from ..errors import InputError, TokenError, UsageError, VerificationError
 from ..raw_ec import RAW_CURVES, RawECPublicKey, curve_from_ec_params, decode_ec_point
 from .raw_ec_key import TokenRawECKey
@@ -138,7 +137,13 @@ def _public_from_objects(session, priv, key_id: bytes):
         return load_der_public_key(encode_ec_public_key(pubs[0]))
     certs = list(session.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: key_id}))
     if len(certs) == 1:
-        return x509.load_der_x509_certificate(certs[0][Attribute.VALUE]).public_key()
+        try:
+            return load_certificate_bytes(bytes(certs[0][Attribute.VALUE])).public_key()
+        except CertificateError as err:
+            raise TokenError(f"the certificate with CKA_ID {key_id.hex()} {err}") from None
+        except UnsupportedAlgorithm as err:
+            raise TokenError(f"the certificate with CKA_ID {key_id.hex()} holds an unsupported key "
+                             f"({' '.join(str(err).split())})") from None
     raise TokenError(f"no unique public key or certificate with CKA_ID {key_id.hex()} next to the private key")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from ..crypto import parse_certificate
+from ..crypto import CertificateError, load_certificate_bytes
 from ..errors import InputError
 from .files import read_regular
 
@@ -22,14 +22,15 @@ SUFFIXES = (".pem", ".crt", ".der", ".cer")
 
 
 def load_certificate(path: str | Path) -> x509.Certificate:
-    """A PEM or DER X.509 certificate file; InputError (one line) for anything else. A FIFO, device or
+    """A PEM or DER X.509 certificate file, every part of it parsed; InputError (one line) for
+    anything else, a malformed subject, issuer, extension or public key included. A FIFO, device or
     directory is refused at once (a symlink to a regular file is read)."""
     path = Path(path)
     raw = read_regular(path, MAX_CERTIFICATE, what="certificate", follow_symlinks=True)
-    cert = parse_certificate(raw, pem=True)
-    if cert is None:
-        raise InputError(f"{path} is not an X.509 certificate (PEM or DER)")
-    return cert
+    try:
+        return load_certificate_bytes(raw, pem=True)
+    except CertificateError as err:
+        raise InputError(f"{path} {err}") from None
 
 
 def load_certs_dir(certs_dir: str | Path) -> list[x509.Certificate]:

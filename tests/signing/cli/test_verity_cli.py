@@ -220,3 +220,28 @@ def test_malformed_files_are_one_line_errors(signed_dir, tmp_path, target, conte
         (bad / target).write_bytes(content)
     r = run_cli(["verity", "verify", "--cert", str(signed_dir["cert"]), str(bad)], timeout=60)
     one_line_error(r, 1, message)
+
+
+@pytest.mark.parametrize("option", ["--cert", "--certs"])
+def test_trusted_certificate_with_a_malformed_subject_is_one_line(signed_dir, tmp_path, option):
+    """The long fuzz run's certs/verity.pem bit-flip (0x36b.6 0xc3.0 0x33a.0): a byte of the subject's
+    UTF8String that is not UTF-8 (and two in the signature, which nothing checks in a trust anchor).
+    cryptography loads it and fails only where the subject is first read, after the signature
+    checked; the certificate is refused where it is loaded."""
+    import base64
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from helpers import one_line_error
+
+    der = x509.load_pem_x509_certificate(signed_dir["cert"].read_bytes()).public_bytes(serialization.Encoding.DER)
+    assert der.count(b"verity cli") == 2  # issuer, then subject
+    at = der.rindex(b"verity cli") + 5
+    der = der[:at] + b"\x89" + der[at + 1:]  # "verity\x89cli"
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    bad = certs / "verity.pem"
+    bad.write_bytes(b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n")
+    r = run_cli(["verity", "verify", option, str(bad if option == "--cert" else certs), str(signed_dir["dir"])])
+    one_line_error(r, 1, f"{bad} has a malformed subject")

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.x509.oid import NameOID
 
-from ...crypto import parse_certificate, spki_der
+from ...crypto import CertificateError, load_certificate_bytes, spki_der
 from ...errors import InputError, UsageError, VerificationError
 from ...reproducible import source_datetime
 
@@ -392,10 +392,10 @@ def _certificate(cn: str, key, exts: list[tuple[str, bytes]], start: datetime.da
 
 
 def _load(name: str, der: bytes) -> x509.Certificate:
-    cert = parse_certificate(der)
-    if cert is None:
-        raise VerificationError(f"{name} is not a DER X.509 v1-v3 certificate")
-    return cert
+    try:
+        return load_certificate_bytes(der)
+    except CertificateError as err:
+        raise VerificationError(f"{name} {err}") from None
 
 
 def _public_key(cert: x509.Certificate, cert_name: str):

@@ -44,7 +44,7 @@ SUBSET = [
     "tests/signing/formats/fit/test_fit.py",
     "tests/signing/formats/fit/test_fit_uboot.py",
     "tests/signing/formats/stm32/test_stm32.py",
-    "tests/signing/formats/test_verity.py",
+    "tests/signing/formats/verity/test_verity.py",
     "tests/signing/cli/test_fit_cli.py",
     "tests/signing/cli/test_stm32_cli.py",
     "tests/signing/cli/test_verity_cli.py",

@@ -20,7 +20,8 @@ from cryptography.x509.oid import NameOID
 
 from segway_dev import cache
 from segway_sign.errors import SegwayError
-from segway_sign.formats import verity
+from segway_sign.formats.verity import sign as verity_sign
+from segway_sign.formats.verity import tree as verity_tree
 
 from .layer import LAYER
 
@@ -93,9 +94,9 @@ def signed(tmp_path_factory):
     image.write_bytes(os.urandom(300 * 4096))
     out = {}
     for kind in ("appended", "separate"):
-        res = verity.sign_image(image, tmp / kind, key, cert,
-                                verity.VerityParams(salt=b"\x5a" * 32, uuid=UUID),
-                                appended=kind == "appended")
+        res = verity_sign.sign_image(image, tmp / kind, key, cert,
+                                     verity_tree.VerityParams(salt=b"\x5a" * 32, uuid=UUID),
+                                     appended=kind == "appended")
         initramfs_dir = tmp / f"{kind}-initramfs"
         initramfs_dir.mkdir()
         shutil.copyfile(tmp / kind / "verity.env", initramfs_dir / "verity.env")
@@ -120,8 +121,8 @@ def test_reader_gives_the_derived_table_and_veritysetup_accepts_its_options(shel
         code, out = load(shell, s["dir"], *devices)
         assert code == 0, out
         assert out["TABLE"] == tree.table(devices[0], devices[-1])
-        env = verity.parse_env((s["dir"] / "verity.env").read_bytes())
-        assert out["TABLE"] == verity.device_table(env, *devices)
+        env = verity_sign.parse_env((s["dir"] / "verity.env").read_bytes())
+        assert out["TABLE"] == verity_sign.device_table(env, *devices)
         assert out["ROOT"] == tree.root_hex
         # The oracle: veritysetup checks the whole tree with the parameters the device will use
         # (no superblock read), and refuses them with another root hash.
@@ -203,7 +204,7 @@ def test_reader_refuses_a_tampered_env(shell, signed, tmp_path, attack):
     shutil.copytree(s["out"], check)
     (check / "verity.env").write_bytes((tampered / "verity.env").read_bytes())
     with pytest.raises(SegwayError) as err:
-        verity.verify_dir(check, [])
+        verity_sign.verify_dir(check, [])
     assert "\n" not in str(err.value)
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from ..errors import SegwayError, UsageError
-from ..formats import verity
+from ..formats.verity import sign as verity_sign
+from ..formats.verity import tree as verity_tree
 from ..release.certs import load_certificate as load_cert
 from ..release.certs import load_certs_dir
 from .common import check_input, emit, output_options, token_options
@@ -60,7 +61,7 @@ def _block_size(ctx, param, value: int) -> int:
 @click.option("--data-block", default=4096, show_default=True, callback=_block_size, help="Data block size.")
 @click.option("--hash-block", default=4096, show_default=True, callback=_block_size, help="Hash block size.")
 @click.option("--hash", "hash_algorithm", default="sha256", show_default=True,
-              type=click.Choice(verity.HASH_ALGORITHMS))
+              type=click.Choice(verity_tree.HASH_ALGORITHMS))
 @click.option("--salt", default="random", show_default=True, metavar="HEX|random|-",
               help="Salt in hex, 'random' (as veritysetup) or '-' for none.")
 @click.option("--appended", is_flag=True,
@@ -76,26 +77,26 @@ def sign_cmd(key_uri, cert_path, image, out_dir, data_block, hash_block, hash_al
              no_superblock, uuid_text, progress, token, force, as_json):
     """Hash IMAGE, sign the root hash, and write everything an initramfs needs."""
     digest_size = 64 if hash_algorithm == "sha512" else 32
-    salt_bytes = verity.parse_salt(salt, digest_size)
+    salt_bytes = verity_tree.parse_salt(salt, digest_size)
     try:
         # A given salt makes the whole output reproducible, so the UUID follows from it too.
         uid = uuidlib.UUID(uuid_text) if uuid_text else (
-            uuidlib.uuid4() if salt == "random" else verity.uuid_from_salt(salt_bytes))
+            uuidlib.uuid4() if salt == "random" else verity_tree.uuid_from_salt(salt_bytes))
     except ValueError:
         raise UsageError(f"--uuid {uuid_text!r} is not a UUID") from None
-    params = verity.VerityParams(
+    params = verity_tree.VerityParams(
         salt=salt_bytes, data_block_size=data_block, hash_block_size=hash_block,
         hash_algorithm=hash_algorithm, superblock=not no_superblock, uuid=None if no_superblock else uid,
     )
     cert = load_cert(cert_path)
     check_input(image, "--in")  # a FIFO or device is refused at once instead of hanging the hasher
-    verity.output_names(image, appended)
-    verity.check_size(image.stat().st_size, params)
+    verity_sign.output_names(image, appended)
+    verity_tree.check_size(image.stat().st_size, params)
     key = token.open_key(key_uri)
     show = sys.stderr.isatty() if progress is None else progress
     with _progress(f"hashing {image.name}", image.stat().st_size, show and not as_json) as update:
-        res = verity.sign_image(image, out_dir, key, cert, params, appended=appended, force=force,
-                                progress=update)
+        res = verity_sign.sign_image(image, out_dir, key, cert, params, appended=appended, force=force,
+                                     progress=update)
     result = {"out_dir": str(out_dir), "root_hash": res.tree.root_hex, "salt": params.salt.hex(),
               "layout": res.layout_kind, "data_blocks": res.tree.layout.data_blocks,
               "hash_start_block": res.tree.layout.tree_start_block, "files": res.files}
@@ -121,11 +122,11 @@ def verify_cmd(cert_paths, certs_dir, data_path, progress, as_json, directory):
         raise UsageError("give the trusted certificate(s) with --cert or --certs")
     show = sys.stderr.isatty() if progress is None else progress
     try:
-        total = int(verity.load_env(directory)[1]["VERITY_DATA_SIZE"])
+        total = int(verity_sign.load_env(directory)[1]["VERITY_DATA_SIZE"])
     except SegwayError:
         total = 0  # verify_dir reads the env again and says what is wrong with it
     with _progress("verifying", total, show and not as_json and total > 0) as update:
-        res = verity.verify_dir(directory, certs, data_path=data_path, progress=update)
+        res = verity_sign.verify_dir(directory, certs, data_path=data_path, progress=update)
     result = {"directory": str(directory), "root_hash": res.tree.root_hex,
               "signer": res.signer.subject.rfc4514_string(), "ok": True}
     emit(result, as_json, f"{directory}: OK (root hash {res.tree.root_hex}, signed by "

@@ -154,7 +154,8 @@ def signed_dir(tmp_path_factory):
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import NameOID
 
-    from segway_sign.formats import verity
+    from segway_sign.formats.verity import sign as verity_sign
+    from segway_sign.formats.verity import tree as verity_tree
 
     tmp = tmp_path_factory.mktemp("verity-verify")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -166,8 +167,8 @@ def signed_dir(tmp_path_factory):
     (tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     img = tmp / "rootfs.img"
     img.write_bytes(os.urandom(300 * 4096))
-    res = verity.sign_image(img, tmp / "good", key, cert,
-                            verity.VerityParams(salt=b"\x42" * 32, uuid=uuid.UUID(int=5)), appended=True)
+    res = verity_sign.sign_image(img, tmp / "good", key, cert,
+                                 verity_tree.VerityParams(salt=b"\x42" * 32, uuid=uuid.UUID(int=5)), appended=True)
     return {"dir": tmp / "good", "cert": tmp / "cert.pem", "root": res.tree.root_hex, "tmp": tmp}
 
 

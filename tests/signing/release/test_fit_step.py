@@ -11,7 +11,7 @@ import pytest
 from release_fixtures import make_deploy, plan_doc, write_plan
 from segway_dev import fitbuild
 from segway_sign.errors import SegwayError
-from segway_sign.formats import verity
+from segway_sign.formats.verity import sign as verity_sign
 from segway_sign.release import fitprep, steps
 from segway_sign.release.plan import load_plan
 from segway_sign.release.runner import run_release
@@ -48,10 +48,10 @@ def test_fit_step_carries_the_verity_env_under_the_signature(tmp_path, file_keys
     assert doc["steps"][2]["details"]["verity_root_hash"] == root
     signed = (rel / "kernel-fit" / "fitImage").read_bytes()
     if where == "initramfs":
-        env = verity.parse_env(fitprep.read_initramfs_env(signed))
+        env = verity_sign.parse_env(fitprep.read_initramfs_env(signed))
     else:
         (env_text,) = fitprep.read_property_env(signed).values()
-        env = verity.parse_env(env_text)
+        env = verity_sign.parse_env(env_text)
     assert env["VERITY_ROOT_HASH"] == root
     verify_release(rel, load_certs_dir(file_keys.certs))
     # mkimage (an independent FIT parser) lists the signed image and its signature.
@@ -75,7 +75,7 @@ def test_appended_initramfs_archive_is_a_valid_cpio(tmp_path, file_keys, deploy)
         assert f"usr/share/segway/verity/{name}".encode() in r.stdout
     r = subprocess.run(["cpio", "-i", "--to-stdout", "usr/share/segway/verity/verity.env"], input=tail,
                        capture_output=True)
-    root = verity.parse_env(r.stdout.decode())["VERITY_ROOT_HASH"]
+    root = verity_sign.parse_env(r.stdout.decode())["VERITY_ROOT_HASH"]
     r = subprocess.run(["cpio", "-i", "--to-stdout", "usr/share/segway/verity/roothash"], input=tail,
                        capture_output=True)
     assert r.stdout.decode() == root == (tmp_path / "rel" / "rootfs-verity" / "rootfs.roothash").read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import libfdt
 
 from ...errors import InputError, UsageError, VerificationError
-from ...formats import verity
+from ...formats.verity import sign as verity_sign
 from ...formats.fit import keys as fit_keys
 from ...formats.fit import sign as fit_format
 from ...formats.fit import tree as fit_tree
@@ -55,10 +55,10 @@ class Fit(StepType):
         details: dict = {"verity_env_in": where}
         if where is not None:
             env_text = ctx.input("verity_env").read_text()
-            root = verity.parse_env(env_text).get("VERITY_ROOT_HASH", "")
+            root = verity_sign.parse_env(env_text).get("VERITY_ROOT_HASH", "")
             if not root:
                 raise InputError(f"step '{ctx.step.id}': the verity env has no VERITY_ROOT_HASH")
-            env = verity.parse_env(env_text)
+            env = verity_sign.parse_env(env_text)
             env_dir = ctx.input("verity_env").parent
             extra = {}
             for key, name in (("VERITY_ROOT_HASH_FILE", "roothash"), ("VERITY_ROOT_HASH_SIG", "roothash.p7s")):
@@ -119,5 +119,5 @@ class Fit(StepType):
                 envs = [env] if env else []
             else:
                 envs = list(fitprep.read_property_env(fit).values())
-            if not envs or any(verity.parse_env(e).get("VERITY_ROOT_HASH") != root for e in envs):
+            if not envs or any(verity_sign.parse_env(e).get("VERITY_ROOT_HASH") != root for e in envs):
                 raise VerificationError(f"{name} does not carry verity root hash {root}")

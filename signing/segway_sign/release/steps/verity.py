@@ -9,7 +9,8 @@ from pathlib import Path
 import libfdt
 
 from ...errors import InputError, VerificationError
-from ...formats import verity
+from ...formats.verity import sign as verity_sign
+from ...formats.verity import tree as verity_tree
 from .. import fitprep
 from ..initramfs import ends_with_archive
 from .base import StepContext, StepType, VerifyContext, register
@@ -47,19 +48,19 @@ class Verity(StepType):
         image = ctx.input("image")
         salt_opt = str(ctx.option("salt", "derived"))
         hash_alg = ctx.option("hash", "sha256")
-        digest_size = hashlib.new(hash_alg).digest_size if hash_alg in verity.HASH_ALGORITHMS else 32
+        digest_size = hashlib.new(hash_alg).digest_size if hash_alg in verity_tree.HASH_ALGORITHMS else 32
         if salt_opt == "derived":
-            salt = verity.derived_salt(bytes.fromhex(ctx.input_sha256["image"]), digest_size)
+            salt = verity_tree.derived_salt(bytes.fromhex(ctx.input_sha256["image"]), digest_size)
         else:
-            salt = verity.parse_salt(salt_opt, digest_size)
+            salt = verity_tree.parse_salt(salt_opt, digest_size)
         superblock = bool(ctx.option("superblock", True))
-        params = verity.VerityParams(
+        params = verity_tree.VerityParams(
             salt=salt,
             data_block_size=int(ctx.option("data_block", 4096)),
             hash_block_size=int(ctx.option("hash_block", 4096)),
             hash_algorithm=hash_alg,
             superblock=superblock,
-            uuid=verity.uuid_from_salt(salt) if superblock else None,
+            uuid=verity_tree.uuid_from_salt(salt) if superblock else None,
         )
         layout = ctx.option("layout", "separate")
         if layout not in ("separate", "appended"):
@@ -74,9 +75,9 @@ class Verity(StepType):
 
         # sign_image creates its directory atomically; the step directory itself is that directory.
         ctx.out_dir.rmdir()
-        res = verity.sign_image(image, ctx.out_dir, ctx.key, ctx.cert, params,
-                                appended=layout == "appended", progress=progress,
-                                name=ctx.option("name"))
+        res = verity_sign.sign_image(image, ctx.out_dir, ctx.key, ctx.cert, params,
+                                     appended=layout == "appended", progress=progress,
+                                     name=ctx.option("name"))
         if layout == "separate":
             # The release carries the rootfs too, so it can be flashed and checked on its own.
             shutil.copyfile(image, ctx.out_dir / res.files["image"])
@@ -86,7 +87,7 @@ class Verity(StepType):
     def verify(self, ctx: VerifyContext) -> None:
         """``verity verify`` on the step directory (every byte of verity.env, the signature, the tree), then
         the parameters against the plan options and results the signed manifest records."""
-        res = verity.verify_dir(ctx.out_dir, ctx.certs)
+        res = verity_sign.verify_dir(ctx.out_dir, ctx.certs)
         details, options = ctx.record["details"], ctx.record.get("options", {})
         p = res.tree.params
         recorded = [
@@ -112,7 +113,7 @@ def check_carried_envs(release_dir: Path, doc: dict) -> None:
     ``release verify`` runs this after each step's own check: the fit step's check covers the FIT
     signature and the root hash; this covers every other byte the initramfs reads — verity.env,
     roothash and roothash.p7s — by comparing them with the verity step's files, which
-    :func:`segway_sign.formats.verity.verify_dir` checked against the tree.
+    :func:`segway_sign.formats.verity.sign.verify_dir` checked against the tree.
     """
     records = {r.get("id"): r for r in doc.get("steps", []) if isinstance(r, dict)}
     for sid, record in records.items():
@@ -129,7 +130,7 @@ def check_carried_envs(release_dir: Path, doc: dict) -> None:
                                     "of this release, so nothing checked it")
         vdir = release_dir / ref_id
         env_raw = (vdir / ref_file).read_bytes()
-        env = verity.parse_env(env_raw, str(vdir / ref_file))
+        env = verity_sign.parse_env(env_raw, str(vdir / ref_file))
         if hashlib.sha256(env_raw).hexdigest() != (record.get("input_sha256") or {}).get("verity_env") \
                 or env["VERITY_ROOT_HASH"] != details.get("verity_root_hash"):
             raise VerificationError(f"step '{sid}': the manifest records another verity env than step '{ref_id}'s")

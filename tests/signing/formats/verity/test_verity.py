@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from segway_sign.errors import InputError, OutputExistsError, UsageError, VerificationError
-from segway_sign.formats import verity
+from segway_sign.formats.verity import sign as verity_sign
+from segway_sign.formats.verity import tree as verity_tree
 
 UUID = uuid.UUID("11111111-2222-3333-4444-555555555555")
 
@@ -59,9 +60,9 @@ def veritysetup_root(stdout: str) -> str:
     return re.search(r"Root hash:\s+([0-9a-f]+)", stdout).group(1)
 
 
-def ours(data: Path, out: Path, params: verity.VerityParams, offset: int = 0) -> verity.VerityTree:
+def ours(data: Path, out: Path, params: verity_tree.VerityParams, offset: int = 0) -> verity_tree.VerityTree:
     with open(data, "rb") as d, open(out, "w+b") as o:
-        return verity.write_tree(d, data.stat().st_size, o, params, offset)
+        return verity_tree.write_tree(d, data.stat().st_size, o, params, offset)
 
 
 # Block counts chosen to hit 0, 1, 2 and 3 tree levels and partial last hash blocks.
@@ -79,7 +80,7 @@ def ours(data: Path, out: Path, params: verity.VerityParams, offset: int = 0) ->
 )
 def test_tree_is_byte_identical_to_veritysetup(tmp_path, blocks, dbs, hbs, superblock, salt):
     data = make_image(tmp_path / "data.img", blocks * dbs)
-    params = verity.VerityParams(
+    params = verity_tree.VerityParams(
         salt=b"" if salt == "-" else bytes.fromhex(salt), data_block_size=dbs, hash_block_size=hbs,
         superblock=superblock, uuid=UUID if superblock else None,
     )
@@ -98,9 +99,9 @@ def test_tree_is_byte_identical_to_veritysetup(tmp_path, blocks, dbs, hbs, super
 @pytest.mark.parametrize("superblock", [True, False])
 def test_appended_layout_matches_veritysetup_hash_offset(tmp_path, rsa_key, rsa_cert, superblock):
     data = make_image(tmp_path / "rootfs.img", 1000 * 4096)
-    params = verity.VerityParams(salt=bytes(range(32)), superblock=superblock,
+    params = verity_tree.VerityParams(salt=bytes(range(32)), superblock=superblock,
                                  uuid=UUID if superblock else None)
-    res = verity.sign_image(data, tmp_path / "out", rsa_key, rsa_cert, params, appended=True)
+    res = verity_sign.sign_image(data, tmp_path / "out", rsa_key, rsa_cert, params, appended=True)
     ref = tmp_path / "ref.img"
     ref.write_bytes(data.read_bytes())
     args = ["format", str(ref), str(ref), f"--hash-offset={1000 * 4096}", f"--salt={bytes(range(32)).hex()}"]
@@ -108,19 +109,19 @@ def test_appended_layout_matches_veritysetup_hash_offset(tmp_path, rsa_key, rsa_
     assert veritysetup_root(veritysetup(*args)) == res.tree.root_hex
     assert (tmp_path / "out" / "rootfs.verity.img").read_bytes() == ref.read_bytes()
     assert data.read_bytes() == ref.read_bytes()[: 1000 * 4096]  # input untouched
-    verity.verify_dir(tmp_path / "out", [rsa_cert])
+    verity_sign.verify_dir(tmp_path / "out", [rsa_cert])
 
 
 def test_sign_image_outputs_env_and_signature_openssl_verifies(tmp_path, rsa_key, rsa_cert):
     data = make_image(tmp_path / "rootfs.img", 257 * 4096)
-    params = verity.VerityParams(salt=b"\x12" * 32, uuid=UUID)
+    params = verity_tree.VerityParams(salt=b"\x12" * 32, uuid=UUID)
     seen = []
-    res = verity.sign_image(data, tmp_path / "out", rsa_key, rsa_cert, params, progress=seen.append)
+    res = verity_sign.sign_image(data, tmp_path / "out", rsa_key, rsa_cert, params, progress=seen.append)
     assert sum(seen) == 257 * 4096
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["rootfs.hashtree", "rootfs.roothash", "rootfs.roothash.p7s", "verity.env"])
-    env = verity.parse_env((out / "verity.env").read_text())
+    env = verity_sign.parse_env((out / "verity.env").read_text())
     assert env["VERITY_ROOT_HASH"] == res.tree.root_hex == (out / "rootfs.roothash").read_text()
     assert env["VERITY_DATA_BLOCKS"] == "257" and env["VERITY_HASH_START_BLOCK"] == "1"
     assert env["VERITY_SALT"] == "12" * 32 and env["VERITY_ROOT_HASH_SIG"] == "rootfs.roothash.p7s"
@@ -138,7 +139,7 @@ def test_sign_image_outputs_env_and_signature_openssl_verifies(tmp_path, rsa_key
     asn1 = subprocess.run(["openssl", "cms", "-cmsout", "-print", "-inform", "DER", "-in",
                            str(out / "rootfs.roothash.p7s")], capture_output=True, text=True).stdout
     assert re.search(r"signedAttrs:\s*<ABSENT>", asn1) and re.search(r"certificates:\s*<ABSENT>", asn1)
-    ok = verity.verify_dir(out, [rsa_cert], data_path=data)
+    ok = verity_sign.verify_dir(out, [rsa_cert], data_path=data)
     assert ok.signer == rsa_cert
 
 
@@ -146,19 +147,19 @@ def test_ec_key_signature(tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     cert = self_signed(key, "ec")
     data = make_image(tmp_path / "rootfs.img", 20 * 4096)
-    verity.sign_image(data, tmp_path / "out", key, cert, verity.VerityParams(salt=b"", uuid=UUID))
-    assert verity.verify_dir(tmp_path / "out", [cert], data_path=data).signer == cert
+    verity_sign.sign_image(data, tmp_path / "out", key, cert, verity_tree.VerityParams(salt=b"", uuid=UUID))
+    assert verity_sign.verify_dir(tmp_path / "out", [cert], data_path=data).signer == cert
 
 
 def test_flipped_data_block_fails_verification_and_veritysetup(tmp_path, rsa_key, rsa_cert):
     data = make_image(tmp_path / "rootfs.img", 300 * 4096)
-    verity.sign_image(data, tmp_path / "out", rsa_key, rsa_cert, verity.VerityParams(salt=b"s", uuid=UUID))
+    verity_sign.sign_image(data, tmp_path / "out", rsa_key, rsa_cert, verity_tree.VerityParams(salt=b"s", uuid=UUID))
     raw = bytearray(data.read_bytes())
     raw[150 * 4096 + 7] ^= 1
     data.write_bytes(raw)
     with pytest.raises(VerificationError, match="root hash mismatch"):
-        verity.verify_dir(tmp_path / "out", [rsa_cert], data_path=data)
-    env = verity.parse_env((tmp_path / "out" / "verity.env").read_text())
+        verity_sign.verify_dir(tmp_path / "out", [rsa_cert], data_path=data)
+    env = verity_sign.parse_env((tmp_path / "out" / "verity.env").read_text())
     r = subprocess.run(["veritysetup", "verify", str(data), str(tmp_path / "out" / "rootfs.hashtree"),
                         env["VERITY_ROOT_HASH"]], capture_output=True, text=True)
     assert r.returncode != 0
@@ -167,45 +168,45 @@ def test_flipped_data_block_fails_verification_and_veritysetup(tmp_path, rsa_key
 def test_tampered_tree_signature_and_wrong_cert_fail(tmp_path, rsa_key, rsa_cert):
     data = make_image(tmp_path / "rootfs.img", 300 * 4096)
     out = tmp_path / "out"
-    verity.sign_image(data, out, rsa_key, rsa_cert, verity.VerityParams(salt=b"s", uuid=UUID))
+    verity_sign.sign_image(data, out, rsa_key, rsa_cert, verity_tree.VerityParams(salt=b"s", uuid=UUID))
     other = self_signed(rsa.generate_private_key(public_exponent=65537, key_size=2048), "other")
     with pytest.raises(VerificationError, match="trusted"):
-        verity.verify_dir(out, [other], data_path=data)
+        verity_sign.verify_dir(out, [other], data_path=data)
     good_tree = (out / "rootfs.hashtree").read_bytes()
     tree = bytearray(good_tree)
     tree[4096 + 40] ^= 0x80  # a level-0 entry: the data still gives the right root, the stored tree is wrong
     (out / "rootfs.hashtree").write_bytes(tree)
     with pytest.raises(VerificationError, match="hash tree block at offset 4096"):
-        verity.verify_dir(out, [rsa_cert], data_path=data)
+        verity_sign.verify_dir(out, [rsa_cert], data_path=data)
     (out / "rootfs.hashtree").write_bytes(good_tree)
-    verity.verify_dir(out, [rsa_cert], data_path=data)
+    verity_sign.verify_dir(out, [rsa_cert], data_path=data)
     sig = bytearray((out / "rootfs.roothash.p7s").read_bytes())
     sig[-5] ^= 1
     (out / "rootfs.roothash.p7s").write_bytes(sig)
     with pytest.raises(VerificationError, match="does not verify"):
-        verity.verify_dir(out, [rsa_cert], data_path=data)
+        verity_sign.verify_dir(out, [rsa_cert], data_path=data)
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, rsa_key, rsa_cert):
-    params = verity.VerityParams(salt=b"", uuid=UUID)
+    params = verity_tree.VerityParams(salt=b"", uuid=UUID)
     odd = tmp_path / "odd.img"
     odd.write_bytes(b"x" * 5000)
     with pytest.raises(InputError, match="not a multiple of the data block size 4096"):
-        verity.sign_image(odd, tmp_path / "o1", rsa_key, rsa_cert, params)
+        verity_sign.sign_image(odd, tmp_path / "o1", rsa_key, rsa_cert, params)
     assert not (tmp_path / "o1").exists()
     with pytest.raises(InputError, match="cannot read"):
-        verity.sign_image(tmp_path / "missing.img", tmp_path / "o2", rsa_key, rsa_cert, params)
+        verity_sign.sign_image(tmp_path / "missing.img", tmp_path / "o2", rsa_key, rsa_cert, params)
     with pytest.raises(UsageError, match="power of two"):
-        verity.VerityParams(salt=b"", data_block_size=3000, uuid=UUID)
+        verity_tree.VerityParams(salt=b"", data_block_size=3000, uuid=UUID)
     with pytest.raises(UsageError, match="not hex"):
-        verity.parse_salt("zz")
+        verity_tree.parse_salt("zz")
     good = make_image(tmp_path / "good.img", 4096)
     (tmp_path / "o3").mkdir()
     with pytest.raises(OutputExistsError):
-        verity.sign_image(good, tmp_path / "o3", rsa_key, rsa_cert, params)
+        verity_sign.sign_image(good, tmp_path / "o3", rsa_key, rsa_cert, params)
     wrong_cert = self_signed(ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(InputError, match="does not belong"):
-        verity.sign_image(good, tmp_path / "o4", rsa_key, wrong_cert, params)
+        verity_sign.sign_image(good, tmp_path / "o4", rsa_key, wrong_cert, params)
     assert not (tmp_path / "o4").exists()
 
 
@@ -216,7 +217,7 @@ def test_memory_stays_flat_for_a_large_sparse_image(tmp_path, rsa_key, rsa_cert)
         f.truncate(512 << 20)
     code = (
         "import sys, uuid; from pathlib import Path;"
-        "from segway_sign.formats import verity as v;"
+        "from segway_sign.formats.verity import tree as v;"
         f"p = v.VerityParams(salt=b'x', uuid=uuid.UUID('{UUID}'));"
         f"d = open('{img}', 'rb'); o = open('{tmp_path / 'big.hash'}', 'w+b');"
         f"t = v.write_tree(d, {512 << 20}, o, p);"
@@ -266,8 +267,8 @@ def test_mutated_inputs_never_pass_and_never_raise_anything_else(tmp_path, rsa_k
 
     data = make_image(tmp_path / "rootfs.img", 64 * 4096)
     good = tmp_path / "good"
-    res = verity.sign_image(data, good, rsa_key, rsa_cert, verity.VerityParams(salt=b"\x01" * 32, uuid=UUID),
-                            appended=appended)
+    res = verity_sign.sign_image(data, good, rsa_key, rsa_cert,
+                                 verity_tree.VerityParams(salt=b"\x01" * 32, uuid=UUID), appended=appended)
     tree_file = res.files["image"] if appended else res.files["hashtree"]
     sb_offset = res.tree.layout.hash_area_offset
     rng = random.Random(20260101 + appended)
@@ -291,7 +292,7 @@ def test_mutated_inputs_never_pass_and_never_raise_anything_else(tmp_path, rsa_k
             changed = after != before
             path.write_bytes(after)
         try:
-            verity.verify_dir(work, [rsa_cert], data_path=data)
+            verity_sign.verify_dir(work, [rsa_cert], data_path=data)
         except SegwayError as e:
             assert "\n" not in str(e), (target, str(e))
             refused += 1
@@ -302,12 +303,12 @@ def test_mutated_inputs_never_pass_and_never_raise_anything_else(tmp_path, rsa_k
 
 
 def test_file_names_the_env_cannot_carry_are_refused_before_signing(tmp_path, rsa_key, rsa_cert):
-    params = verity.VerityParams(salt=b"", uuid=UUID)
+    params = verity_tree.VerityParams(salt=b"", uuid=UUID)
     for name in ("my rootfs.img", "root$(id).img", "rootfs'.img", "r\u00f6otfs.img"):
         img = make_image(tmp_path / name, 4096)
         with pytest.raises(UsageError, match=r"letters, digits and \._\+-"):
-            verity.sign_image(img, tmp_path / "out", rsa_key, rsa_cert, params)
+            verity_sign.sign_image(img, tmp_path / "out", rsa_key, rsa_cert, params)
         assert not (tmp_path / "out").exists()
     with pytest.raises(UsageError, match="letters, digits"):
-        verity.sign_image(make_image(tmp_path / "ok.img", 4096), tmp_path / "out", rsa_key, rsa_cert, params,
-                          appended=True, name="../x")
+        verity_sign.sign_image(make_image(tmp_path / "ok.img", 4096), tmp_path / "out", rsa_key, rsa_cert, params,
+                               appended=True, name="../x")

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from segway_dev import bootmedia, cache, fitbuild, qemu
-from segway_sign.formats import verity
+from segway_sign.formats.verity import sign as verity_sign
 from segway_sign.formats.fit import keys as fit_keys
 from segway_sign.formats.fit import sign as fit_format
 from segway_sign.release import fitprep, steps
@@ -36,7 +36,7 @@ from segway_sign.release.runner import run_release
 
 pytestmark = pytest.mark.qemu
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 CACHE = cache.cache_dir("arm64-dmsetup")
 ROOT_MARKER = "SEGWAY-VERITY-ROOT-OK"
 DMSETUP_PACKAGES = ("dmsetup", "libdevmapper1.02.1", "libc6", "libselinux1", "libudev1", "libpcre2-8-0",
@@ -224,7 +224,7 @@ def _fit_with_env(setup, env: str, roothash: str) -> bytes:
 def test_wrong_root_hash_fails_to_open(setup):
     rel = setup["release"]
     env = (rel / "rootfs-verity" / "verity.env").read_text()
-    good = verity.parse_env(env)["VERITY_ROOT_HASH"]
+    good = verity_sign.parse_env(env)["VERITY_ROOT_HASH"]
     wrong = format(int(good, 16) ^ 1, "064x")
     path = setup["tmp"] / "wrong-root.fit"
     path.write_bytes(_fit_with_env(setup, env.replace(good, wrong), wrong))
@@ -241,7 +241,7 @@ def test_tampered_env_is_refused_by_the_layer_reader(setup):
     table = next(line for line in env.splitlines() if line.startswith("VERITY_TABLE="))
     path = setup["tmp"] / "ignore-corruption.fit"
     path.write_bytes(_fit_with_env(setup, env.replace(table, table + " 1 ignore_corruption"),
-                                   verity.parse_env(env)["VERITY_ROOT_HASH"]))
+                                   verity_sign.parse_env(env)["VERITY_ROOT_HASH"]))
     res = boot(setup, path, flipped_image(setup), "ignore-corruption")
     assert res.verified, res.summary()
     assert "VERITY-ENV-REFUSED" in res.log and "optional arguments are refused" in res.log, res.summary()

@@ -61,7 +61,7 @@ REFUSALS = [
         r"Bad Data Hash|Failed to verify required signature '[^']*'|Verification failed|"
         r"ERROR: can't get kernel image!?|Bad FIT kernel image format!?|Wrong Image Format for bootm command|"
         r"Could not find configuration node|\S+:\S+-\s+error!")),
-    ("Linux", re.compile(r"Kernel panic - not syncing[^\n]*")),
+    ("Linux", re.compile(r"device-mapper: verity: \S+: data block \d+ is corrupted|Kernel panic - not syncing[^\n]*")),
 ]
 # Once one of these appears the boot will not go further.
 _FINAL = re.compile(r"Failed to load BL2 firmware|BL2: Failed to load image id|resetting \.\.\.|"

@@ -18,7 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import bootmedia, chain, debsrc, device, fip_attacks, fit_attacks, fitbuild, firmware, guest_packages, ta_proof
+from . import (bootmedia, chain, debsrc, device, fip_attacks, fit_attacks, fitbuild, firmware, guest_packages,
+               ta_proof, verity_root)
 from segway_sign.formats.optee import ta as ta_format
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +81,7 @@ def show(result: chain.ChainResult, *needles: str) -> None:
         print(f"  | (OP-TEE, UART1) {line}")
 
 
-def refused(title: str, flash: bytes, fit: Path | bytes, stage: str) -> None:
+def refused(title: str, flash: bytes, fit: Path | bytes, stage: str, extra_args: list[str]) -> None:
     """Boot a tampered flash image or FIT and show the refusal of ``stage``."""
     name = title.lower().replace(" ", "-").replace("'", "")
     flash_path, fit_path = OUT / f"{name}.flash.bin", OUT / f"{name}.itb"
@@ -90,7 +91,7 @@ def refused(title: str, flash: bytes, fit: Path | bytes, stage: str) -> None:
     else:
         fit_path = fit
     print(f"- {title}: expect {stage} to refuse")
-    result = chain.boot(flash_path, OUT / "boot" / name, fit=fit_path, timeout=600)
+    result = chain.boot(flash_path, OUT / "boot" / name, fit=fit_path, timeout=600, extra_args=extra_args)
     for who, line in result.refusals():
         print(f"  | ({who}) {line}")
     if result.refused_by() != stage or "userspace" in result.reached():
@@ -129,13 +130,17 @@ def demo() -> int:
           "  segway-dev-fit in its own device tree); the first run builds them (a few minutes), later runs\n"
           "  take them from .cache/firmware.")
     dev = device.build_device(OUT / "device", OUT / "pki", lambda *a: run(*a, env=env), pin,
-                              init=ta_proof.init_script(list(tas)), extra_files=ta_proof.initramfs_files(tas, guest),
+                              init_body=ta_proof.init_body(list(tas)), extra_files=ta_proof.initramfs_files(tas, guest),
+                              verity=True,
                               progress=lambda msg: print(f"  ... {msg}", flush=True))
 
     step("5. Boot: BL1 → BL2 → BL31 + OP-TEE → U-Boot → Linux, each stage checking the next")
-    good = chain.boot(dev.flash, OUT / "boot" / "signed", fit=dev.fit, timeout=900)
+    good = chain.boot(dev.flash, OUT / "boot" / "signed", fit=dev.fit, timeout=900, extra_args=dev.qemu_args())
     show(good, "BL1: v", "BL2: v", "BL31: v", "U-Boot 20", "Verifying Hash Integrity ... sha256,rsa",
-         "Starting kernel", "optee: revision", bootmedia.USERSPACE_MARKER)
+         "Starting kernel", "optee: revision", "verity: root hash", verity_root.ROOT_MARKER, "/dev/tee0 present",
+         bootmedia.USERSPACE_MARKER)
+    if verity_root.ROOT_MARKER not in good.uart0:
+        raise DemoError(f"Linux did not run from the verity root: {good.summary()}")
     if not good.booted:
         raise DemoError(f"the signed chain did not boot: {good.summary()}")
     runs = ta_proof.case_runs(good.uart0)
@@ -153,17 +158,22 @@ def demo() -> int:
     step("6. Tampering, refused by the stage that checks it")
     fip = dev.fip.read_bytes()
     bl1 = dev.tfa.bl1
-    refused("One byte of BL2", chain.flash_image(bl1, fip_attacks.flip_entry_byte(fip, "tb-fw")), dev.fit, "BL1")
+    disk = dev.qemu_args()
+    refused("One byte of BL2", chain.flash_image(bl1, fip_attacks.flip_entry_byte(fip, "tb-fw")), dev.fit, "BL1",
+            disk)
     refused("One byte of OP-TEE", chain.flash_image(bl1, fip_attacks.flip_entry_byte(fip, "tos-fw-extra1")),
-            dev.fit, "BL2")
+            dev.fit, "BL2", disk)
     refused("One byte of U-Boot", chain.flash_image(bl1, fip_attacks.flip_entry_byte(fip, "nt-fw")), dev.fit,
-            "BL2")
+            "BL2", disk)
     refused("One byte of the kernel in the FIT", dev.flash.read_bytes(),
-            fit_attacks.flip_kernel_data(dev.fit.read_bytes()), "U-Boot")
+            fit_attacks.flip_kernel_data(dev.fit.read_bytes()), "U-Boot", disk)
+    flipped = OUT / "rootfs-flipped.verity.img"
+    flipped.write_bytes(verity_root.flip_data_block(dev.disk.read_bytes(), dev.payload_block))
+    refused("One byte of a root file system block", dev.flash.read_bytes(), dev.fit, "Linux", dev.qemu_args(flipped))
 
     step("Done")
-    print(f"""  Every stage verified the next with keys from the token, Linux reached userspace with
-  /dev/tee0, OP-TEE ran only the TA signed in the token, and each tampered image was refused by
+    print(f"""  Every stage verified the next with keys from the token, Linux reached userspace on the
+  dm-verity root with /dev/tee0, OP-TEE ran only the TA signed in the token, and each tampered image was refused by
   the stage that checks it.
   Outputs in {OUT}:
     hsm/              the development token (PIN in hsm/user.pin)

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from . import bootmedia, cache, chain, firmware, fitbuild
+from . import bootmedia, cache, chain, firmware, fitbuild, verity_root
 
 PLAN = "segway-dev"
 TOKEN = "pkcs11:token=segway-dev"
@@ -32,12 +32,12 @@ FIP_KEYS = {
 TA_KEY = f"{PLAN}-optee-ta"
 BOOTARGS = "console=ttyAMA0 rdinit=/init panic=-1"
 TEE_MARKER = "SEGWAY-TEE-OK"
-# /init: OP-TEE's driver binds and /dev/tee0 appears before the userspace marker is printed.
-TEE_INIT = bootmedia.init_script(
+# /init: OP-TEE's driver binds and /dev/tee0 appears (then the verity root, or the marker).
+TEE_BODY = (
     "modprobe tee && modprobe optee && for i in 1 2 3 4 5 6 7 8 9 10; do test -c /dev/tee0 && break; "
     f"sleep 1; done; test -c /dev/tee0 && echo {TEE_MARKER}\n"
-    f"echo {bootmedia.USERSPACE_MARKER}"
 )
+VERITY_KEY = f"{PLAN}-verity"
 
 Sign = Callable[..., str]
 
@@ -56,6 +56,13 @@ class Device:
     tfa: firmware.TfaBuild
     optee: firmware.OpteeBuild
     uboot: Path  # u-boot.bin (BL33) with the control tree
+    disk: Path | None = None  # the signed verity root (data + hash tree), if any
+    payload_block: int | None = None  # a data block of the root that a test may flip
+
+    def qemu_args(self, disk: Path | None = None) -> list[str]:
+        """QEMU options for the device's disk (or ``disk`` instead, e.g. a tampered copy)."""
+        disk = disk or self.disk
+        return verity_root.disk_args(disk) if disk else []
 
 
 def qemu_dtb(out: Path, bios: Path) -> bytes:
@@ -104,9 +111,11 @@ def _runtime_dtb(sign: Sign, work: Path, tfa, optee, nodtb: Path, pin_args, rot_
 
 
 def build_device(out: Path, pki_dir: Path, sign: Sign, pin_args: Sequence[str], *,
-                 init: str = TEE_INIT, modules: Sequence[str] = ("tee", "optee"),
-                 extra_files: Mapping[str, bootmedia.FileContent] | None = None,
+                 init_body: str = TEE_BODY, modules: Sequence[str] = ("tee", "optee"),
+                 extra_files: Mapping[str, bootmedia.FileContent] | None = None, verity: bool = False,
                  progress: Callable[[str], None] = print) -> Device:
+    """The signed device; ``init_body`` runs first in the initramfs, then (``verity``) the switch to
+    the verity root, whose init prints the userspace marker, or the marker itself."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rot_pem = (pki_dir / "keys" / f"{PLAN}-fip.pub.pem").read_bytes()
@@ -135,11 +144,24 @@ def build_device(out: Path, pki_dir: Path, sign: Sign, pin_args: Sequence[str], 
     kernel_dtb = out / "kernel.dtb"
     kernel_dtb.write_bytes(chain.kernel_dtb(runtime.read_bytes(), BOOTARGS))
     media = bootmedia.fetch_boot_media(flavour="generic")
+    files, modules = dict(extra_files or {}), list(modules)
+    disk = payload_block = None
+    if verity:
+        rootfs = out / "rootfs.ext4"
+        payload_block = verity_root.make_rootfs(rootfs, media.busybox, bootmedia.USERSPACE_MARKER)
+        signed = verity_root.sign_rootfs(sign, rootfs, out / "rootfs-verity", key_uri(VERITY_KEY),
+                                         pki_dir / "certs" / f"{VERITY_KEY}.pem", pin_args)
+        disk = signed / "rootfs.verity.img"
+        files.update(verity_root.initramfs_files(signed))
+        modules += verity_root.MODULES
+        init = bootmedia.init_script(init_body + verity_root.INIT_BODY)
+    else:
+        init = bootmedia.init_script(init_body + f"echo {bootmedia.USERSPACE_MARKER}\n")
     unsigned = fitbuild.build_kernel_fit(out / "kernel-unsigned.itb", kernel_dtb, init=init,
-                                         modules=list(modules), media=media, extra_files=extra_files,
+                                         modules=modules, media=media, extra_files=files,
                                          key_name_hint=FIT_KEY,
                                          kernel_load=chain.KERNEL_LOAD, source_date_epoch=1700000000)
     fit = out / "kernel.itb"
     sign("fit", "sign", "--key", key_uri(FIT_KEY), "--in", unsigned, "--out", fit, "--force", *pin_args)
     sign("fit", "verify", "--dtb", control, "--in", fit)
-    return Device(flash, fip, fit, control, runtime, tfa, optee, uboot)
+    return Device(flash, fip, fit, control, runtime, tfa, optee, uboot, disk, payload_block)

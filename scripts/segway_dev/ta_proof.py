@@ -36,8 +36,13 @@ _CORE_REFUSAL = re.compile(r"^E/TC:.*ldelf failed with res: (0x[0-9a-f]+)\s*$")
 
 
 def init_script(cases: Sequence[str], uuid: str = CRYPT_TA_UUID) -> str:
-    """/init: OP-TEE's driver, tee-supplicant (its secure storage in a tmpfs), then per case the
-    TA file swapped in and xtest's case run; the userspace marker once every case ran."""
+    """/init: :func:`init_body`, then the userspace marker once every case ran."""
+    return bootmedia.init_script(init_body(cases, uuid) + f"echo {bootmedia.USERSPACE_MARKER}\n")
+
+
+def init_body(cases: Sequence[str], uuid: str = CRYPT_TA_UUID) -> str:
+    """Shell for /init: OP-TEE's driver, tee-supplicant (its secure storage in a tmpfs), then per
+    case the TA file swapped in and xtest's case run."""
     if not cases or any(not re.fullmatch(r"[a-z0-9-]+", c) for c in cases):
         raise ValueError(f"case names must be lower-case words: {cases!r}")
     suite, number = XTEST_CASE
@@ -55,8 +60,8 @@ for case in {' '.join(cases)}; do
   echo "SEGWAY-TA-RESULT $case rc=$rc"
   rm -f /{TA_DIR}/{uuid}.ta
 done
-echo {bootmedia.USERSPACE_MARKER}"""
-    return bootmedia.init_script(body)
+"""
+    return body
 
 
 def initramfs_files(tas: Mapping[str, bytes], guest: guest_packages.GuestRoot | None = None) -> dict:

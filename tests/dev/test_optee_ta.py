@@ -81,7 +81,7 @@ def tas(signer, tmp_path_factory) -> dict[str, bytes]:
 def run(signer, tas, tmp_path_factory) -> chain.ChainResult:
     work = tmp_path_factory.mktemp("ta-device")
     dev = device.build_device(work / "device", signer.root / "pki", signer, signer.pin,
-                              init=ta_proof.init_script(CASES), extra_files=ta_proof.initramfs_files(tas),
+                              init_body=ta_proof.init_body(CASES), extra_files=ta_proof.initramfs_files(tas),
                               progress=lambda msg: None)
     result = chain.boot(dev.flash, work / "boot", fit=dev.fit, timeout=900)
     assert not result.timed_out, result.summary()

@@ -1,6 +1,6 @@
 # segway_sign.bbclass - sign build artifacts with segway-sign through a PKCS#11 token.
 #
-# Recipes call segway_sign(d, kind, argv, output, cert_var) from a python task. The helper:
+# Recipes call segway_sign(d, kind, argv, inputs, output, cert_var) from a python task. The helper:
 #  - runs segway-sign-native with the PKCS#11 module, proxy socket, PSK file and PIN file taken
 #    from the original environment (kas "env:" null entries), never from local.conf and never
 #    exported into a run file or a task hash;
@@ -8,7 +8,8 @@
 #  - fails the task when the tool fails, when the output is missing or empty, or when the
 #    public certificate that pins the key is missing;
 #  - in SEGWAY_SIGN_MODE = "deferred" copies the unsigned input to the output path and records
-#    a plan entry that the release signing job consumes (segway-sign release --plan).
+#    a plan.d entry; the release job signs what the machine's signing plan names (segway-image
+#    deploys it as segway-signing/plan.yaml for segway-sign release --plan).
 #
 # segway_add_fit_pubkey(d, dtb, output) puts the FIT public key into a U-Boot control DTB from
 # the pinned certificate, in both modes: only public material is needed, and a deferred build

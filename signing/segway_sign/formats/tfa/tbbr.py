@@ -235,13 +235,6 @@ def chain(name: str) -> Chain:
         raise UsageError(f"unknown chain of trust {name!r} (one of {', '.join(CHAINS)})") from None
 
 
-# The STM32MP1 chain under the names this module has always exported.
-CHAIN = list(STM32MP1.certs)
-CERT_NAMES = STM32MP1.cert_names
-HASHED_IMAGES = {spec.name: list(spec.hashes) for spec in STM32MP1.certs if spec.hashes}
-IMAGE_NAMES = STM32MP1.image_names
-
-
 # ---------------------------------------------------------------------------------------------
 # Extension values
 
@@ -546,14 +539,3 @@ def verify_chain(
     if not cot.ephemeral_roles:  # (STM32MP1's other keys are thrown away after signing)
         report["keys"] = {role: hashlib.sha256(spki_der(authorised[role])).hexdigest() for role in cot.roles}
     return report
-
-
-def verify_certificates(
-    certs: dict[str, bytes],
-    images: dict[str, bytes],
-    *,
-    rot_public_key=None,
-    rot_pkh: bytes | None = None,
-) -> dict:
-    """The STM32MP1 chain (see verify_chain); ``rot_pkh`` is the STM32MP15 PKH (SHA-256 of raw X||Y)."""
-    return verify_chain(STM32MP1, certs, images, rot_public_key=rot_public_key, rot_pkh=rot_pkh)

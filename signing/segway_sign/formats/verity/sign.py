@@ -49,16 +49,6 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-# DER AlgorithmIdentifiers as segway-sign writes them (the kernel's PKCS#7 parser reads the same set):
-# digest → the signature algorithms that may go with it (RSA PKCS#1 v1.5, or ECDSA with that digest).
-_DIGESTS = {name: bytes.fromhex("300d06096086480165030402" + last + "0500")
-            for name, last in (("sha256", "01"), ("sha384", "02"), ("sha512", "03"))}
-_SIGNATURE_ALGORITHMS = {
-    _DIGESTS[name]: (bytes.fromhex("300d06092a864886f70d0101010500"), bytes.fromhex("300a06082a8648ce3d0403" + ecdsa))
-    for name, ecdsa in (("sha256", "02"), ("sha384", "03"), ("sha512", "04"))
-}
-
-
 def sign_root_hash(root_hex: str, key, cert: x509.Certificate) -> bytes:
     """Detached PKCS#7 (DER, no signed attributes, no certificates) over the hex root hash.
 

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Union
 
-from . import cache
+from . import apt, cache
 
 KERNEL_META_PACKAGES = {"cloud": "linux-image-cloud-arm64", "generic": "linux-image-arm64"}
 BUSYBOX_PACKAGE = "busybox-static"
@@ -51,15 +51,7 @@ class BootMedia:
 
 
 def _apt_options(apt_dir: Path) -> list[str]:
-    return [
-        "-o", "APT::Architecture=arm64",
-        "-o", "APT::Architectures=arm64",
-        "-o", f"Dir::State::Lists={apt_dir / 'lists'}",
-        "-o", f"Dir::Cache={apt_dir / 'cache'}",
-        "-o", "Dir::State::status=/dev/null",
-        # Downloads land in a root-owned project directory the _apt user cannot write to.
-        "-o", "APT::Sandbox::User=root",
-    ]
+    return apt.options(apt_dir, arch="arm64", own_sources=False)  # the machine's bookworm sources
 
 
 def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -74,9 +66,9 @@ def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
         raise BootMediaError(f"{what} failed: {detail[-1] if detail else exc}") from exc
 
 
-def _resolve_kernel_package(apt: list[str], flavour: str) -> str:
+def _resolve_kernel_package(opts: list[str], flavour: str) -> str:
     meta = KERNEL_META_PACKAGES[flavour]
-    out = _run(["apt-cache", *apt, "depends", meta]).stdout
+    out = _run(["apt-cache", *opts, "depends", meta]).stdout
     suffix = "-cloud-arm64" if flavour == "cloud" else "-arm64"
     match = re.search(rf"Depends:\s*<?(linux-image-[0-9][^\s>]*(?<!-cloud){re.escape(suffix)})>?", out)
     if not match:
@@ -86,16 +78,15 @@ def _resolve_kernel_package(apt: list[str], flavour: str) -> str:
 
 def _download(cache_dir: Path, flavour: str) -> dict:
     apt_dir = cache_dir / "apt"
-    for sub in ("lists/partial", "cache/archives/partial"):
-        (apt_dir / sub).mkdir(parents=True, exist_ok=True)
-    apt = _apt_options(apt_dir)
+    apt.prepare(apt_dir)
+    opts = _apt_options(apt_dir)
     # --error-on=any: an unreachable source fails here, not later as "no packages found".
-    _run(["apt-get", *apt, "-qq", "--error-on=any", "update"])
-    kernel_pkg = _resolve_kernel_package(apt, flavour)
+    _run(["apt-get", *opts, "-qq", "--error-on=any", "update"])
+    kernel_pkg = _resolve_kernel_package(opts, flavour)
     debs = cache_dir / "debs"
     shutil.rmtree(debs, ignore_errors=True)
     debs.mkdir()
-    _run(["apt-get", *apt, "-qq", "download", kernel_pkg, BUSYBOX_PACKAGE], cwd=debs)
+    _run(["apt-get", *opts, "-qq", "download", kernel_pkg, BUSYBOX_PACKAGE], cwd=debs)
 
     root = cache_dir / "root"
     shutil.rmtree(root, ignore_errors=True)

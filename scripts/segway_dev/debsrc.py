@@ -13,13 +13,10 @@ import dataclasses
 import fcntl
 import hashlib
 import shutil
-import subprocess
 from pathlib import Path
 
-from . import cache
+from . import apt, cache
 
-ARCHIVE = "http://deb.debian.org/debian"
-KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 SUITES = ("bookworm", "trixie", "sid")
 
 
@@ -62,35 +59,13 @@ def _apt_dir() -> Path:
     return cache.cache_dir("debsrc") / "apt"
 
 
-def _apt_options(apt_dir: Path) -> list[str]:
-    return [
-        "-o", f"Dir::Etc::sourcelist={apt_dir / 'sources.list'}",
-        "-o", f"Dir::Etc::sourceparts={apt_dir / 'sources.list.d'}",
-        "-o", f"Dir::Etc::preferencesparts={apt_dir / 'preferences.d'}",
-        "-o", f"Dir::State::Lists={apt_dir / 'lists'}",
-        "-o", f"Dir::Cache={apt_dir / 'cache'}",
-        "-o", "Dir::State::status=/dev/null",
-        "-o", "APT::Sandbox::User=root",
-    ]
-
-
 def _run(argv: list[str], what: str, **kwargs) -> None:
-    try:
-        subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs)
-    except FileNotFoundError:
-        raise SourceError(f"{argv[0]} is not installed") from None
-    except subprocess.CalledProcessError as exc:
-        lines = [ln for ln in (exc.stderr or exc.stdout or "").splitlines() if ln.strip()]
-        errors = [ln for ln in lines if ln.startswith(("E:", "dpkg-source: error"))]
-        raise SourceError(f"{what}: {(errors or lines or [f'exit {exc.returncode}'])[-1]}") from None
+    apt.run(argv, what, SourceError, markers=("E:", "dpkg-source: error"), **kwargs)
 
 
 def _update(apt_dir: Path) -> None:
-    for sub in ("lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"):
-        (apt_dir / sub).mkdir(parents=True, exist_ok=True)
-    (apt_dir / "sources.list").write_text("".join(
-        f"deb-src [signed-by={KEYRING}] {ARCHIVE} {suite} main\n" for suite in SUITES))
-    _run(["apt-get", *_apt_options(apt_dir), "-qq", "--error-on=any", "update"],
+    apt.prepare(apt_dir, [apt.source_line("deb-src", suite) for suite in SUITES])
+    _run(["apt-get", *apt.options(apt_dir), "-qq", "--error-on=any", "update"],
          "apt-get update of the private deb-src lists")
 
 
@@ -102,7 +77,7 @@ def _download(pin: Pin, downloads: Path) -> Path:
         tmp = downloads / f".{pin.package}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        _run(["apt-get", *_apt_options(apt_dir), "-qq", "--download-only", "source",
+        _run(["apt-get", *apt.options(apt_dir), "-qq", "--download-only", "source",
               f"{pin.package}={pin.version}"],
              f"Debian no longer serves {pin.package} {pin.version} ({pin.suite}); update its pin in "
              "scripts/segway_dev/debsrc.py", cwd=tmp)

@@ -21,15 +21,12 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
 import urllib.parse
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from . import cache
+from . import apt, cache
 
-ARCHIVE = "http://deb.debian.org/debian"
-KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 SUITE = "trixie"
 LIBDIR = "usr/lib/aarch64-linux-gnu"
 LOADER = "ld-linux-aarch64.so.1"  # PT_INTERP is /lib/ld-linux-aarch64.so.1
@@ -57,44 +54,21 @@ class GuestRoot:
         return self.root / rel
 
 
-def _apt_options(apt_dir: Path) -> list[str]:
-    return [
-        "-o", "APT::Architecture=arm64",
-        "-o", "APT::Architectures=arm64",
-        "-o", f"Dir::Etc::sourcelist={apt_dir / 'sources.list'}",
-        "-o", f"Dir::Etc::sourceparts={apt_dir / 'sources.list.d'}",
-        "-o", f"Dir::Etc::preferencesparts={apt_dir / 'preferences.d'}",
-        "-o", f"Dir::State::Lists={apt_dir / 'lists'}",
-        "-o", f"Dir::Cache={apt_dir / 'cache'}",
-        "-o", "Dir::State::status=/dev/null",
-        "-o", "APT::Sandbox::User=root",  # downloads land in a root-owned project directory
-    ]
-
-
 def _run(argv: list[str], what: str, **kwargs) -> str:
-    try:
-        return subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs).stdout
-    except FileNotFoundError:
-        raise GuestPackageError(f"{argv[0]} is not installed") from None
-    except subprocess.CalledProcessError as exc:
-        lines = [ln for ln in (exc.stderr or exc.stdout or "").splitlines() if ln.strip()]
-        errors = [ln for ln in lines if ln.startswith("E:")]
-        raise GuestPackageError(f"{what}: {(errors or lines or [f'exit {exc.returncode}'])[-1]}") from None
+    return apt.run(argv, what, GuestPackageError, **kwargs)
 
 
 def _update(apt_dir: Path, suite: str) -> list[str]:
-    for sub in ("lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"):
-        (apt_dir / sub).mkdir(parents=True, exist_ok=True)
-    (apt_dir / "sources.list").write_text(f"deb [signed-by={KEYRING}] {ARCHIVE} {suite} main\n")
-    apt = _apt_options(apt_dir)
+    apt.prepare(apt_dir, [apt.source_line("deb", suite)])
+    opts = apt.options(apt_dir, arch="arm64")
     # --error-on=any: an unreachable archive fails here, not later as "package not found".
-    _run(["apt-get", *apt, "-qq", "--error-on=any", "update"], f"apt-get update of the private {suite} lists")
-    return apt
+    _run(["apt-get", *opts, "-qq", "--error-on=any", "update"], f"apt-get update of the private {suite} lists")
+    return opts
 
 
-def _check_served(apt: list[str], pins: Mapping[str, str], suite: str) -> None:
+def _check_served(opts: list[str], pins: Mapping[str, str], suite: str) -> None:
     for name, version in pins.items():
-        out = _run(["apt-cache", *apt, "madison", name], f"apt-cache madison {name}")
+        out = _run(["apt-cache", *opts, "madison", name], f"apt-cache madison {name}")
         served = [line.split("|")[1].strip() for line in out.splitlines() if line.count("|") >= 2]
         if version not in served:
             raise GuestPackageError(
@@ -102,9 +76,9 @@ def _check_served(apt: list[str], pins: Mapping[str, str], suite: str) -> None:
                 "update its pin in scripts/segway_dev/guest_packages.py")
 
 
-def _closure(apt: list[str], pins: Mapping[str, str]) -> dict[str, str]:
+def _closure(opts: list[str], pins: Mapping[str, str]) -> dict[str, str]:
     """name -> version of every package ``apt-get install`` of the pins needs on an empty system."""
-    out = _run(["apt-get", *apt, "-qq", "--print-uris", "install", *(f"{n}={v}" for n, v in pins.items())],
+    out = _run(["apt-get", *opts, "-qq", "--print-uris", "install", *(f"{n}={v}" for n, v in pins.items())],
                "apt-get --print-uris install")
     closure = {}
     for line in out.splitlines():
@@ -129,13 +103,13 @@ def fetch(pins: Mapping[str, str] = OPTEE_CLIENT, *, suite: str = SUITE, depende
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test sessions share the cache
         if stamp.is_file():
             return GuestRoot(where / "root", json.loads(stamp.read_text()))
-        apt = _update(base / "apt", suite)
-        _check_served(apt, pins, suite)
-        closure = _closure(apt, pins) if dependencies else dict(pins)
+        opts = _update(base / "apt", suite)
+        _check_served(opts, pins, suite)
+        closure = _closure(opts, pins) if dependencies else dict(pins)
         shutil.rmtree(where, ignore_errors=True)
         debs = where / "debs"
         debs.mkdir(parents=True)
-        _run(["apt-get", *apt, "-qq", "download", *(f"{n}={v}" for n, v in sorted(closure.items()))],
+        _run(["apt-get", *opts, "-qq", "download", *(f"{n}={v}" for n, v in sorted(closure.items()))],
              f"apt-get download from {suite}", cwd=debs)
         root = where / "root"
         root.mkdir()

@@ -153,25 +153,31 @@ class Chain:
         return out
 
 
+# The certificates both chains share, as cert_create makes them (tools/cert_create/src/tbbr/tbb_cert.c).
+TRUSTED_KEY_CERT = CertSpec("trusted_key_cert", "Trusted Key Certificate", "rot", "trusted_nvctr",
+                            (("trusted_world_pk", "trusted_world"), ("non_trusted_world_pk", "non_trusted_world")))
+TOS_FW_CERTS = (
+    CertSpec("tos_fw_key_cert", "Trusted OS Firmware Key Certificate", "trusted_world", "trusted_nvctr",
+             (("tos_fw_content_pk", "tos_fw_content"),)),
+    CertSpec("tos_fw_content_cert", "Trusted OS Firmware Content Certificate", "tos_fw_content", "trusted_nvctr",
+             hashes=(("tos_fw_hash", "tos_fw", True), ("tos_fw_extra1_hash", "tos_fw_extra1", False),
+                     ("tos_fw_extra2_hash", "tos_fw_extra2", False), ("tos_fw_config_hash", "tos_fw_config", False))),
+)
+NT_FW_CERTS = (
+    CertSpec("nt_fw_key_cert", "Non-Trusted Firmware Key Certificate", "non_trusted_world", "non_trusted_nvctr",
+             (("nt_fw_content_pk", "nt_fw_content"),)),
+    CertSpec("nt_fw_content_cert", "Non-Trusted Firmware Content Certificate", "nt_fw_content", "non_trusted_nvctr",
+             hashes=(("nt_fw_hash", "nt_fw", True), ("nt_fw_config_hash", "nt_fw_config", False))),
+)
+
 STM32MP1 = Chain(
     "stm32mp1",
     (
         CertSpec("stm32mp_cfg_cert", "STM32MP config FW Certificate", "rot", "trusted_nvctr",
                  hashes=(("hw_config_hash", "hw_config", False), ("fw_config_hash", "fw_config", False))),
-        CertSpec("trusted_key_cert", "Trusted Key Certificate", "rot", "trusted_nvctr",
-                 (("trusted_world_pk", "trusted_world"), ("non_trusted_world_pk", "non_trusted_world"))),
-        CertSpec("tos_fw_key_cert", "Trusted OS Firmware Key Certificate", "trusted_world", "trusted_nvctr",
-                 (("tos_fw_content_pk", "tos_fw_content"),)),
-        CertSpec("tos_fw_content_cert", "Trusted OS Firmware Content Certificate", "tos_fw_content",
-                 "trusted_nvctr",
-                 hashes=(("tos_fw_hash", "tos_fw", True), ("tos_fw_extra1_hash", "tos_fw_extra1", False),
-                         ("tos_fw_extra2_hash", "tos_fw_extra2", False),
-                         ("tos_fw_config_hash", "tos_fw_config", False))),
-        CertSpec("nt_fw_key_cert", "Non-Trusted Firmware Key Certificate", "non_trusted_world", "non_trusted_nvctr",
-                 (("nt_fw_content_pk", "nt_fw_content"),)),
-        CertSpec("nt_fw_content_cert", "Non-Trusted Firmware Content Certificate", "nt_fw_content",
-                 "non_trusted_nvctr",
-                 hashes=(("nt_fw_hash", "nt_fw", True), ("nt_fw_config_hash", "nt_fw_config", False))),
+        TRUSTED_KEY_CERT,
+        *TOS_FW_CERTS,
+        *NT_FW_CERTS,
     ),
     ephemeral_roles=("trusted_world", "non_trusted_world", "tos_fw_content", "nt_fw_content"),
     pkh_name="PKH",
@@ -189,24 +195,13 @@ GENERIC = Chain(
         CertSpec("tb_fw_cert", "Trusted Boot FW Certificate", "rot", "trusted_nvctr",
                  hashes=(("tb_fw_hash", "tb_fw", True), ("tb_fw_config_hash", "tb_fw_config", False),
                          ("hw_config_hash", "hw_config", False), ("fw_config_hash", "fw_config", False))),
-        CertSpec("trusted_key_cert", "Trusted Key Certificate", "rot", "trusted_nvctr",
-                 (("trusted_world_pk", "trusted_world"), ("non_trusted_world_pk", "non_trusted_world"))),
+        TRUSTED_KEY_CERT,
         CertSpec("soc_fw_key_cert", "SoC Firmware Key Certificate", "trusted_world", "trusted_nvctr",
                  (("soc_fw_content_pk", "soc_fw_content"),)),
         CertSpec("soc_fw_content_cert", "SoC Firmware Content Certificate", "soc_fw_content", "trusted_nvctr",
                  hashes=(("soc_fw_hash", "soc_fw", True), ("soc_fw_config_hash", "soc_fw_config", False))),
-        CertSpec("tos_fw_key_cert", "Trusted OS Firmware Key Certificate", "trusted_world", "trusted_nvctr",
-                 (("tos_fw_content_pk", "tos_fw_content"),)),
-        CertSpec("tos_fw_content_cert", "Trusted OS Firmware Content Certificate", "tos_fw_content",
-                 "trusted_nvctr",
-                 hashes=(("tos_fw_hash", "tos_fw", True), ("tos_fw_extra1_hash", "tos_fw_extra1", False),
-                         ("tos_fw_extra2_hash", "tos_fw_extra2", False),
-                         ("tos_fw_config_hash", "tos_fw_config", False))),
-        CertSpec("nt_fw_key_cert", "Non-Trusted Firmware Key Certificate", "non_trusted_world", "non_trusted_nvctr",
-                 (("nt_fw_content_pk", "nt_fw_content"),)),
-        CertSpec("nt_fw_content_cert", "Non-Trusted Firmware Content Certificate", "nt_fw_content",
-                 "non_trusted_nvctr",
-                 hashes=(("nt_fw_hash", "nt_fw", True), ("nt_fw_config_hash", "nt_fw_config", False))),
+        *TOS_FW_CERTS,
+        *NT_FW_CERTS,
     ),
     ephemeral_roles=(),
     pkh_name="ROTPK hash",

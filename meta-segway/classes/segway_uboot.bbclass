@@ -8,6 +8,9 @@
 #   and u-boot.bin is re-assembled from u-boot-nodtb.bin + the keyed DTB. Every copy of the
 #   original DTB in the build tree (dts/dt.dtb, arch/arm/dts/<board>.dtb) is replaced so packers
 #   such as imx-mkimage pick up the DTB that carries the key.
+# - SEGWAY_UBOOT_CONTROL_DTB (QEMU secure-boot machines): a control tree that already carries the
+#   key (segway-qemu-dtb's run-time tree); it replaces u-boot.dtb and is appended to
+#   u-boot-nodtb.bin (CONFIG_OF_SEPARATE required), so the key is inside U-Boot itself.
 
 inherit segway_sign
 
@@ -41,7 +44,12 @@ python do_segway_uboot_pubkey() {
         with open(dtb, "rb") as f:
             original = f.read()
         keyed = os.path.join(bdir, "u-boot-segway-pubkey.dtb")
-        segway_add_fit_pubkey(d, dtb, keyed)
+        control = d.getVar("SEGWAY_UBOOT_CONTROL_DTB")
+        if control:
+            segway_require_inputs("fit-pubkey", [control])
+            shutil.copyfile(control, keyed)
+        else:
+            segway_add_fit_pubkey(d, dtb, keyed)
         with open(keyed, "rb") as f:
             keyed_bytes = f.read()
         for copy in [dtb, os.path.join(bdir, "dts", "dt.dtb")] + glob.glob(os.path.join(bdir, "arch", "*", "dts", "*.dtb")):
@@ -60,14 +68,19 @@ python do_segway_uboot_pubkey() {
             bb.warn("segway-uboot: %s uses CONFIG_OF_BOARD; the FIT key is enforced only if the DTB "
                     "handed to U-Boot carries it (set SEGWAY_UBOOT_OF_BOARD_KEYED = \"1\" where it does)"
                     % d.getVar("MACHINE"))
+        if control and not separate:
+            bb.fatal("segway-uboot: SEGWAY_UBOOT_CONTROL_DTB needs CONFIG_OF_SEPARATE=y in %s" % config)
         if separate and os.path.isfile(nodtb):
             with open(nodtb, "rb") as f:
-                image = f.read() + keyed_bytes
+                image = f.read()
+            if len(image) % 8:
+                bb.fatal("segway-uboot: %s is not 8-byte aligned; U-Boot would not find its device tree" % nodtb)
+            image += keyed_bytes
             for target in [os.path.join(bdir, "u-boot.bin")] + glob.glob(os.path.join(bdir, "%s-*.%s" % (d.getVar("UBOOT_BINARYNAME"), d.getVar("UBOOT_SUFFIX")))):
                 with open(target + ".tmp", "wb") as f:
                     f.write(image)
                 os.replace(target + ".tmp", target)
 }
-do_segway_uboot_pubkey[vardeps] += "SEGWAY_FIT_KEY_NAME SEGWAY_UBOOT_OF_BOARD_KEYED ${@segway_cert_vardeps('SEGWAY_FIT_CERT')}"
+do_segway_uboot_pubkey[vardeps] += "SEGWAY_FIT_KEY_NAME SEGWAY_UBOOT_OF_BOARD_KEYED SEGWAY_UBOOT_CONTROL_DTB ${@segway_cert_vardeps('SEGWAY_FIT_CERT')}"
 do_segway_uboot_pubkey[doc] = "Add the FIT public key (required = conf) to U-Boot's control DTB"
 addtask segway_uboot_pubkey after do_compile before do_install do_deploy

@@ -48,7 +48,7 @@ def test_layer_conf_evaluates():
     assert {"core", "openembedded-layer", "meta-python", "meta-arm", "tpm-layer"} <= depends
     dynamic = d.getVar("BBFILES_DYNAMIC").split()
     collections = {entry.split(":", 1)[0] for entry in dynamic}
-    assert collections == {"stm-st-stm32mp", "freescale-layer", "meta-arm-bsp"}
+    assert collections == {"stm-st-stm32mp", "freescale-layer", "meta-arm-bsp", "meta-arm"}
     for entry in dynamic:
         pattern = entry.split(":", 1)[1]
         assert pattern.startswith(str(LAYER / "dynamic-layers")), entry

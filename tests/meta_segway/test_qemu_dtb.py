@@ -1,10 +1,11 @@
-"""The QEMU secure-boot machines enforce FIT signatures: U-Boot there takes the device tree QEMU
-hands over (CONFIG_OF_BOARD), so segway-qemu-dtb dumps QEMU's tree for the machine's runqemu
-options, adds the FIT key from the pinned certificate, and the distro makes runqemu pass it.
+"""The QEMU secure-boot machines enforce FIT signatures with a key built into U-Boot: segway-qemu-dtb
+dumps QEMU's tree for the machine's runqemu options, adds the nodes TF-A and OP-TEE add at run time
+(the kernel's tree, signed into the FIT) and the FIT key from the pinned certificate (U-Boot's control
+tree, appended to u-boot-nodtb.bin with CONFIG_OF_SEPARATE); runqemu passes no -dtb.
 
 The recipe's own do_compile, key task and do_deploy run here with Debian's QEMU and the real
-segway-sign; Debian's U-Boot then boots with the machine's options and the deployed tree and must
-accept a FIT signed by mkimage with the certificate's key and refuse an unsigned one (which it
+segway-sign; Debian's U-Boot then boots with the machine's options and the deployed control tree and
+must accept a FIT signed by mkimage with the certificate's key and refuse an unsigned one (which it
 accepts with QEMU's plain tree)."""
 from __future__ import annotations
 
@@ -34,22 +35,27 @@ KEY_NAME = "dev"
 
 
 def machine_datastore(machine: str, series: str = "scarthgap", **values):
-    preset = {"MACHINE": machine, "OVERRIDES": machine, "QB_OPT_APPEND": "-no-acpi"}
+    preset = {"MACHINE": machine, "OVERRIDES": machine, "QB_OPT_APPEND": "-no-acpi", "SEGWAY_LAYERDIR": str(LAYER),
+              "UNPACKDIR": str(RECIPE.parent / "files")}
     preset.update({k: v for k, v in PINNED.get(series, {}).get(machine, {}).items() if k in QB_VARS})
     preset.update(values)
     return evaluate([QEMU_INC, RECIPE], preset, shell_functions=True)
 
 
 @pytest.mark.parametrize("series,machine", CASES)
-def test_runqemu_gets_the_keyed_tree(series, machine):
+def test_uboot_gets_the_keyed_tree_built_in(series, machine):
     d = machine_datastore(machine, series)
     assert d.getVar("SEGWAY_QEMU_KEYED_DTB") == "1"
     dtb = "segway-qemu-virt-%s.dtb" % machine
-    assert d.getVar("QB_OPT_APPEND") == "-no-acpi -dtb @DEPLOY_DIR_IMAGE@/%s" % dtb
+    assert d.getVar("SEGWAY_QEMU_DTB") == dtb
+    # runqemu passes no tree: the key is inside U-Boot (BL33 on qemuarm64-secureboot).
+    assert d.getVar("QB_OPT_APPEND") == "-no-acpi"
     assert "segway-qemu-dtb:do_deploy" in d.getVar("EXTRA_IMAGEDEPENDS").split()
-    # The U-Boot build does not warn about CONFIG_OF_BOARD there: the tree carries the key.
-    uboot = evaluate([QEMU_INC, UBOOT_APPEND], {"MACHINE": machine, "OVERRIDES": "qemuall:" + machine})
-    assert uboot.getVar("SEGWAY_UBOOT_OF_BOARD_KEYED") == "1"
+    uboot = evaluate([QEMU_INC, UBOOT_APPEND], {"MACHINE": machine, "OVERRIDES": "qemuall:segway:" + machine,
+                                                "DEPLOY_DIR_IMAGE": "/deploy", "SRC_URI": ""})
+    assert uboot.getVar("SEGWAY_UBOOT_CONTROL_DTB") == "/deploy/" + dtb
+    assert "file://segway-qemu-chain.cfg" in uboot.getVar("SRC_URI").split()
+    assert "segway-qemu-dtb:do_deploy" in uboot.getVarFlag("do_segway_uboot_pubkey", "depends")
 
 
 @pytest.mark.parametrize("machine", ["qemuarm64", "imx8mm-lpddr4-evk", "stm32mp15-disco"])
@@ -66,7 +72,8 @@ def test_other_machines_are_left_alone(machine):
 def test_dump_uses_the_runqemu_options():
     d = machine_datastore("qemuarm64-secureboot", WORKDIR="/w")
     args = d.getVar("SEGWAY_QEMU_DUMPDTB_ARGS").split()
-    assert args[:2] == ["-machine", "virt,secure=on,dumpdtb=/w/build/qemu-virt.dtb"]
+    # GICv3 on qemuarm64-secureboot, as TF-A and OP-TEE are built (test_chain_config.py).
+    assert args[:2] == ["-machine", "virt,secure=on,gic-version=3,dumpdtb=/w/build/qemu-virt.dtb"]
     for name in ("QB_CPU", "QB_SMP", "QB_MEM"):
         assert " ".join(args).count(d.getVar(name)) == 1, name
     assert args.count("-serial") == 2 and "-bios" in args  # as runqemu starts the machine
@@ -123,6 +130,12 @@ def test_uboot_enforces_the_key_in_the_deployed_tree(tmp_path, keydir, series, m
     plain = Path(d.getVar("B")) / "qemu-virt.dtb"
     fdt = libfdt.Fdt(deployed.read_bytes())
     assert fdt.getprop(0, "compatible").as_str() == "linux,dummy-virt"
+    runtime = libfdt.Fdt((Path(d.getVar("DEPLOYDIR")) / d.getVar("SEGWAY_QEMU_RUNTIME_DTB")).read_bytes())
+    assert runtime.path_offset("/signature", [libfdt.NOTFOUND]) < 0  # the kernel's tree has no key
+    chosen = fdt.path_offset("/chosen")
+    assert fdt.getprop(chosen, "rng-seed", [libfdt.NOTFOUND]) == -libfdt.NOTFOUND  # no frozen seed
+    if d.getVar("SEGWAY_QEMU_RUNTIME_DTSI"):
+        assert fdt.path_offset("/firmware/optee") >= 0 and fdt.path_offset("/psci") >= 0
     assert fdt.getprop(fdt.path_offset("/signature/key-%s" % KEY_NAME), "required").as_str() == "conf"
     smp = int(re.search(r"-smp (\d+)", d.getVar("QB_SMP")).group(1))
     assert sum(1 for name in fit_tree.subnodes(fdt, "/cpus") if name.startswith("cpu@")) == smp

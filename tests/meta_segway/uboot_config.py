@@ -41,7 +41,7 @@ def read_fragment(path: Path) -> dict[str, str | None]:
 # U-Boot recipes the layer appends to (named by PN, as in data/uboot-vendor-trees.yaml), with the
 # overrides under which each one's boot command fragment applies.
 UBOOT_APPENDS = {
-    "u-boot": ("recipes-bsp/u-boot/u-boot_%.bbappend", "segway:qemuall"),
+    "u-boot": ("recipes-bsp/u-boot/u-boot_%.bbappend", "segway:qemuall:qemuarm64-secureboot"),
     "u-boot-stm32mp": ("dynamic-layers/stm-st-stm32mp/recipes-bsp/u-boot/u-boot-stm32mp_%.bbappend", "segway"),
     "u-boot-fslc": ("dynamic-layers/freescale-layer/recipes-bsp/u-boot/u-boot-fslc_%.bbappend", "segway"),
     "u-boot-imx": ("dynamic-layers/freescale-layer/recipes-bsp/u-boot/u-boot-imx_%.bbappend", "segway"),

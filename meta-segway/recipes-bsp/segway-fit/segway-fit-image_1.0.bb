@@ -27,9 +27,18 @@ SEGWAY_FIT_KERNEL_LOAD ?= "${@'0x40400000' if d.getVar('TARGET_ARCH') == 'aarch6
 SEGWAY_FIT_KERNEL_COMPRESSION ?= "none"
 SEGWAY_FIT_ARCH ?= "${@'arm64' if d.getVar('TARGET_ARCH') == 'aarch64' else 'arm'}"
 
+# QEMU secure-boot machines: the kernel's tree is the run-time tree (QEMU's, with the nodes TF-A and
+# OP-TEE add) from segway-qemu-dtb, signed into the FIT as in the harness (device.py). U-Boot 2024.01
+# passes no tree at all to a FIT configuration without one (boot/image-fdt.c: select_fdt returns
+# -ENOPKG, boot_get_fdt goes to no_fdt and "continues without FDT"), and the tree QEMU left in RAM
+# is not authenticated; U-Boot's own control tree (${fdtcontroladdr}) is the same tree but carries
+# the FIT key node, so the signed copy without it is the one the kernel gets.
+SEGWAY_FIT_RUNTIME_DTB ?= "${@'${SEGWAY_QEMU_RUNTIME_DTB}' if d.getVar('SEGWAY_QEMU_KEYED_DTB') == '1' else ''}"
+
 do_compile[depends] += " \
     virtual/kernel:do_deploy \
     ${SEGWAY_INITRAMFS_IMAGE}:do_image_complete \
+    ${@'segway-qemu-dtb:do_deploy' if d.getVar('SEGWAY_FIT_RUNTIME_DTB') else ''} \
 "
 
 B = "${WORKDIR}/build"
@@ -41,6 +50,8 @@ do_unpack[noexec] = "1"
 do_patch[noexec] = "1"
 
 def segway_fit_dtbs(d):
+    if d.getVar("SEGWAY_FIT_RUNTIME_DTB"):
+        return [d.getVar("SEGWAY_FIT_RUNTIME_DTB")]
     return [os.path.basename(dtb) for dtb in (d.getVar("KERNEL_DEVICETREE") or "").split()]
 
 python do_compile() {
@@ -82,8 +93,8 @@ python do_compile() {
             run(["fdtput", "-t", "s", dst, "/chosen", "bootargs",
                  "%s root=PARTLABEL=rootfs-%s segway.slot=%s" % (cmdline, slot, slot)])
             dtbs.append((name, slot, dst))
-    # No device trees (QEMU): the kernel takes the tree TF-A and OP-TEE completed at run time, and
-    # the command line is compiled into U-Boot's boot command (u-boot_%.bbappend).
+    # QEMU: U-Boot's boot command also sets bootargs (u-boot_%.bbappend), which U-Boot writes over
+    # /chosen/bootargs of this signed tree; both come from SEGWAY_KERNEL_CMDLINE.
 
     arch = d.getVar("SEGWAY_FIT_ARCH")
     its = ['/dts-v1/;', '/ {',
@@ -107,7 +118,10 @@ python do_compile() {
                 '            arch = "%s";' % arch, '            compression = "none";',
                 '            hash-1 { algo = "sha256"; };', '        };']
     confs = []
-    if dtbs:
+    if d.getVar("SEGWAY_FIT_RUNTIME_DTB"):
+        # One tree per slot, configurations named as U-Boot's QEMU boot command boots them.
+        confs = [("conf-%s" % slot, i) for i, (name, slot, dtb) in enumerate(dtbs, 1)]
+    elif dtbs:
         for i, (name, slot, dtb) in enumerate(dtbs, 1):
             confs.append(("conf-%s-%s" % (os.path.splitext(name)[0], slot), i))
     else:
@@ -141,7 +155,7 @@ python do_compile() {
     run(["uboot-fit_check_sign", "-f", signed, "-k", pubkey])
 }
 do_compile[vardeps] += "SEGWAY_SIGN_MODE SEGWAY_FIT_KEY_URI SEGWAY_FIT_KEY_NAME SEGWAY_FIT_SIGN_ALGO \
-                        SEGWAY_KERNEL_CMDLINE SEGWAY_AB_SLOTS ${@segway_cert_vardeps('SEGWAY_FIT_CERT')}"
+                        SEGWAY_KERNEL_CMDLINE SEGWAY_AB_SLOTS SEGWAY_FIT_RUNTIME_DTB ${@segway_cert_vardeps('SEGWAY_FIT_CERT')}"
 # The initramfs is rebuilt whenever the root file system (and so its root hash) changes.
 do_compile[nostamp] = "1"
 

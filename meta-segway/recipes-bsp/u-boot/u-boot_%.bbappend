@@ -3,8 +3,12 @@
 inherit segway_uboot
 
 SRC_URI:append:segway:qemuall = " file://segway-qemu-boot.cfg"
-# The device tree QEMU hands to U-Boot carries the FIT key (segway-qemu-dtb, passed by runqemu).
-SEGWAY_UBOOT_OF_BOARD_KEYED:qemuall = "${SEGWAY_QEMU_KEYED_DTB}"
+# The control tree with the FIT key is built into U-Boot (CONFIG_OF_SEPARATE): segway-qemu-dtb's
+# run-time tree with the key, appended to u-boot-nodtb.bin. runqemu passes no -dtb.
+SRC_URI:append:segway:qemuarm64-secureboot = " file://segway-qemu-chain.cfg"
+SRC_URI:append:segway:qemuarm-secureboot = " file://segway-qemu-chain.cfg"
+SEGWAY_UBOOT_CONTROL_DTB = "${@'${DEPLOY_DIR_IMAGE}/${SEGWAY_QEMU_DTB}' if d.getVar('SEGWAY_QEMU_KEYED_DTB') == '1' else ''}"
+do_segway_uboot_pubkey[depends] += "${@'segway-qemu-dtb:do_deploy' if d.getVar('SEGWAY_QEMU_KEYED_DTB') == '1' else ''}"
 
 # The hardened kernel command line (SEGWAY_KERNEL_CMDLINE) goes into the QEMU boot command. The
 # fetched fragment stays as the template: do_configure can run again without a new unpack.

@@ -40,7 +40,7 @@ CROSS_COMPILE = "aarch64-linux-gnu-"
 SOURCE_DATE_EPOCH = "1700000000"  # fixed: the builds embed their date
 JOBS = str(max(1, min(os.cpu_count() or 1, 4)))
 
-# TF-A's make options, shared with the layer check (tests/scripts/test_chain_config.py).
+# TF-A's make options, shared with the layer check (tests/meta_segway/test_chain_config.py).
 TFA_OPTIONS = {
     "PLAT": "qemu",
     "QEMU_USE_GIC_DRIVER": "QEMU_GICV3",  # OP-TEE is built for GICv3; TF-A's default GICv2 crashes it

@@ -12,15 +12,20 @@ KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
 def options(apt_dir: Path, *, arch: str | None = None, own_sources: bool = True) -> list[str]:
-    """apt options for lists and downloads under ``apt_dir`` (and its own ``sources.list`` unless
-    ``own_sources`` is false: then the machine's sources, e.g. bookworm for another architecture)."""
+    """apt options for lists and downloads under ``apt_dir`` (and its own ``sources.list``, for
+    pinned versions, unless ``own_sources`` is false: then the machine's sources, e.g. bookworm for
+    another architecture)."""
     opts = []
     if arch:
         opts += ["-o", f"APT::Architecture={arch}", "-o", f"APT::Architectures={arch}"]
     if own_sources:
         opts += ["-o", f"Dir::Etc::sourcelist={apt_dir / 'sources.list'}",
                  "-o", f"Dir::Etc::sourceparts={apt_dir / 'sources.list.d'}",
-                 "-o", f"Dir::Etc::preferencesparts={apt_dir / 'preferences.d'}"]
+                 "-o", f"Dir::Etc::preferencesparts={apt_dir / 'preferences.d'}",
+                 # Our own lists serve pinned versions only (and sources pinned by their .dsc hash),
+                 # so a Release file's freshness adds nothing, while mirrors that serve a dated
+                 # snapshot of trixie or sid carry Release files past their Valid-Until.
+                 "-o", "Acquire::Check-Valid-Until=false"]
     return opts + [
         "-o", f"Dir::State::Lists={apt_dir / 'lists'}",
         "-o", f"Dir::Cache={apt_dir / 'cache'}",

@@ -120,7 +120,7 @@ def signed_fits(kernel_fit, tiny_fits) -> dict[str, Path]:
 
 class Signer:
     """segway-sign against a development token of its own under ``root`` (the secure-world chain's
-    tests: tests/dev/test_chain.py, tests/dev/test_optee_ta.py)."""
+    tests: tests/dev/test_chain.py, tests/dev/test_chain_optee_ta.py)."""
 
     def __init__(self, root: Path) -> None:
         self.env = dict(os.environ, SEGWAY_DEV_HSM_DIR=str(root / "hsm"), SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH))

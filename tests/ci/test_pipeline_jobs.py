@@ -36,7 +36,10 @@ pytestmark = [pytest.mark.slow,
 
 MACHINE = "qemuarm64"
 # The keys of conf/signing/qemuarm64.yaml (token segway-dev) and the kind each step signs with.
-PLAN_KEYS = {"segway-dev-verity": "rsa2048", "segway-dev-fit": "rsa2048", "segway-dev-release": "p256"}
+PLAN_KEYS = {"segway-dev-verity": "rsa2048", "segway-dev-fit": "rsa2048", "segway-dev-release": "p256",
+             # TF-A's generic TBBR chain: the ROT key and the keys below it
+             **{f"segway-dev-fip{role}": "p256" for role in ("", "-trusted-world", "-non-trusted-world", "-soc-fw",
+                                                            "-tos-fw", "-nt-fw")}}
 SMOKE = "tests/ci/test_sign_job_contract.py tests/ci/test_pipeline_jobs.py"
 
 
@@ -64,11 +67,17 @@ def segway_dev(tmp_path):
 
 def deferred_deploy_dir(deploy: Path, work: Path) -> None:
     """What a SEGWAY_SIGN_MODE = "deferred" build of qemuarm64 leaves for the sign job: the rootfs
-    image and the unsigned kernel FIT (signature node for segway-dev-fit, initramfs for the verity env)."""
+    image, the unsigned kernel FIT (signature node for segway-dev-fit, initramfs for the verity env)
+    and TF-A's FIP without certificates (stand-in images, packed by fiptool)."""
     deploy.mkdir()
     (deploy / f"segway-image-{MACHINE}-secureboot.rootfs.ext4").write_bytes(os.urandom(256 * 4096))
     fit = make_unsigned_fit(work / "fit", hint="segway-dev-fit")
     shutil.copy(fit, deploy / f"segway-fit-{MACHINE}-secureboot.itb")
+    images = []
+    for name in ("tb-fw", "soc-fw", "tos-fw", "tos-fw-extra1", "nt-fw"):
+        (work / f"{name}.bin").write_bytes(os.urandom(4096))
+        images += [f"--{name}", str(work / f"{name}.bin")]
+    subprocess.run(["fiptool", "create", *images, str(deploy / "fip-qemu.bin")], check=True, capture_output=True)
 
 
 def test_sign_job_signs_a_deferred_build_through_p11kit(ci, segway_dev, tmp_path):
@@ -92,7 +101,7 @@ def test_sign_job_signs_a_deferred_build_through_p11kit(ci, segway_dev, tmp_path
     release = ci.artifacts(job) / f"release-{MACHINE}"
     manifest = json.loads((release / "manifest.json").read_text())
     assert manifest["machine"] == MACHINE
-    assert [s["id"] for s in manifest["steps"]] == ["rootfs-verity", "kernel-fit"]
+    assert [s["id"] for s in manifest["steps"]] == ["rootfs-verity", "kernel-fit", "fip"]
     assert all(k["uri"].startswith("pkcs11:token=segway-dev;object=") for k in manifest["keys"].values())
     v = subprocess.run([SEGWAY_SIGN, "release", "verify", "--certs", str(certs), str(release)],
                        capture_output=True, text=True, timeout=300)

@@ -72,12 +72,17 @@ def test_a_correct_environment_reaches_the_token(env, tmp_path):
     from cryptography.hazmat.primitives.asymmetric import ec
     from release_fixtures import self_signed, write_cert
 
+    import yaml
+
+    plan = yaml.safe_load((REPO / "conf" / "signing" / "qemuarm64.yaml").read_text())
     certs = tmp_path / "certs"
     certs.mkdir()
-    for name in ("segway-dev-verity", "segway-dev-fit", "segway-dev-release"):
-        write_cert(certs / f"{name}.crt", self_signed(ec.generate_private_key(ec.SECP256R1()), name))
+    for spec in plan["keys"].values():  # every key the plan names, the FIP's chain included
+        name = spec["cert"].removesuffix(".crt")
+        write_cert(certs / spec["cert"], self_signed(ec.generate_private_key(ec.SECP256R1()), name))
     deploy = Path(env["SEGWAY_DEPLOY_DIR"])
-    for f in ("segway-image-qemuarm64-secureboot.rootfs.ext4", "segway-fit-qemuarm64-secureboot.itb"):
+    for f in ("segway-image-qemuarm64-secureboot.rootfs.ext4", "segway-fit-qemuarm64-secureboot.itb",
+              "fip-qemu.bin"):
         (deploy / f).write_bytes(b"\0" * 8192)
     env["SEGWAY_CERTS_DIR"] = str(certs)
     r = run(env)

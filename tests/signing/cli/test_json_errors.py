@@ -14,7 +14,10 @@ from segway_sign.cli.main import cli
 
 def _json_commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     found = []
-    for name, cmd in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    # list_commands/get_command, not group.commands: the top-level group loads its commands lazily.
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
         if isinstance(cmd, click.Group):
             found += _json_commands(cmd, path + (name,))
         if any("--json" in p.opts for p in cmd.params):

@@ -9,7 +9,7 @@
 #   rule cannot hash an EC key anyway.
 # - segway_fip_sign_generic(d, fip, out): "segway-sign fip sign --cot generic" with the six keys
 #   (ROT key and the five fip-chain keys), as scripts/segway_dev/device.py signs the harness's FIP;
-#   in deferred mode a plan entry for the release job's fip step (conf/signing/<machine>.yaml).
+#   in deferred mode the FIP stays unsigned for the release job's fip step (conf/signing/<machine>.yaml).
 
 inherit segway_cert
 

@@ -10,8 +10,8 @@
 #  - do_segway_optee_ta_sign (after do_compile, before do_install): every <uuid>.stripped.elf under
 #    SEGWAY_OPTEE_TA_DIRS is signed by segway-sign ("ta sign": hash on the host, signature from the
 #    token) over the <uuid>.ta next to it, which do_install then installs.
-#  - deferred mode: the stripped ELF is left as <uuid>.ta (unsigned: OP-TEE refuses it) and a plan
-#    entry is recorded; the release job's optee-ta step signs the TAs.
+#  - deferred mode: the stripped ELF is left as <uuid>.ta (unsigned: OP-TEE refuses it); the release
+#    job's optee-ta step signs the TAs.
 
 inherit segway_sign
 
@@ -50,7 +50,7 @@ def segway_optee_ta_keys(d):
 
 def segway_optee_ta_sign_all(d):
     """Sign every <uuid>.stripped.elf under SEGWAY_OPTEE_TA_DIRS to the <uuid>.ta beside it (or, in
-    deferred mode, leave the ELF there and record a plan entry). Returns the signed TAs."""
+    deferred mode, leave the ELF there for the release job). Returns the signed TAs."""
     import glob
     import os
     import re
@@ -82,7 +82,6 @@ python do_segway_optee_ta_sign() {
     if "segway" in (d.getVar("DISTROOVERRIDES") or "").split(":"):
         segway_optee_ta_sign_all(d)
 }
-do_segway_optee_ta_sign[cleandirs] = "${SEGWAY_SIGN_PLAN_DIR}"
 do_segway_optee_ta_sign[vardeps] += "SEGWAY_SIGN_MODE SEGWAY_OPTEE_TA_KEY_URI SEGWAY_OPTEE_TA_ALGO ${@segway_cert_vardeps('SEGWAY_OPTEE_TA_CERT')}"
 do_segway_optee_ta_sign[doc] = "Sign the TAs built by this recipe with the TA key in the token (segway-sign ta sign)"
 addtask segway_optee_ta_sign after do_compile before do_install

@@ -7,9 +7,9 @@
 #  - serialises every token access in the build with one lock file;
 #  - fails the task when the tool fails, when the output is missing or empty, or when the
 #    public certificate that pins the key is missing;
-#  - in SEGWAY_SIGN_MODE = "deferred" copies the unsigned input to the output path and records
-#    a plan.d entry; the release job signs what the machine's signing plan names (segway-image
-#    deploys it as segway-signing/plan.yaml for segway-sign release --plan).
+#  - in SEGWAY_SIGN_MODE = "deferred" copies the unsigned input to the output path; the release
+#    job signs what the machine's signing plan names (segway-image deploys it as
+#    segway-signing/plan.yaml for segway-sign release --plan).
 #
 # segway_add_fit_pubkey(d, dtb, output) puts the FIT public key into a U-Boot control DTB from
 # the pinned certificate, in both modes: only public material is needed, and a deferred build
@@ -24,7 +24,6 @@ inherit segway_cert
 DEPENDS:append = " segway-sign-native"
 
 SEGWAY_SIGN_LOCK ?= "${TMPDIR}/locks/segway-hsm.lock"
-SEGWAY_SIGN_PLAN_DIR ?= "${WORKDIR}/segway-signing-plan"
 
 SEGWAY_SIGN_MODE[doc] = "hsm: sign with the PKCS#11 token during the build; deferred: emit unsigned artifacts and a signing plan"
 
@@ -63,31 +62,9 @@ def segway_token_args(env):
         args += ["--pin-env", "SEGWAY_PIN"]
     return args
 
-def segway_sign_record(d, kind, argv, inputs, output, cert_var):
-    """Append one entry to this recipe's part of the deferred signing plan."""
-    import json
-    import os
-    plan_dir = d.getVar("SEGWAY_SIGN_PLAN_DIR")
-    bb.utils.mkdirhier(plan_dir)
-    entry = {
-        "kind": kind,
-        "recipe": d.getVar("PN"),
-        "machine": d.getVar("MACHINE"),
-        "inputs": [os.path.basename(p) for p in inputs],
-        "output": os.path.basename(output),
-        "argv": argv,
-        "certificate_sha256": d.getVar(segway_cert_vardeps(cert_var)) if cert_var else None,
-    }
-    path = os.path.join(plan_dir, "%s-%s.json" % (d.getVar("PN"), os.path.basename(output)))
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(entry, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
 def segway_sign(d, kind, argv, inputs, output, cert_var=None):
     """Run 'segway-sign <argv>' (argv without token options) producing output, or, in
-    deferred mode, copy inputs[0] to output and record the plan entry."""
+    deferred mode, copy inputs[0] to output for the release job."""
     import os
     import shutil
 
@@ -99,7 +76,6 @@ def segway_sign(d, kind, argv, inputs, output, cert_var=None):
     if mode == "deferred":
         if output != inputs[0]:
             shutil.copyfile(inputs[0], output)
-        segway_sign_record(d, kind, argv, inputs, output, cert_var)
         bb.note("segway-sign %s: deferred, %s left unsigned for the release job" % (kind, os.path.basename(output)))
         return
 
@@ -147,15 +123,6 @@ def segway_add_fit_pubkey(d, dtb, output):
     cmd = ["segway-sign", "fit", "add-pubkey", "--key", cert, "--dtb", dtb, "--out", output,
            "--key-name-hint", d.getVar("SEGWAY_FIT_KEY_NAME"), "--required", "conf"]
     segway_run_tool(d, "fit-pubkey", cmd, segway_tool_environment(d), output)
-
-# Deploy this recipe's plan entries with the artifacts (deferred mode).
-segway_sign_deploy_plan[doc] = "Deploy the signing plan entries recorded in deferred mode"
-segway_sign_deploy_plan() {
-    if [ -d "${SEGWAY_SIGN_PLAN_DIR}" ]; then
-        install -d ${DEPLOYDIR}/segway-signing/plan.d
-        install -m 0644 ${SEGWAY_SIGN_PLAN_DIR}/*.json ${DEPLOYDIR}/segway-signing/plan.d/
-    fi
-}
 
 python () {
     # Keep the token variables out of every run file of this recipe.

@@ -5,8 +5,8 @@
 #                 signs the root hash (PKCS#7 for CONFIG_DM_VERITY_VERIFY_ROOTHASH_SIG) and the
 #                 result is checked with veritysetup, a verifier we did not write. The env file,
 #                 root hash and signature are staged for the initramfs that opens the root.
-#  deferred mode: the unsigned ext4 image is deployed with a plan entry; the release job
-#                 builds the tree, signs it and rebuilds the initramfs and FIT.
+#  deferred mode: the unsigned ext4 image is deployed as it is; the release job (the verity
+#                 step of the signing plan) builds the tree, signs it and rebuilds the initramfs and FIT.
 
 inherit segway_sign
 
@@ -72,23 +72,9 @@ python do_segway_verity() {
         os.unlink(link)
     os.symlink("%s.%s.verity" % (base, fstype), link)
 }
-do_segway_verity[cleandirs] = "${SEGWAY_VERITY_WORKDIR} ${SEGWAY_SIGN_PLAN_DIR}"
+do_segway_verity[cleandirs] = "${SEGWAY_VERITY_WORKDIR}"
 do_segway_verity[vardeps] += "SEGWAY_SIGN_MODE SEGWAY_VERITY_KEY_URI ${@segway_cert_vardeps('SEGWAY_VERITY_CERT')}"
 do_segway_verity[vardepsexclude] += "DATETIME"
 do_segway_verity[lockfiles] += "${SEGWAY_VERITY_STAGING}.lock"
 do_segway_verity[doc] = "Build the dm-verity tree of the root file system and sign its root hash"
 addtask segway_verity after do_image_${SEGWAY_VERITY_FSTYPE} before do_image_complete
-
-python segway_verity_plan() {
-    import glob
-    import os
-    import shutil
-    plans = glob.glob(os.path.join(d.getVar("SEGWAY_SIGN_PLAN_DIR"), "*.json"))
-    if plans:
-        dest = os.path.join(d.getVar("IMGDEPLOYDIR"), "segway-signing", "plan.d")
-        bb.utils.mkdirhier(dest)
-        for p in plans:
-            shutil.copy(p, dest)
-}
-segway_verity_plan[doc] = "Deploy the verity plan entry (deferred mode)"
-do_image_complete[prefuncs] += "segway_verity_plan"

@@ -1,11 +1,10 @@
 """segway_optee_ta.bbclass, run with bitbake's datastore and the real segway-sign: OP-TEE's
 TA_PUBLIC_KEY comes from the TA signing certificate (RSA only, never without it), TAs are signed with
-the token key (and verify with the certificate), deferred mode leaves them unsigned with plan entries;
+the token key (and verify with the certificate), deferred mode leaves them unsigned;
 the optee-os append builds with that key, not upstream's default."""
 from __future__ import annotations
 
 import datetime
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ def write_cert(path: Path, key) -> None:
 def class_datastore(tmp_path, mode, cert: Path):
     f = class_functions("segway_cert.bbclass", "segway_sign.bbclass", "segway_optee_ta.bbclass")
     work = tmp_path / "work"
-    d = datastore(SEGWAY_SIGN_MODE=mode, SEGWAY_SIGN_PLAN_DIR=str(tmp_path / "plan"), PN="optee-os",
+    d = datastore(SEGWAY_SIGN_MODE=mode, PN="optee-os",
                   MACHINE="qemuarm64-secureboot", PATH=segway_sign_bindir() + ":/usr/bin:/bin",
                   WORKDIR=str(tmp_path), SEGWAY_SIGN_LOCK=str(tmp_path / "hsm.lock"), SEGWAY_SIGN_ENV_VARS="",
                   SEGWAY_OPTEE_TA_CERT=str(cert), SEGWAY_OPTEE_TA_PUBKEY=str(work / "ta-public-key.pem"),
@@ -82,20 +81,16 @@ def test_tas_signed_with_the_token_key(tmp_path, fatal, softhsm):
     res = subprocess.run([str(Path(segway_sign_bindir()) / "segway-sign"), "ta", "verify", ta, "--cert",
                           str(tmp_path / "ta.crt"), "--uuid", str(TA_UUID)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert not (tmp_path / "plan").exists()
 
 
-def test_deferred_leaves_tas_unsigned_with_plan_entries(tmp_path, fatal):
+def test_deferred_leaves_tas_unsigned(tmp_path, fatal):
     from cryptography.hazmat.primitives.asymmetric import rsa
     write_cert(tmp_path / "ta.crt", rsa.generate_private_key(65537, 2048))
     elf = build_ta_elf(tmp_path / "b" / "ta" / "hello")
     f, d = class_datastore(tmp_path, "deferred", tmp_path / "ta.crt")
     [ta] = f["segway_optee_ta_sign_all"](d)
+    assert ta == str(elf.parent / f"{TA_UUID}.ta")
     assert Path(ta).read_bytes() == elf.read_bytes()
-    [entry] = [json.loads(p.read_text()) for p in (tmp_path / "plan").glob("*.json")]
-    assert entry["kind"] == "optee-ta" and entry["output"] == f"{TA_UUID}.ta"
-    assert entry["inputs"] == [elf.name] and entry["certificate_sha256"] == d.getVar(
-        "SEGWAY_CERT_FP_SEGWAY_OPTEE_TA_CERT")
 
 
 def test_optee_os_builds_with_the_certificates_key():

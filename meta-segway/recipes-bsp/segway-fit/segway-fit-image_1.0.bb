@@ -42,7 +42,7 @@ do_compile[depends] += " \
 "
 
 B = "${WORKDIR}/build"
-do_compile[cleandirs] = "${B} ${SEGWAY_SIGN_PLAN_DIR}"
+do_compile[cleandirs] = "${B}"
 do_configure[noexec] = "1"
 do_install[noexec] = "1"
 do_fetch[noexec] = "1"
@@ -165,6 +165,5 @@ do_deploy() {
     if [ -f ${B}/pubkey.dtb ]; then
         install -m 0644 ${B}/pubkey.dtb ${DEPLOYDIR}/segway-fit-pubkey-${MACHINE}.dtb
     fi
-    segway_sign_deploy_plan
 }
 addtask deploy after do_compile before do_build

@@ -16,9 +16,8 @@ EXTRA_OEMAKE:append:qemuarm64-secureboot:segway = " ${SEGWAY_OPTEE_CHAIN_OPTIONS
 inherit segway_optee_ta
 EXTRA_OEMAKE:append:segway = " TA_PUBLIC_KEY=${SEGWAY_OPTEE_TA_PUBKEY}"
 
-# Deferred mode: the unsigned TAs and their plan entries go to the deploy dir for the release job.
+# Deferred mode: the unsigned TAs go to the deploy dir for the release job.
 do_deploy:append:segway() {
-    segway_sign_deploy_plan
     if [ "${SEGWAY_SIGN_MODE}" = "deferred" ]; then
         install -d ${DEPLOYDIR}/segway-signing/optee-ta
         find ${B} -name '*-*-*-*-*.ta' -exec install -m 0644 {} ${DEPLOYDIR}/segway-signing/optee-ta/ \;

@@ -25,7 +25,7 @@ do_install[noexec] = "1"
 # deploy it as "imx-boot"; only one of them may run, or both would deploy that name.
 SEGWAY_IMX_BOOT_PROVIDER = "${@'virtual/bootloader' if d.getVar('UBOOT_PROVIDES_BOOT_CONTAINER') == '1' else 'imx-boot'}"
 do_compile[depends] += "${SEGWAY_IMX_BOOT_PROVIDER}:do_deploy"
-do_compile[cleandirs] = "${B} ${SEGWAY_SIGN_PLAN_DIR}"
+do_compile[cleandirs] = "${B}"
 
 SEGWAY_IMX_BOOT_IMAGE ?= "imx-boot"
 
@@ -46,6 +46,5 @@ do_compile[file-checksums] += "${SEGWAY_HAB_SRK_TABLE}:False"
 
 do_deploy() {
     install -m 0644 ${B}/flash.bin.signed ${DEPLOYDIR}/${SEGWAY_IMX_BOOT_IMAGE}-${MACHINE}.signed
-    segway_sign_deploy_plan
 }
 addtask deploy after do_compile before do_build

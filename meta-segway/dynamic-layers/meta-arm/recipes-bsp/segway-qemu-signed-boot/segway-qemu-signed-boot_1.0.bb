@@ -25,7 +25,7 @@ do_compile[depends] += " \
     trusted-firmware-a:do_deploy \
     openssl-native:do_populate_sysroot \
 "
-do_compile[cleandirs] = "${B} ${SEGWAY_SIGN_PLAN_DIR} ${SEGWAY_FIP_ROTPK_DIR}"
+do_compile[cleandirs] = "${B} ${SEGWAY_FIP_ROTPK_DIR}"
 
 # trusted-firmware-a's deploy names (TFA_INSTALL_TARGET "bl1 fip", PLAT=qemu); fip-qemu.bin is
 # also the input of the fip step of conf/signing/qemuarm64.yaml.
@@ -73,6 +73,5 @@ do_deploy() {
     install -d ${DEPLOYDIR}/segway-signed
     install -m 0644 ${B}/${SEGWAY_QEMU_FIP} ${DEPLOYDIR}/segway-signed/${SEGWAY_QEMU_FIP}
     install -m 0644 ${B}/${SEGWAY_QEMU_FLASH} ${DEPLOYDIR}/${SEGWAY_QEMU_FLASH}
-    segway_sign_deploy_plan
 }
 addtask deploy after do_compile before do_build

@@ -25,7 +25,7 @@ do_compile[depends] += " \
     virtual/bootloader:do_deploy \
     virtual-optee-os:do_deploy \
 "
-do_compile[cleandirs] = "${B} ${SEGWAY_SIGN_PLAN_DIR}"
+do_compile[cleandirs] = "${B}"
 
 # ST's deploy names at the pinned commit: tf-a-<dt>-<config>.stm32 for every TF_A_CONFIG (boot
 # devices; debug-* copies are not signed) and fip-<dt>-optee.bin (fip-utils-stm32mp.bbclass).
@@ -61,6 +61,5 @@ do_compile[vardeps] += "SEGWAY_SIGN_MODE SEGWAY_STM32_KEY_URI ${@segway_cert_var
 do_deploy() {
     install -d ${DEPLOYDIR}/segway-signed
     install -m 0644 ${B}/*_Signed* ${DEPLOYDIR}/segway-signed/
-    segway_sign_deploy_plan
 }
 addtask deploy after do_compile before do_build

@@ -5,8 +5,11 @@
   boot CONTROL_DTB FIT [CONF]          boot an arm64 kernel FIT to the userspace marker
   attacks FIT OUTDIR                   write every tampered variant of a signed FIT
   kernel-fit OUT FDT [--module M ...]  unsigned arm64 FIT: Debian kernel + FDT + busybox initramfs
+  firmware-reproducible                build TF-A, OP-TEE and U-Boot a second time from scratch in
+                                       another directory and compare every image byte for byte
 
-check/boot exit 0 only if U-Boot accepted (and, for boot, userspace printed the marker).
+check/boot exit 0 only if U-Boot accepted (and, for boot, userspace printed the marker);
+firmware-reproducible only if every image is identical (minutes: three firmware builds).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import bootmedia, fit_attacks, fitbuild, qemu
+from . import bootmedia, debsrc, firmware, fit_attacks, fitbuild, qemu
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("fdt", type=Path, help="QEMU's tree from dump-dtb arm64")
     k.add_argument("--module", action="append", default=[], help="kernel module for the initramfs")
     k.add_argument("--key-name-hint", default=fitbuild.DEFAULT_KEY_NAME)
+    sub.add_parser("firmware-reproducible",
+                   help="build the firmware a second time from scratch elsewhere and compare the images")
     return p
 
 
@@ -71,8 +76,13 @@ def main(argv: list[str] | None = None) -> int:
             print(fitbuild.build_kernel_fit(args.out, args.fdt, modules=args.module,
                                             key_name_hint=args.key_name_hint))
             return 0
+        if args.cmd == "firmware-reproducible":
+            results = firmware.check_reproducible(progress=lambda msg: print(f"... {msg}", flush=True))
+            for comparison in results:
+                print(comparison.summary())
+            return 0 if all(c.identical for c in results) else 1
     except (OSError, qemu.QemuError, fit_attacks.FitAttackError, fitbuild.FitBuildError,
-            bootmedia.BootMediaError) as exc:
+            bootmedia.BootMediaError, firmware.FirmwareError, debsrc.SourceError) as exc:
         print(f"segway_dev: error: {exc}", file=sys.stderr)
         return 2
     return 2

@@ -90,12 +90,24 @@ def _download(pin: Pin, downloads: Path) -> Path:
     return dsc
 
 
-def source_tree(name: str) -> Path:
-    """The unpacked, checked source tree of pinned package ``name`` (fetched on first use)."""
+def _pin(name: str) -> Pin:
     try:
-        pin = PINS[name]
+        return PINS[name]
     except KeyError:
         raise SourceError(f"no pinned source package {name!r} (known: {', '.join(PINS)})") from None
+
+
+def _unpack(pin: Pin, dsc: Path, dest: Path) -> Path:
+    # The .dsc is checked against its pinned hash (its uploader's OpenPGP signature cannot be: the
+    # archive keyring does not hold uploaders' keys); dpkg-source checks each tarball against it.
+    _run(["dpkg-source", "-q", "-x", str(dsc), str(dest / pin.directory)],
+         f"dpkg-source could not unpack {pin.dsc}")
+    return dest / pin.directory
+
+
+def source_tree(name: str) -> Path:
+    """The unpacked, checked source tree of pinned package ``name`` (fetched on first use)."""
+    pin = _pin(name)
     root = cache.cache_dir("debsrc")
     downloads = root / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
@@ -107,12 +119,23 @@ def source_tree(name: str) -> Path:
         dsc = _download(pin, downloads)
         shutil.rmtree(tree, ignore_errors=True)
         tree.mkdir(parents=True)
-        # The .dsc is checked against its pinned hash above (its uploader's OpenPGP signature cannot be:
-        # the archive keyring does not hold uploaders' keys); dpkg-source checks each tarball against it.
-        _run(["dpkg-source", "-q", "-x", str(dsc), str(tree / pin.directory)],
-             f"dpkg-source could not unpack {pin.dsc}")
+        _unpack(pin, dsc, tree)
         (tree / ".unpacked").write_text(pin.version + "\n")
         return tree / pin.directory
+
+
+def unpack_fresh(name: str, dest: Path) -> Path:
+    """A new copy of pinned package ``name``'s source under ``dest`` (for a second, independent
+    build: the reproducibility check), from the same checked download as ``source_tree``."""
+    pin = _pin(name)
+    root = cache.cache_dir("debsrc")
+    downloads = root / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        dsc = _download(pin, downloads)
+    dest.mkdir(parents=True, exist_ok=True)
+    return _unpack(pin, dsc, dest)
 
 
 def pin_identity(name: str) -> str:

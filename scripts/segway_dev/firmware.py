@@ -9,9 +9,19 @@
   (``with_control_dtb``), so it is part of BL33, which BL2 authenticates.
 
 Each build is cached under ``cache_dir("firmware")`` by the hash of its inputs (pinned source,
-compiler, options, key material, configuration fragments) and made with ``SOURCE_DATE_EPOCH``, so
-it is reproducible; a changed input is a cache miss and a new build. The build trees are kept per
-source and options, so a new ceremony's keys (ROTPK hash, TA key) cost a relink, not a rebuild.
+compiler, options, key material, configuration fragments); a changed input is a cache miss and a
+new build. The build trees are kept per source and options, so a new ceremony's keys (ROTPK hash,
+TA key) cost a relink, not a rebuild.
+
+The builds are reproducible, and ``check_reproducible`` (``python -m segway_dev
+firmware-reproducible``) proves it by building each a second time from scratch at another path.
+What would otherwise differ: the dates in the banners (``SOURCE_DATE_EPOCH``: GCC's ``__DATE__``
+and ``__TIME__`` for TF-A, U-Boot's and OP-TEE's own date commands), the version strings (from the
+pins, not from ``git describe`` of the repository the cache sits in: ``BUILD_STRING``,
+``TEE_IMPL_VERSION``, ``CFG_OS_REV_REPORTS_GIT_SHA1=n``) and OP-TEE's build counter (reset before
+each build). Paths stay out of the images without extra flags: TF-A's release build has no
+assertions, so no ``__FILE__`` (mbedTLS's included), OP-TEE names its sources relative to its
+source tree, and U-Boot maps its source tree away itself (``-ffile-prefix-map=$(srctree)/=``).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -124,15 +135,28 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _cached(name: str, inputs: dict, build: Callable[[Path, Path, Path], None],
-            progress: Callable[[str], None] | None, keys: tuple[str, ...] = ()) -> Path:
-    """Directory of the build ``name`` for ``inputs``; ``build(out, log, tree)`` fills it on a miss.
+@dataclasses.dataclass(frozen=True)
+class _Recipe:
+    """One firmware build: what identifies it, how it is made and what it outputs."""
+    name: str
+    inputs: dict  # the cache key: pinned sources, compiler, options, key material
+    sources: tuple[str, ...]  # the debsrc pins it reads
+    # build(out, log, tree, sources): fills ``out`` with ``outputs``, building in ``tree`` from the
+    # unpacked source directories (by pin name).
+    build: Callable[[Path, Path, Path, dict[str, Path]], None]
+    outputs: tuple[str, ...]  # the firmware images, compared byte for byte by check_reproducible
+    keys: tuple[str, ...] = ()  # inputs that only cost a relink of an existing tree
 
-    ``tree`` is a build directory kept between builds that differ only in the ``keys`` inputs (a
-    new ceremony's keys): make then rebuilds only what the key reaches, in seconds, instead of
-    the whole firmware."""
+
+def _cached(recipe: _Recipe, progress: Callable[[str], None] | None) -> Path:
+    """Directory of ``recipe``'s build for its inputs, built on a miss.
+
+    The build tree is kept between builds that differ only in the ``keys`` inputs (a new
+    ceremony's keys): make then rebuilds only what the key reaches, in seconds, instead of the
+    whole firmware."""
+    name, inputs = recipe.name, recipe.inputs
     key = _digest(inputs)
-    tree_key = _digest({k: v for k, v in inputs.items() if k not in keys})
+    tree_key = _digest({k: v for k, v in inputs.items() if k not in recipe.keys})
     root = cache.cache_dir("firmware")
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{name}-{key}"
@@ -148,7 +172,7 @@ def _cached(name: str, inputs: dict, build: Callable[[Path, Path, Path], None],
         try:
             out = work / "out"
             out.mkdir()
-            build(out, work / "build.log", tree)
+            recipe.build(out, work / "build.log", tree, {n: debsrc.source_tree(n) for n in recipe.sources})
             (out / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n")
             shutil.rmtree(final, ignore_errors=True)
             out.rename(final)
@@ -163,9 +187,10 @@ def rotpk_hash(rot_public_key_der: bytes) -> bytes:
     return hashlib.sha256(rot_public_key_der).digest()
 
 
-def build_tfa(rot_public_key_pem: bytes, rot_public_key_der: bytes, *,
-              progress: Callable[[str], None] | None = None) -> TfaBuild:
-    """BL1, BL2 and BL31 that trust the ROT key whose public half is given."""
+TFA_OUTPUTS = ("bl1.bin", "bl2.bin", "bl31.bin")
+
+
+def _tfa_recipe(rot_public_key_pem: bytes, rot_public_key_der: bytes) -> _Recipe:
     digest = rotpk_hash(rot_public_key_der)
     inputs = {
         "source": [debsrc.pin_identity("arm-trusted-firmware"), debsrc.pin_identity("mbedtls")],
@@ -174,9 +199,8 @@ def build_tfa(rot_public_key_pem: bytes, rot_public_key_der: bytes, *,
         "rotpk_sha256": digest.hex(),
     }
 
-    def build(out: Path, log: Path, tree: Path) -> None:
-        src = debsrc.source_tree("arm-trusted-firmware")
-        mbedtls = debsrc.source_tree("mbedtls")
+    def build(out: Path, log: Path, tree: Path, sources: dict[str, Path]) -> None:
+        src, mbedtls = sources["arm-trusted-firmware"], sources["mbedtls"]
         keys = tree / "keys"
         keys.mkdir(exist_ok=True)
         rot_pem, rot_hash = keys / "rot_pub.pem", keys / "rotpk_sha256.bin"
@@ -190,11 +214,18 @@ def build_tfa(rot_public_key_pem: bytes, rot_public_key_der: bytes, *,
                f"ROT_KEY={rot_pem}", f"ROTPK_HASH={rot_hash}", f"BUILD_BASE={tree / 'build'}",
                "bl1", "bl2", "bl31"], src, log, "TF-A build")
         release = tree / "build" / "qemu" / "release"
-        for name in ("bl1.bin", "bl2.bin", "bl31.bin"):
+        for name in TFA_OUTPUTS:
             shutil.copy(release / name, out / name)
 
-    d = _cached("tf-a", inputs, build, progress, keys=("rotpk_sha256",))
-    return TfaBuild(d / "bl1.bin", d / "bl2.bin", d / "bl31.bin")
+    return _Recipe("tf-a", inputs, ("arm-trusted-firmware", "mbedtls"), build, TFA_OUTPUTS,
+                   keys=("rotpk_sha256",))
+
+
+def build_tfa(rot_public_key_pem: bytes, rot_public_key_der: bytes, *,
+              progress: Callable[[str], None] | None = None) -> TfaBuild:
+    """BL1, BL2 and BL31 that trust the ROT key whose public half is given."""
+    d = _cached(_tfa_recipe(rot_public_key_pem, rot_public_key_der), progress)
+    return TfaBuild(*(d / name for name in TFA_OUTPUTS))
 
 
 def _read_conf_mk(path: Path) -> dict:
@@ -206,8 +237,10 @@ def _read_conf_mk(path: Path) -> dict:
     return conf
 
 
-def build_optee(ta_public_key_pem: bytes, *, progress: Callable[[str], None] | None = None) -> OpteeBuild:
-    """OP-TEE OS that loads only user TAs signed by the key whose public half is given."""
+OPTEE_OUTPUTS = ("tee-header_v2.bin", "tee-pager_v2.bin", "tee-pageable_v2.bin")
+
+
+def _optee_recipe(ta_public_key_pem: bytes) -> _Recipe:
     if b"PUBLIC KEY" not in ta_public_key_pem:
         raise FirmwareError("the TA key for OP-TEE must be a PEM public key")
     inputs = {
@@ -217,8 +250,7 @@ def build_optee(ta_public_key_pem: bytes, *, progress: Callable[[str], None] | N
         "ta_public_key_sha256": hashlib.sha256(ta_public_key_pem).hexdigest(),
     }
 
-    def build(out: Path, log: Path, tree: Path) -> None:
-        src = debsrc.source_tree("optee-os")
+    def build(out: Path, log: Path, tree: Path, sources: dict[str, Path]) -> None:
         key = tree / "ta_pub.pem"
         key.write_bytes(ta_public_key_pem)
         opts = [f"{k}={v}" for k, v in OPTEE_OPTIONS.items()]
@@ -227,24 +259,30 @@ def build_optee(ta_public_key_pem: bytes, *, progress: Callable[[str], None] | N
         (build_dir / "core" / ".buildcount").unlink(missing_ok=True)
         _make(["make", f"-j{JOBS}", *opts, f"CROSS_COMPILE={CROSS_COMPILE}",
                f"CROSS_COMPILE_core={CROSS_COMPILE}", f"CROSS_COMPILE_ta_arm64={CROSS_COMPILE}",
-               f"TA_PUBLIC_KEY={key}", f"O={build_dir}"], src, log, "OP-TEE OS build")
-        for name in ("tee-header_v2.bin", "tee-pager_v2.bin", "tee-pageable_v2.bin"):
+               f"TA_PUBLIC_KEY={key}", f"O={build_dir}"], sources["optee-os"], log, "OP-TEE OS build")
+        for name in OPTEE_OUTPUTS:
             shutil.copy(build_dir / "core" / name, out / name)
         shutil.copy(build_dir / "conf.mk", out / "conf.mk")
         shutil.rmtree(out / "export-ta_arm64", ignore_errors=True)
         shutil.copytree(build_dir / "export-ta_arm64", out / "export-ta_arm64", symlinks=True)
 
-    d = _cached("optee-os", inputs, build, progress, keys=("ta_public_key_sha256",))
-    return OpteeBuild(d / "tee-header_v2.bin", d / "tee-pager_v2.bin", d / "tee-pageable_v2.bin",
-                      d / "export-ta_arm64", _read_conf_mk(d / "conf.mk"))
+    return _Recipe("optee-os", inputs, ("optee-os",), build, OPTEE_OUTPUTS, keys=("ta_public_key_sha256",))
+
+
+def build_optee(ta_public_key_pem: bytes, *, progress: Callable[[str], None] | None = None) -> OpteeBuild:
+    """OP-TEE OS that loads only user TAs signed by the key whose public half is given."""
+    d = _cached(_optee_recipe(ta_public_key_pem), progress)
+    return OpteeBuild(*(d / name for name in OPTEE_OUTPUTS), d / "export-ta_arm64", _read_conf_mk(d / "conf.mk"))
 
 
 def uboot_fragments() -> list[Path]:
     return [*LAYER_UBOOT_FRAGMENTS, HARNESS_UBOOT_FRAGMENT]
 
 
-def build_uboot(*, progress: Callable[[str], None] | None = None) -> Path:
-    """U-Boot for qemu_arm64 without its device tree (``u-boot-nodtb.bin``)."""
+UBOOT_OUTPUTS = ("u-boot-nodtb.bin",)
+
+
+def _uboot_recipe() -> _Recipe:
     fragments = uboot_fragments()
     inputs = {
         "source": debsrc.pin_identity("u-boot"),
@@ -253,8 +291,8 @@ def build_uboot(*, progress: Callable[[str], None] | None = None) -> Path:
         "fragments": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in fragments},
     }
 
-    def build(out: Path, log: Path, tree: Path) -> None:
-        src = debsrc.source_tree("u-boot")
+    def build(out: Path, log: Path, tree: Path, sources: dict[str, Path]) -> None:
+        src = sources["u-boot"]
         o = tree / "build"
         base = ["make", f"O={o}", f"CROSS_COMPILE={CROSS_COMPILE}"]
         _make([*base, UBOOT_DEFCONFIG], src, log, "U-Boot configuration")
@@ -266,7 +304,12 @@ def build_uboot(*, progress: Callable[[str], None] | None = None) -> Path:
         shutil.copy(o / "u-boot-nodtb.bin", out / "u-boot-nodtb.bin")
         shutil.copy(o / ".config", out / "u-boot.config")
 
-    return _cached("u-boot", inputs, build, progress) / "u-boot-nodtb.bin"
+    return _Recipe("u-boot", inputs, ("u-boot",), build, UBOOT_OUTPUTS)
+
+
+def build_uboot(*, progress: Callable[[str], None] | None = None) -> Path:
+    """U-Boot for qemu_arm64 without its device tree (``u-boot-nodtb.bin``)."""
+    return _cached(_uboot_recipe(), progress) / "u-boot-nodtb.bin"
 
 
 def _check_fragments_applied(config: Path, fragments: list[Path]) -> None:
@@ -290,6 +333,115 @@ def with_control_dtb(uboot_nodtb: Path, control_dtb: bytes) -> bytes:
     if len(data) % 8:
         raise FirmwareError("u-boot-nodtb.bin is not 8-byte aligned; its device tree would not be found")
     return data + control_dtb
+
+
+# Fixed public keys for the reproducibility check (their private halves were never kept): the
+# check's first build stays in the cache, so running it again costs only the second builds.
+REPRODUCIBLE_KEYS = Path(__file__).with_name("reproducible")
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """One output of a firmware built twice."""
+    firmware: str
+    file: str
+    size: int
+    second_size: int
+    first_difference: int | None  # offset of the first differing byte; None: identical
+    second: Path | None = None  # the second build's file, kept when it differs
+
+    @property
+    def identical(self) -> bool:
+        return self.first_difference is None
+
+    def summary(self) -> str:
+        if self.identical:
+            return f"{self.firmware} {self.file}: identical ({self.size} bytes)"
+        sizes = f"{self.size} bytes" if self.size == self.second_size else f"{self.size} vs {self.second_size} bytes"
+        return (f"{self.firmware} {self.file}: differs from offset {self.first_difference:#x} ({sizes}); "
+                f"second build: {self.second}")
+
+
+def first_difference(a: bytes, b: bytes) -> int | None:
+    """Offset of the first byte where ``a`` and ``b`` differ (the shorter one's length if it is a
+    prefix of the other), or None if they are equal."""
+    if a == b:
+        return None
+    n, step, lo = min(len(a), len(b)), 4096, 0
+    while lo < n and a[lo:lo + step] == b[lo:lo + step]:
+        lo += step
+    return next((i for i in range(lo, min(lo + step, n)) if a[i] != b[i]), n)
+
+
+def _rebuild(recipe: _Recipe, first: Path, progress: Callable[[str], None] | None) -> list[Comparison]:
+    """Build ``recipe`` again from a freshly unpacked source in a new directory (another absolute
+    path, of another length) and compare its outputs with ``first``'s. The second build is removed
+    if every output is identical, else kept for a look (diffoscope, readelf)."""
+    root = cache.cache_dir("firmware-reproducible")
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{recipe.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for old in root.glob(f"{recipe.name}-second-*"):  # a difference kept by an earlier check
+            shutil.rmtree(old, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{recipe.name}-second-", dir=root))
+        if progress:
+            progress(f"building {recipe.name} a second time from scratch in {work}")
+        started = time.monotonic()
+        sources = {n: debsrc.unpack_fresh(n, work / "src") for n in recipe.sources}
+        (work / "out").mkdir()
+        (work / "tree").mkdir()
+        recipe.build(work / "out", work / "build.log", work / "tree", sources)
+        if progress:
+            progress(f"second {recipe.name} build: {time.monotonic() - started:.0f} s")
+        results = []
+        for name in recipe.outputs:
+            a, b = (first / name).read_bytes(), (work / "out" / name).read_bytes()
+            diff = first_difference(a, b)
+            results.append(Comparison(recipe.name, name, len(a), len(b), diff,
+                                      None if diff is None else work / "out" / name))
+        if all(c.identical for c in results):
+            shutil.rmtree(work)
+        return results
+
+
+def _proof_path(recipe: _Recipe) -> Path:
+    return cache.cache_dir("firmware-reproducible") / f"{recipe.name}-{_digest(recipe.inputs)}.identical.json"
+
+
+def reproducible_recipes() -> list[_Recipe]:
+    """The three firmware builds with the check's fixed keys."""
+    from cryptography.hazmat.primitives import serialization
+
+    rot_pem = (REPRODUCIBLE_KEYS / "rot.pub.pem").read_bytes()
+    rot_der = serialization.load_pem_public_key(rot_pem).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return [_tfa_recipe(rot_pem, rot_der), _optee_recipe((REPRODUCIBLE_KEYS / "ta.pub.pem").read_bytes()),
+            _uboot_recipe()]
+
+
+def check_reproducible(*, progress: Callable[[str], None] | None = None, reuse_proof: bool = False,
+                       recipes: list[_Recipe] | None = None) -> list[Comparison]:
+    """Build TF-A, OP-TEE and U-Boot as the device does (through the cache: a hit, a relink or a
+    build), then each once more from scratch elsewhere with the same keys, and compare every
+    firmware image byte for byte.
+
+    A firmware found identical is recorded by the hash of its inputs; with ``reuse_proof`` that
+    record stands in for the second build (the test suite: a changed pin, compiler or option is a
+    new hash, so it is proven again)."""
+    results = []
+    for recipe in recipes if recipes is not None else reproducible_recipes():  # one at a time
+        proof = _proof_path(recipe)
+        if reuse_proof and proof.is_file():
+            results += [Comparison(**c) for c in json.loads(proof.read_text())]
+            continue
+        compared = _rebuild(recipe, _cached(recipe, progress), progress)
+        results += compared
+        if all(c.identical for c in compared):
+            tmp = proof.with_name(proof.name + ".tmp")
+            tmp.write_text(json.dumps([{k: v for k, v in dataclasses.asdict(c).items() if k != "second"}
+                                       for c in compared], indent=1) + "\n")
+            tmp.replace(proof)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,6 +152,22 @@ def _fsync_tree(root: Path) -> None:
     _fsync_path(root, directory=True)
 
 
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Ask the kernel to start writing the dirty pages of ``length`` bytes at ``offset`` of ``fd``
+    (0: to the end) to disk, without waiting for the disk (sync_file_range SYNC_FILE_RANGE_WRITE;
+    it may block while the requests are queued): a later fsync then waits only for what is left.
+    A hint: where the call is missing or refused, nothing happens; durability is the fsync's."""
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
 class FileRange(NamedTuple):
     """``length`` bytes at ``offset`` of the open file ``fd``: a piece of an output that
     write_file copies inside the kernel (copy_file_range), without reading it into memory."""
@@ -369,10 +385,13 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 @contextlib.contextmanager
-def output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+def output_dir(path: str | os.PathLike, force: bool = False, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling directory that becomes ``path`` only if the block succeeds.
 
     With ``force`` an existing ``path`` is replaced (after the new content is complete and on disk).
+    ``durable=False`` leaves out the fsyncs, for a directory inside another output_dir's temporary
+    directory: that one flushes the whole tree before it gets its name, so the inner flushes would
+    only wait for the disk twice.
     """
     path = Path(path)
     if path.exists() and not force:
@@ -384,7 +403,8 @@ def output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     os.mkdir(tmp, 0o700)
     try:
         yield tmp
-        _fsync_tree(tmp)
+        if durable:
+            _fsync_tree(tmp)
         if os.path.lexists(path):
             if _exchange(tmp, path):
                 _fsync_path(parent, directory=True)
@@ -404,7 +424,8 @@ def output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
                 old.unlink()
         else:
             os.rename(tmp, path)
-            _fsync_path(parent, directory=True)
+            if durable:
+                _fsync_path(parent, directory=True)
     except BaseException:
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -10,18 +10,15 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from fit_fixtures import EPOCH, make_unsigned_fit
-from helpers import SEGWAY_SIGN, run_cli
+from tests.fit_fixtures import EPOCH, make_unsigned_fit
+from tests.helpers import SEGWAY_SIGN, run_cli
+from tests.signing.release.release_fixtures import make_deploy, plan_doc, token_certs, write_plan
 from segway_sign import atomic
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "release"))
-from release_fixtures import token_certs  # noqa: E402
 
 TEMP = re.compile(r"^\..*\.segway-[0-9a-f]{8}-[0-9a-f]{8}-(\d+)-(\d+)-[0-9a-f]{6}\.(tmp|old)$")
 
@@ -237,3 +234,32 @@ def test_output_directory_is_flushed_before_it_gets_its_name(softhsm, tmp_path):
     assert any(TEMP.match(name) for name in synced)  # the directory itself
     assert any(c.startswith("fsync(") for c in calls[rename:])
     assert not any(TEMP.match(name) for name in os.listdir(tmp_path))
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_release_is_flushed_before_it_gets_its_name(softhsm, tmp_path):
+    """Every file and directory of a release, the appended verity image included (its step only
+    starts its writeback and leaves the flush to the release), is fsynced before the release
+    directory is renamed into place."""
+    uris = token_certs(softhsm, tmp_path / "certs", names=("verity", "release"))
+    deploy = make_deploy(tmp_path)
+    doc = plan_doc(uris)
+    doc["steps"][1]["options"]["layout"] = "appended"
+    plan = write_plan(tmp_path / "plan.yaml", doc)
+    out = tmp_path / "release"
+    calls = _trace(["release", "--plan", str(plan), "--deploy-dir", str(deploy), "--out", str(out), "--certs",
+                    str(tmp_path / "certs"), "--pin-file", str(softhsm.pin_file)], softhsm, tmp_path / "r.log")
+    rename = next(i for i, c in enumerate(calls) if c.startswith("rename") and f'"{out}"' in c)
+    synced, opened = set(), {}
+    for call in calls[:rename]:
+        m = re.match(r'openat\(AT_FDCWD, "([^"]+)", O_RDONLY\|O_CLOEXEC(\|O_DIRECTORY)?\) = (\d+)$', call)
+        if m:
+            opened[m[3]] = m[1]
+        m = re.match(r"fsync\((\d+)\) = 0$", call)
+        if m and m[1] in opened:
+            synced.add(opened[m[1]])
+    tmp = next(Path(p) for p in synced if TEMP.match(Path(p).name) and Path(p).parent == tmp_path)
+    written = {tmp / p.relative_to(out) for p in out.rglob("*")} | {tmp}
+    assert any(p.name == "rootfs.verity.img" for p in written)
+    assert written <= {Path(p) for p in synced}, sorted(map(str, written - {Path(p) for p in synced}))
+    assert any(c.startswith("fsync(") for c in calls[rename:])

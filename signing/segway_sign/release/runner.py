@@ -136,8 +136,8 @@ def run_steps(checked: CheckedPlan, tmp: Path, keys: PlanKeys, progress: Progres
             details = stype.run(ctx)
         except SegwayError as e:
             raise type(e)(f"step '{step.id}': {e}") from None
-        outputs = {f.relative_to(tmp).as_posix(): mf.sha256_file(f)
-                   for f in sorted(step_dir.rglob("*")) if f.is_file()}
+        outputs = {f.relative_to(tmp).as_posix(): ctx.output_sha256.get(f.relative_to(step_dir).as_posix())
+                   or mf.sha256_file(f) for f in sorted(step_dir.rglob("*")) if f.is_file()}
         records.append(mf.step_record(step, hashes, outputs, details))
     return records
 

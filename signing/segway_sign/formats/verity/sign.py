@@ -11,9 +11,11 @@ directory byte for byte.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
+import threading
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import BinaryIO, Iterable
 from cryptography import x509
 
 from ... import cms
-from ...atomic import output_dir
+from ...atomic import FileRange, output_dir, start_writeback, write_at
 from ...errors import InputError, SegwayError, UsageError, VerificationError
 from .tree import (
     CHUNK_BYTES,
@@ -32,6 +34,7 @@ from .tree import (
     Progress,
     VerityParams,
     VerityTree,
+    check_size,
     compute_layout,
     parse_superblock,
     write_tree,
@@ -128,6 +131,9 @@ class SignedVerity:
     tree: VerityTree
     layout_kind: str  # "separate" or "appended"
     files: dict[str, str] = field(default_factory=dict)  # role -> file name inside out_dir
+    # file name -> sha256 (hex) of the file as written, for the outputs sign_image read back whole
+    # anyway (the appended image, with ``digest_image``)
+    sha256: dict[str, str] = field(default_factory=dict)
 
 
 def output_names(image: Path, appended: bool, name: str | None = None) -> dict[str, str]:
@@ -267,6 +273,59 @@ def _read_regular(path: Path, limit: int) -> bytes:
     return data
 
 
+class _BesideTheTree(threading.Thread):
+    """Work on the image copy's data that runs in a thread while the tree is hashed: start its
+    writeback (the disk writes it while the CPUs hash, so the flush at the end has little left to
+    wait for) and, with ``digest``, take its sha256 (sync_file_range, preadv and hashlib release the
+    GIL). ``digest_of`` adds the rest of the file; ``close`` waits for the thread and closes the file,
+    whatever happened."""
+
+    _CHUNK = 8 << 20
+
+    def __init__(self, path: Path, size: int, digest: bool):
+        super().__init__(daemon=True)
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._size, self._error = size, None
+        self._hash = hashlib.sha256() if digest else None
+
+    def run(self) -> None:
+        try:
+            start_writeback(self._fd, 0, self._size)
+            if self._hash is not None:
+                self._hash_range(0, self._size)
+        except BaseException as err:  # re-raised by digest_of
+            self._error = err
+
+    def _hash_range(self, offset: int, end: int) -> None:
+        buf = bytearray(self._CHUNK)
+        while offset < end:
+            view = memoryview(buf)[:min(self._CHUNK, end - offset)]
+            n = os.preadv(self._fd, [view], offset)
+            if not n:
+                raise InputError("the image copy shrank while it was being hashed")
+            self._hash.update(view[:n])
+            offset += n
+
+    def digest_of(self, end: int) -> str | None:
+        """The sha256 of the file's first ``end`` bytes (None without ``digest``)."""
+        if self.ident is None:  # write_tree failed before the data level
+            raise SegwayError("the image copy was not hashed")
+        self.join()
+        if self._error is not None:
+            raise self._error
+        if self._hash is None:
+            return None
+        self._hash_range(self._size, end)
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        if self.ident is not None:
+            self.join()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 def sign_image(
     image: Path,
     out_dir: Path,
@@ -277,32 +336,63 @@ def sign_image(
     force: bool = False,
     progress: Progress | None = None,
     name: str | None = None,
+    digest_image: bool = False,
+    durable: bool = True,
 ) -> SignedVerity:
     """Hash ``image``, sign its root hash and write everything into ``out_dir`` atomically.
 
     Separate layout: ``<name>.hashtree`` beside the untouched image. Appended layout:
     ``<name>.verity.img`` = image + hash area at the next hash-block boundary (``--hash-offset``).
-    Plus ``<name>.roothash`` (hex), ``<name>.roothash.p7s`` and ``verity.env``.
+    Plus ``<name>.roothash`` (hex), ``<name>.roothash.p7s`` and ``verity.env``. With ``digest_image``
+    (appended layout) the result also carries the sha256 of the written image, taken from the
+    written bytes while the tree is hashed (a release manifest records it without reading the
+    image once more). ``durable=False`` is for an ``out_dir`` inside an output directory that
+    flushes everything before it gets its name (a release): the tree or image is then only sent
+    on its way to the disk (start_writeback) while the caller goes on, not waited for here.
     """
     image = Path(image)
     files = output_names(image, appended, name)
     data = _open_regular(image)
     size = os.fstat(data.fileno()).st_size
-    with data, output_dir(out_dir, force=force) as tmp:
+    digests: dict[str, str] = {}
+    beside: _BesideTheTree | None = None
+    with data, output_dir(out_dir, force=force, durable=durable) as tmp:
         if appended:
             offset = -(-size // params.hash_block_size) * params.hash_block_size
             target = tmp / files["image"]
         else:
             offset = 0
             target = tmp / files["hashtree"]
-        with open(target, "w+b") as out:
-            tree = write_tree(data, size, out, params, offset, progress, copy_data_to_out=appended)
-            if appended and size < offset:
-                # Pad the tail of the last data block up to the hash area, as a file grown by dd would be.
-                out.seek(size)
-                out.write(b"\0" * (offset - size))
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with open(target, "w+b") as out:
+                if appended:
+                    check_size(size, params)
+                    # The data reaches the output inside the kernel (copy_file_range) and the tree is
+                    # hashed from that copy: it covers exactly the bytes written, and the data level
+                    # is hashed by two processes (the copy is a regular file), not read and written
+                    # by one.
+                    write_at(out.fileno(), FileRange(data.fileno(), 0, size), 0)
+                    beside = _BesideTheTree(target, size, digest_image)
+                    with open(target, "rb") as copy:
+                        tree = write_tree(copy, size, out, params, offset, progress, on_data_level=beside.start)
+                else:
+                    tree = write_tree(data, size, out, params, offset, progress)
+                if appended and size < offset:
+                    # Pad the tail of the last data block up to the hash area, as a file grown by dd would be.
+                    out.seek(size)
+                    out.write(b"\0" * (offset - size))
+                out.flush()
+                if beside is not None:
+                    image_sha256 = beside.digest_of(os.fstat(out.fileno()).st_size)
+                    if image_sha256:
+                        digests[files["image"]] = image_sha256
+                if durable:
+                    os.fsync(out.fileno())
+                else:
+                    start_writeback(out.fileno())
+        finally:
+            if beside is not None:
+                beside.close()
         sig = sign_root_hash(tree.root_hex, key, cert)
         kind = "appended" if appended else "separate"
         text = env_text(tree, kind, files)
@@ -312,7 +402,7 @@ def sign_image(
         (tmp / files["env"]).write_text(text)
         for f in tmp.iterdir():
             f.chmod(0o644)
-    return SignedVerity(tree, kind, files)
+    return SignedVerity(tree, kind, files, digests)
 
 
 def verify_tree(

@@ -235,12 +235,8 @@ def _hash_level(
     dst_blocks: int,
     hash_block_size: int,
     progress: Progress | None = None,
-    copy_to: BinaryIO | None = None,
 ) -> None:
-    """Hash ``n_blocks`` blocks of ``src`` into level blocks at ``dst_offset`` (zero-padded).
-
-    With ``copy_to`` (level 0 of the appended layout) every chunk read is also written there, at its
-    offset in ``src``, so the image is read once."""
+    """Hash ``n_blocks`` blocks of ``src`` into level blocks at ``dst_offset`` (zero-padded)."""
     bs = hasher.block_size
     per_chunk = max(1, CHUNK_BYTES // bs)
     buf = bytearray(per_chunk * bs)
@@ -252,9 +248,6 @@ def _hash_level(
         view = _read_exact(src, buf, count * bs)
         # Reading and writing the same file (upper levels) is fine: we read level i-1, write level i.
         pos = src.tell()
-        if copy_to is not None:
-            copy_to.seek(src_offset + done * bs)
-            copy_to.write(view)
         entries = hasher.entries(view)
         dst.seek(dst_offset + written)
         dst.write(entries)
@@ -312,12 +305,12 @@ def write_tree(
     params: VerityParams,
     hash_area_offset: int = 0,
     progress: Progress | None = None,
-    copy_data_to_out: bool = False,
+    on_data_level: Callable[[], None] | None = None,
 ) -> VerityTree:
     """Hash ``data`` and write the superblock and tree into ``out`` at ``hash_area_offset``.
 
-    With ``copy_data_to_out`` the data is also copied to the start of ``out`` in the same pass
-    (the appended layout), so the image is read once.
+    ``on_data_level`` is called once the data level is being hashed, after the second process is
+    forked: a thread it starts (e.g. another digest of the data) never runs across the fork.
     """
     blocks = data_blocks_of(data_size, params)
     layout = compute_layout(blocks, params, hash_area_offset)
@@ -329,21 +322,22 @@ def write_tree(
         out.write(superblock_bytes(params, blocks))
         out.write(b"\0" * (layout.tree_start_block * hbs - hash_area_offset - SUPERBLOCK_SIZE))
     if not layout.levels:
+        if on_data_level:
+            on_data_level()
         data.seek(0)
         block = data.read(params.data_block_size)
-        if copy_data_to_out:
-            out.seek(0)
-            out.write(block)
         if progress:
             progress(len(block))
         root = data_hasher.digest(block)
     else:
         first, count = layout.levels[0]
-        if not copy_data_to_out and _parallel_ok(data, blocks * params.data_block_size):
-            _hash_data_level_parallel(data, blocks, data_hasher, out, first * hbs, count, hbs, progress)
+        if _parallel_ok(data, blocks * params.data_block_size):
+            _hash_data_level_parallel(data, blocks, data_hasher, out, first * hbs, count, hbs, progress,
+                                      on_data_level)
         else:
-            _hash_level(data, 0, blocks, data_hasher, out, first * hbs, count, hbs, progress,
-                        copy_to=out if copy_data_to_out else None)
+            if on_data_level:
+                on_data_level()
+            _hash_level(data, 0, blocks, data_hasher, out, first * hbs, count, hbs, progress)
         for i in range(1, len(layout.levels)):
             below_first, below_count = layout.levels[i - 1]
             first, count = layout.levels[i]
@@ -430,7 +424,8 @@ def _hash_pieces(queue: int, fd_in: int, blocks: int, piece_blocks: int, hasher:
             progress(count * hasher.block_size)
 
 
-def _hash_data_level_parallel(data, blocks, hasher, out, dst_offset, dst_blocks, hbs, progress) -> None:
+def _hash_data_level_parallel(data, blocks, hasher, out, dst_offset, dst_blocks, hbs, progress,
+                              started: Callable[[], None] | None = None) -> None:
     """Level 0 in two processes, this one and a forked child, sharing out pieces of the data through a
     pipe (whoever is free takes the next piece, so a busy CPU does not hold the other back); each
     writes the level-0 entries of its pieces at their place with pwrite. The child never returns
@@ -461,6 +456,8 @@ def _hash_data_level_parallel(data, blocks, hasher, out, dst_offset, dst_blocks,
             finally:
                 os._exit(status)
         try:
+            if started:
+                started()
             mine = _hash_pieces(queue, fd_in, blocks, piece_blocks, hasher, fd_out, dst_offset, progress)
         except BaseException:
             os.kill(pid, signal.SIGKILL)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -28,6 +28,9 @@ class StepContext:
     progress: Callable[[str, int, int], None] | None = None  # (label, done, total)
     named_key: Callable[[str], tuple[Any, x509.Certificate]] | None = None  # another plan key by name
     certs_dir: Path | None = None
+    # A step that took the sha256 of an output from the written bytes (file name inside out_dir ->
+    # hex) puts it here; the runner hashes the other outputs for the manifest.
+    output_sha256: dict[str, str] = field(default_factory=dict)
 
     def option(self, name: str, default=None):
         return self.step.options.get(name, default)

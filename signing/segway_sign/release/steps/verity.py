@@ -77,7 +77,10 @@ class Verity(StepType):
         ctx.out_dir.rmdir()
         res = verity_sign.sign_image(image, ctx.out_dir, ctx.key, ctx.cert, params,
                                      appended=layout == "appended", progress=progress,
-                                     name=ctx.option("name"))
+                                     name=ctx.option("name"), digest_image=True, durable=False)
+        # The appended image, hashed beside its tree. Its pages are on their way to the disk while the
+        # next steps run; the release's output directory flushes every file before the release is named.
+        ctx.output_sha256.update(res.sha256)
         if layout == "separate":
             # The release carries the rootfs too, so it can be flashed and checked on its own.
             shutil.copyfile(image, ctx.out_dir / res.files["image"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import re
 import subprocess
@@ -110,6 +111,31 @@ def test_appended_layout_matches_veritysetup_hash_offset(tmp_path, rsa_key, rsa_
     assert (tmp_path / "out" / "rootfs.verity.img").read_bytes() == ref.read_bytes()
     assert data.read_bytes() == ref.read_bytes()[: 1000 * 4096]  # input untouched
     verity_sign.verify_dir(tmp_path / "out", [rsa_cert])
+
+
+@pytest.mark.parametrize("blocks, data_block", [(2048, 4096), (3, 4096), (1001, 512), (1, 4096)],
+                         ids=["two processes", "one process", "padded to the hash area", "one block"])
+def test_appended_image_digest_is_the_written_files(tmp_path, rsa_key, rsa_cert, blocks, data_block):
+    """The appended image's sha256, taken beside the tree (digest_image), is the sha256 of the file
+    as written; the tree, hashed from the kernel's copy, is veritysetup's."""
+    size = blocks * data_block
+    data = make_image(tmp_path / "rootfs.img", size)
+    params = verity_tree.VerityParams(salt=bytes(range(32)), uuid=UUID, data_block_size=data_block)
+    res = verity_sign.sign_image(data, tmp_path / "out", rsa_key, rsa_cert, params, appended=True,
+                                 digest_image=True)
+    image = tmp_path / "out" / "rootfs.verity.img"
+    assert res.sha256 == {image.name: hashlib.sha256(image.read_bytes()).hexdigest()}
+    offset = -(-size // 4096) * 4096
+    ref = tmp_path / "ref.img"
+    ref.write_bytes(data.read_bytes() + b"\0" * (offset - size))
+    out = veritysetup("format", str(ref), str(ref), f"--hash-offset={offset}", f"--salt={bytes(range(32)).hex()}",
+                      f"--uuid={UUID}", f"--data-block-size={data_block}", f"--data-blocks={blocks}")
+    assert veritysetup_root(out) == res.tree.root_hex
+    assert image.read_bytes() == ref.read_bytes()
+    verity_sign.verify_dir(tmp_path / "out", [rsa_cert])
+    # Without digest_image (the CLI) nothing is hashed twice, and the output is the same.
+    again = verity_sign.sign_image(data, tmp_path / "out2", rsa_key, rsa_cert, params, appended=True)
+    assert again.sha256 == {} and (tmp_path / "out2" / image.name).read_bytes() == image.read_bytes()
 
 
 def test_sign_image_outputs_env_and_signature_openssl_verifies(tmp_path, rsa_key, rsa_cert):

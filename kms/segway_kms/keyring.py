@@ -14,9 +14,10 @@ from segway_kms.errors import AlreadyExists, BackendError, FailedPrecondition, I
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # whole name (fullmatch)
 SYSTEM_TENANT = "_system"  # internal keys (CA, audit); clients cannot name it
 USAGES = ("sign", "verify")
+MAX_CACHED = 1024  # key records kept in memory (a few hundred bytes each)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Version:
     version: int
     state: str
@@ -25,17 +26,18 @@ class Version:
     ref: bytes = dataclasses.field(repr=False)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class KeyRecord:
+    """A key as last committed. Frozen: one record is shared by every request that reads it."""
     name: str
     tenant: str
     algorithm: str
-    usage: list[str]
+    usage: tuple[str, ...]
     state: str
     primary_version: int
     created: int
     expires: int
-    versions: list[Version]
+    versions: tuple[Version, ...]
 
     def version(self, number: int = 0) -> Version:
         number = number or self.primary_version
@@ -62,13 +64,37 @@ def scheme_for(algorithm: str, requested: str) -> str:
 
 
 class Keyring:
+    """Keys on a backend, their state in the store.
+
+    Records are cached in memory: a Sign reads no SQLite. The cache stays consistent because the store has
+    one writer, this process (Store refuses a second process on the same database), every change of a key
+    goes through this class in a store transaction that drops the key's record under the store lock, and a
+    record is read and cached under that same lock, so no reader can put back a record older than a commit.
+    """
+
     def __init__(self, backend, store, audit=None):
         self.backend = backend
         self.store = store
         self.audit = audit  # set once the audit key exists
+        self._records: dict[str, KeyRecord] = {}
 
     # -- reads ----------------------------------------------------------------------------------------------
     def _load(self, name: str) -> KeyRecord:
+        record = self._records.get(name)
+        if record is not None:
+            return record
+        with self.store.lock:
+            record = self._read(name)
+            if len(self._records) >= MAX_CACHED:
+                self._records.pop(next(iter(self._records)), None)  # the oldest entry
+            self._records[name] = record
+        return record
+
+    def _forget(self, name: str) -> None:
+        """Drop a cached record; call inside the transaction that changes the key (the store lock is held)."""
+        self._records.pop(name, None)
+
+    def _read(self, name: str) -> KeyRecord:
         rows = self.store.query("SELECT name, tenant, algorithm, usage, state, primary_version, created, expires "
                                 "FROM keys WHERE name = ?", (name,))
         if not rows:
@@ -77,8 +103,8 @@ class Keyring:
         versions = [Version(version=v[0], state=v[1], public_der=v[2], created=v[3], ref=v[4]) for v in
                     self.store.query("SELECT version, state, public_der, created, ref FROM key_versions "
                                      "WHERE name = ? ORDER BY version", (name,))]
-        return KeyRecord(name=r[0], tenant=r[1], algorithm=r[2], usage=json.loads(r[3]), state=r[4],
-                         primary_version=r[5], created=r[6], expires=r[7], versions=versions)
+        return KeyRecord(name=r[0], tenant=r[1], algorithm=r[2], usage=tuple(json.loads(r[3])), state=r[4],
+                         primary_version=r[5], created=r[6], expires=r[7], versions=tuple(versions))
 
     def get(self, name: str) -> KeyRecord:
         tenant_of(name)
@@ -111,6 +137,7 @@ class Keyring:
         now = int(time.time())
         try:
             with self.store.transaction() as db:
+                self._forget(name)
                 db.execute("INSERT INTO keys VALUES (?, ?, ?, ?, 'ENABLED', 1, ?, ?)",
                            (name, tenant, algorithm, json.dumps(usage), now, int(expires)))
                 db.execute("INSERT INTO key_versions VALUES (?, 1, ?, ?, 'ENABLED', ?)", (name, ref, public, now))
@@ -142,6 +169,7 @@ class Keyring:
         new = record.versions[-1].version + 1
         try:
             with self.store.transaction() as db:
+                self._forget(name)
                 db.execute("INSERT INTO key_versions VALUES (?, ?, ?, ?, 'ENABLED', ?)",
                            (name, new, ref, public, int(time.time())))
                 db.execute("UPDATE keys SET primary_version = ? WHERE name = ?", (new, name))
@@ -157,6 +185,7 @@ class Keyring:
             raise FailedPrecondition(f"key {name} is destroyed")
         op = {"DISABLED": "DisableKey", "ENABLED": "EnableKey"}[state]
         with self.store.transaction() as db:
+            self._forget(name)
             db.execute("UPDATE keys SET state = ? WHERE name = ?", (state, name))
             self._audit(db, principal, op, name, {})
         return self._load(name)
@@ -168,6 +197,7 @@ class Keyring:
         # Record the destruction first: a crash after this leaves unreachable material, never a live
         # key the audit log calls destroyed.
         with self.store.transaction() as db:
+            self._forget(name)
             db.execute("UPDATE keys SET state = 'DESTROYED' WHERE name = ?", (name,))
             # forget the backend references too: for the TPM they are the wrapped key blobs themselves
             db.execute("UPDATE key_versions SET state = 'DESTROYED', ref = X'' WHERE name = ?", (name,))

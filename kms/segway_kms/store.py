@@ -1,15 +1,22 @@
 """Durable key-service state in SQLite (WAL, synchronous=FULL): what was acknowledged survives kill -9.
 
 One connection guarded by one lock; every mutation runs in a single transaction together with its audit
-entry, so the state and the audit chain can never disagree after a crash.
+entry, so the state and the audit chain can never disagree after a crash. One process at a time: the
+store holds an exclusive lock on `<database>.lock` while open, so the daemon's in-memory key cache
+(keyring.py) and the order of the audit anchor's extends cannot be undercut by a second daemon on the
+same state directory.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
 from pathlib import Path
+
+from segway_kms.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +37,15 @@ CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, e
 
 class Store:
     def __init__(self, path: str | Path):
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._lock_fd = _lock_exclusively(Path(f"{path}.lock"))
+        try:
+            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self.lock = threading.RLock()
         self._after: list | None = None
 
@@ -81,3 +93,24 @@ class Store:
     def close(self) -> None:
         with self.lock:
             self._db.close()
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)  # releases the lock
+                self._lock_fd = -1
+
+
+def _lock_exclusively(path: Path) -> int:
+    """An open descriptor holding flock(LOCK_EX) on path; ConfigError if another process holds it.
+
+    flock's lock belongs to the open file, so a second Store in the same process is refused as well
+    (fcntl's record locks would let it through). The kernel drops it when the process dies, kill -9 too."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"{path.parent} is in use by another process (another segway-kmsd on this state "
+                          "directory?)") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

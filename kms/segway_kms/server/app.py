@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from segway_kms.api import kms_pb2_grpc
-from segway_kms.audit.anchor import AuditAnchor
 from segway_kms.audit.chain import AuditChain
 from segway_kms.audit.denials import DenialAudit
 from segway_kms.backends import open_backend
@@ -48,8 +47,14 @@ class KmsApp:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.backend = open_backend(cfg.backend, cfg.state_dir, release=cfg.profile == "release")
+        # The store first: its lock refuses a second daemon on this state directory before that daemon
+        # touches the backend (opening a TPM without a resource manager flushes its loaded objects).
         self.store = Store(cfg.state_dir / "kms.db")
+        try:
+            self.backend = open_backend(cfg.backend, cfg.state_dir, release=cfg.profile == "release")
+        except BaseException:
+            self.store.close()
+            raise
         self.keyring = Keyring(self.backend, self.store)
         try:
             audit_key = self.keyring.get_system(AUDIT_KEY)
@@ -74,11 +79,14 @@ class KmsApp:
         self._stop = threading.Event()
         self.tcp_port: int | None = None
 
-    def _audit_anchor(self) -> AuditAnchor | None:
+    def _audit_anchor(self):
         index = getattr(self.backend, "anchor_index", None)
         if not index:
             log.info("the audit log has no TPM anchor (backend %s)", self.backend.name)
             return None
+        # Imported here: it loads tpm2-pytss (about 7 MiB), which a daemon on PKCS#11 never needs.
+        from segway_kms.audit.anchor import AuditAnchor
+
         anchor = AuditAnchor(self.backend, self.store, index)
         try:
             anchor.reconcile()

@@ -104,3 +104,30 @@ def test_health_follows_the_backend(tmp_path):
     finally:
         daemon.kill()
         tpm.stop()
+
+
+def test_second_daemon_on_the_same_state_is_refused(tmp_path):
+    """One daemon per state directory: a second one stops before it touches the TPM (opening swtpm flushes
+    its loaded objects) or the store (the first daemon caches key records and orders the audit anchor)."""
+    from ..conftest import Swtpm, tpm_backend
+
+    tpm = Swtpm(tmp_path / "swtpm")
+    first = Daemon(tmp_path / "first", tpm_backend(tpm))
+    second = Daemon(tmp_path / "second", tpm_backend(tpm), extra={"state_dir": str(first.state)})
+    try:
+        first.start()
+        stub = first.stub("daemon")
+        stub.GenerateKey(pb.GenerateKeyRequest(name="acme/k", algorithm=pb.EC_P256))
+        stub.Sign(pb.SignRequest(key=pb.KeyRef(name="acme/k"), digest=bytes(32)))
+        second.start(expect_ready=False)
+        assert second.proc.wait(timeout=60) == 2
+        log = second.log.read_text().strip()
+        assert "is in use by another process" in log and "Traceback" not in log and log.count("\n") == 0
+        stub.Sign(pb.SignRequest(key=pb.KeyRef(name="acme/k"), digest=bytes(32)))  # its key is still loaded
+        first.kill()  # kill -9 releases the lock with the process
+        second.start()
+        second.stub("daemon").Sign(pb.SignRequest(key=pb.KeyRef(name="acme/k"), digest=bytes(32)))
+    finally:
+        second.kill()
+        first.kill()
+        tpm.stop()

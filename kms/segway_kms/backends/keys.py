@@ -9,9 +9,11 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
+from segway_kms.backends.base import HASHES, hash_for_digest
 from segway_kms.errors import InvalidArgument
 
 SignDigest = Callable[[bytes, str], bytes]  # (digest, scheme) -> signature
@@ -97,22 +99,24 @@ def private_key_for(sign_digest: SignDigest, public_der: bytes):
     return BackendRsaKey(sign_digest, public)
 
 
+# Signature-algorithm objects per hash, built once: the per-signature check runs on every Sign.
+_PREHASHED = {name: utils.Prehashed(cls()) for name, cls in HASHES.items()}
+_ECDSA = {name: ec.ECDSA(alg) for name, alg in _PREHASHED.items()}
+_PSS = {name: padding.PSS(padding.MGF1(cls()), cls.digest_size) for name, cls in HASHES.items()}
+_PKCS1V15 = padding.PKCS1v15()
+
+
 def verify_digest(public_der: bytes, digest: bytes, signature: bytes, scheme: str) -> bool:
     """Check a signature over a precomputed digest with the public key alone."""
-    from cryptography.exceptions import InvalidSignature
-
-    from segway_kms.backends.base import HASHES, hash_for_digest
-
     public = load_public(public_der)
-    algorithm = utils.Prehashed(HASHES[hash_for_digest(digest)]())
+    hash_name = hash_for_digest(digest)
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):
-            public.verify(signature, digest, ec.ECDSA(algorithm))
+            public.verify(signature, digest, _ECDSA[hash_name])
         elif scheme == "pss":
-            public.verify(signature, digest, padding.PSS(padding.MGF1(HASHES[hash_for_digest(digest)]()),
-                                                         len(digest)), algorithm)
+            public.verify(signature, digest, _PSS[hash_name], _PREHASHED[hash_name])
         else:
-            public.verify(signature, digest, padding.PKCS1v15(), algorithm)
+            public.verify(signature, digest, _PKCS1V15, _PREHASHED[hash_name])
     except InvalidSignature:
         return False
     return True

@@ -1,7 +1,8 @@
 """PKCS#11 backend (python-pkcs11): OP-TEE's PKCS#11 TA through libckteec on the device, SoftHSM in tests.
 
 python-pkcs11 initialises the module without OS locking and releases the GIL on every call, so every
-call into the module goes through one process-wide lock (SoftHSM corrupts its heap otherwise).
+call into the module goes through one process-wide lock (SoftHSM corrupts its heap otherwise), granted in
+arrival order (fifolock.py) so concurrent requests wait their turn.
 Only transport-safe mechanisms are used: host hash + CKM_ECDSA, CKM_RSA_PKCS with a DigestInfo, and
 CKM_RSA_PKCS_PSS with explicit parameters.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import threading
 
 import pkcs11
 from cryptography.hazmat.primitives import serialization
@@ -19,10 +19,11 @@ from pkcs11.util.ec import encode_ec_public_key, encode_ecdsa_signature, encode_
 from pkcs11.util.rsa import encode_rsa_public_key
 
 from segway_kms.backends.base import DIGEST_INFO, check_algorithm, hash_for_digest
+from segway_kms.backends.fifolock import FifoRLock
 from segway_kms.errors import BackendError, ConfigError, NotFound
 
 log = logging.getLogger(__name__)
-_LOCK = threading.RLock()  # one lock for the whole process: the module may run without locking
+_LOCK = FifoRLock()  # one lock for the whole process: the module may run without locking
 _CURVES = {"EC_P256": "secp256r1", "EC_P384": "secp384r1"}
 _REQUIRED_MECHANISMS = (Mechanism.EC_KEY_PAIR_GEN, Mechanism.ECDSA, Mechanism.RSA_PKCS_KEY_PAIR_GEN,
                         Mechanism.RSA_PKCS, Mechanism.RSA_PKCS_PSS)

@@ -113,9 +113,11 @@ def _runtime_dtb(sign: Sign, work: Path, tfa, optee, nodtb: Path, pin_args, rot_
 def build_device(out: Path, pki_dir: Path, sign: Sign, pin_args: Sequence[str], *,
                  init_body: str = TEE_BODY, modules: Sequence[str] = ("tee", "optee"),
                  extra_files: Mapping[str, bootmedia.FileContent] | None = None, verity: bool = False,
-                 progress: Callable[[str], None] = print) -> Device:
+                 rootfs: Path | None = None, progress: Callable[[str], None] = print) -> Device:
     """The signed device; ``init_body`` runs first in the initramfs, then (``verity``) the switch to
-    the verity root, whose init prints the userspace marker, or the marker itself."""
+    the verity root, whose init prints the userspace marker, or the marker itself. ``rootfs`` (an
+    ext4 image, e.g. the runtime system of guest_system.py) replaces the small marker root; it is
+    not read whole at boot (dm-verity still checks every block it reads)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rot_pem = (pki_dir / "keys" / f"{PLAN}-fip.pub.pem").read_bytes()
@@ -147,14 +149,15 @@ def build_device(out: Path, pki_dir: Path, sign: Sign, pin_args: Sequence[str], 
     files, modules = dict(extra_files or {}), list(modules)
     disk = payload_block = None
     if verity:
-        rootfs = out / "rootfs.ext4"
-        payload_block = verity_root.make_rootfs(rootfs, media.busybox, bootmedia.USERSPACE_MARKER)
+        if rootfs is None:
+            rootfs = out / "rootfs.ext4"
+            payload_block = verity_root.make_rootfs(rootfs, media.busybox, bootmedia.USERSPACE_MARKER)
         signed = verity_root.sign_rootfs(sign, rootfs, out / "rootfs-verity", key_uri(VERITY_KEY),
                                          pki_dir / "certs" / f"{VERITY_KEY}.pem", pin_args)
         disk = signed / "rootfs.verity.img"
         files.update(verity_root.initramfs_files(signed))
         modules += verity_root.MODULES
-        init = bootmedia.init_script(init_body + verity_root.INIT_BODY)
+        init = bootmedia.init_script(init_body + verity_root.init_body(read_all=payload_block is not None))
     else:
         init = bootmedia.init_script(init_body + f"echo {bootmedia.USERSPACE_MARKER}\n")
     unsigned = fitbuild.build_kernel_fit(out / "kernel-unsigned.itb", kernel_dtb, init=init,

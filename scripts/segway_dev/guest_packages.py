@@ -76,9 +76,10 @@ def _check_served(opts: list[str], pins: Mapping[str, str], suite: str) -> None:
                 "update its pin in scripts/segway_dev/guest_packages.py")
 
 
-def _closure(opts: list[str], pins: Mapping[str, str]) -> dict[str, str]:
+def _closure(opts: list[str], pins: Mapping[str, str], recommends: bool = True) -> dict[str, str]:
     """name -> version of every package ``apt-get install`` of the pins needs on an empty system."""
-    out = _run(["apt-get", *opts, "-qq", "--print-uris", "install", *(f"{n}={v}" for n, v in pins.items())],
+    extra = [] if recommends else ["--no-install-recommends"]
+    out = _run(["apt-get", *opts, "-qq", "--print-uris", *extra, "install", *(f"{n}={v}" for n, v in pins.items())],
                "apt-get --print-uris install")
     closure = {}
     for line in out.splitlines():
@@ -91,12 +92,14 @@ def _closure(opts: list[str], pins: Mapping[str, str]) -> dict[str, str]:
     return closure
 
 
-def fetch(pins: Mapping[str, str] = OPTEE_CLIENT, *, suite: str = SUITE, dependencies: bool = True) -> GuestRoot:
-    """The pinned packages and (``dependencies``) their dependency closure, extracted (cached by
-    suite, pins and that choice)."""
+def fetch(pins: Mapping[str, str] = OPTEE_CLIENT, *, suite: str = SUITE, dependencies: bool = True,
+          recommends: bool = True) -> GuestRoot:
+    """The pinned packages and (``dependencies``) their dependency closure, with or without what
+    they recommend, extracted (cached by suite, pins and those choices)."""
     base = cache.cache_dir(f"guest-{suite}")
     base.mkdir(parents=True, exist_ok=True)
-    ident = hashlib.sha256(json.dumps([suite, sorted(pins.items()), dependencies]).encode()).hexdigest()[:16]
+    key = [suite, sorted(pins.items()), dependencies] + ([] if recommends else ["no-recommends"])
+    ident = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
     where = base / "roots" / ident
     stamp = where / "packages.json"
     with open(base / ".lock", "w") as lock:
@@ -105,7 +108,7 @@ def fetch(pins: Mapping[str, str] = OPTEE_CLIENT, *, suite: str = SUITE, depende
             return GuestRoot(where / "root", json.loads(stamp.read_text()))
         opts = _update(base / "apt", suite)
         _check_served(opts, pins, suite)
-        closure = _closure(opts, pins) if dependencies else dict(pins)
+        closure = _closure(opts, pins, recommends) if dependencies else dict(pins)
         shutil.rmtree(where, ignore_errors=True)
         debs = where / "debs"
         debs.mkdir(parents=True)

@@ -30,8 +30,19 @@ DMSETUP = {"dmsetup": "2:1.02.205-2"}  # trixie, with its library closure
 MODULES = ("virtio_mmio", "virtio_pci", "virtio_blk", "dm_verity", "crc32c_generic", "ext4")
 ROOTFS_SIZE = "8M"
 
-# /init body: open the verity root from the env the FIT carried, read it whole, switch to it.
-INIT_BODY = rf"""for m in {' '.join(MODULES)}; do modprobe $m; done
+# The device-mapper name the image's initramfs gives the root (segwayverity, oeqa's check).
+DM_NAME = "rootfs"
+
+
+def init_body(read_all: bool = True) -> str:
+    """/init body: open the verity root from the env the FIT carried, (``read_all``) read it whole
+    so a bad block shows at once, switch to it."""
+    read = rf"""# dm-verity checks lazily: read everything once, so a bad block shows here.
+if ! dd if=/dev/mapper/{DM_NAME} of=/dev/null bs=1M 2>/dev/null; then
+    echo VERITY-READ-ERROR; dmesg | grep -i verity | tail -n 3; poweroff -f
+fi
+""" if read_all else ""
+    return rf"""for m in {' '.join(MODULES)}; do modprobe $m; done
 i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 . /{LAYER_MODULE_PATH}
 if ! segwayverity_load /{ENV_DIR} /dev/vda; then
@@ -39,13 +50,9 @@ if ! segwayverity_load /{ENV_DIR} /dev/vda; then
 fi
 echo "verity: root hash $SEGWAY_VERITY_ROOT_HASH"
 export DM_DISABLE_UDEV=1
-/usr/sbin/dmsetup create --readonly vroot --table "$SEGWAY_VERITY_TABLE" || {{ echo VERITY-OPEN-FAILED; poweroff -f; }}
-# dm-verity checks lazily: read everything once, so a bad block shows here.
-if ! dd if=/dev/mapper/vroot of=/dev/null bs=1M 2>/dev/null; then
-    echo VERITY-READ-ERROR; dmesg | grep -i verity | tail -n 3; poweroff -f
-fi
-mkdir -p /mnt
-mount -t ext4 -o ro /dev/mapper/vroot /mnt || {{ echo VERITY-MOUNT-FAILED; poweroff -f; }}
+/usr/sbin/dmsetup create --readonly {DM_NAME} --table "$SEGWAY_VERITY_TABLE" || {{ echo VERITY-OPEN-FAILED; poweroff -f; }}
+{read}mkdir -p /mnt
+mount -t ext4 -o ro /dev/mapper/{DM_NAME} /mnt || {{ echo VERITY-MOUNT-FAILED; poweroff -f; }}
 test -c /dev/tee0 && mount -t devtmpfs devtmpfs /mnt/dev
 exec switch_root /mnt /sbin/init
 """
@@ -55,7 +62,7 @@ def root_init(marker: str) -> str:
     """The root file system's /sbin/init: the verity mount, /dev/tee0, then ``marker``."""
     return f"""#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
-/bin/busybox grep -q '^/dev/mapper/vroot / ext4 ro' /proc/mounts && /bin/busybox echo {ROOT_MARKER}
+/bin/busybox grep -q '^/dev/mapper/{DM_NAME} / ext4 ro' /proc/mounts && /bin/busybox echo {ROOT_MARKER}
 /bin/busybox test -c /dev/tee0 && /bin/busybox echo "verity root: /dev/tee0 present"
 /bin/busybox echo {marker}
 /bin/busybox poweroff -f

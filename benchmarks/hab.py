@@ -19,25 +19,21 @@ import argparse
 import datetime
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from benchmarks.timing import median_time
+from segway_sign.formats import ahab
+from segway_sign.formats.hab import image as hab
+from segway_sign.formats.hab import pki as hab_pki
+from segway_sign.formats.hab import srk as hab_srk
+from tests.helpers import SoftHsmToken, run_cli  # the tests' helpers: a real SoftHSM token
+
 TOP = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TOP / "tests"))
-
-if not __package__:  # run as a file (benchmarks/NAME.py), not with -m: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import yaml  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
-
-from benchmarks.timing import median_time  # noqa: E402
-from helpers import SoftHsmToken, run_cli  # noqa: E402  (test helpers: a real SoftHSM token)
-from segway_sign.formats import ahab  # noqa: E402
-from segway_sign.formats.hab import image as hab  # noqa: E402
-from segway_sign.formats.hab import pki as hab_pki  # noqa: E402
-from segway_sign.formats.hab import srk as hab_srk  # noqa: E402
 
 SIGNING_TIME = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 NXPIMAGE = TOP / ".venv" / "oracle-spsdk" / "bin" / "nxpimage"

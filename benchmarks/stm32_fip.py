@@ -24,8 +24,6 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-if not __package__:  # run as a file (benchmarks/NAME.py), not with -m: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.timing import median_time
 from segway_sign.formats.stm32 import header as stm32
 from segway_sign.formats.tfa import fip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import P11KitToken, SoftHsmToken, forget_active_token
+from tests.helpers import P11KitToken, SoftHsmToken, forget_active_token
 from segway_sign.hsm import module
 
 

@@ -25,15 +25,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from docs_blocks import REPO, runnable_script, shell_blocks, unmarked
-from fit_fixtures import empty_dtb, make_unsigned_fit
-from helpers import SEGWAY_SIGN
+from tests.docs_blocks import REPO, runnable_script, shell_blocks, unmarked
+from tests.fit_fixtures import empty_dtb, make_unsigned_fit
+from tests.helpers import SEGWAY_SIGN
 
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md")])
 RUN_ELSEWHERE = {"docs/kms.md", "docs/yocto-layer.md", "docs/ceremony.md"}
@@ -52,8 +51,7 @@ def test_every_shell_block_is_marked(page):
 
 
 def _deploy_dir(root: Path, plan_path: Path) -> None:
-    sys.path.insert(0, str(REPO / "tests" / "signing" / "release"))
-    from test_golden_path import deploy_dir  # noqa: PLC0415
+    from tests.signing.release.test_golden_path import deploy_dir  # noqa: PLC0415
     made = deploy_dir(yaml.safe_load(plan_path.read_text()), root / "fixtures")
     target = root / "build" / "tmp" / "deploy" / "images" / "qemuarm64"
     target.parent.mkdir(parents=True)
@@ -69,8 +67,7 @@ def _inputs(page: str, root: Path) -> None:
     elif page == "docs/verity.md":
         subprocess.run(["mkfs.ext4", "-q", "-F", str(root / "rootfs.ext4"), "8M"], check=True, capture_output=True)
     elif page == "docs/optee-ta.md":
-        sys.path.insert(0, str(REPO / "tests" / "signing" / "formats" / "optee"))
-        from ta_fixtures import build_ta_elf  # noqa: PLC0415
+        from tests.signing.formats.optee.ta_fixtures import build_ta_elf  # noqa: PLC0415
         shutil.copy(build_ta_elf(root / "fixtures"), root)
         shutil.rmtree(root / "fixtures")
     elif page == "docs/release.md":

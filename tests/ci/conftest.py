@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ci_local import GITLAB_CI_LOCAL, CiCopy
+from tests.ci.ci_local import GITLAB_CI_LOCAL, CiCopy
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ci_local import REPO, CiCopy
+from tests.ci.ci_local import REPO, CiCopy
 from segway_sign.release import steps
 from segway_sign.release.plan import load_plan
 

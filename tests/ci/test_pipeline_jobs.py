@@ -16,19 +16,16 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from ci_local import NESTED, REPO, CiCopy
-from fit_fixtures import make_unsigned_fit
-from helpers import SEGWAY_SIGN, P11KitToken, SoftHsmToken
+from tests.ci.ci_local import NESTED, REPO, CiCopy
+from tests.fit_fixtures import make_unsigned_fit
+from tests.helpers import SEGWAY_SIGN, P11KitToken, SoftHsmToken
+from tests.signing.release.release_fixtures import self_signed, write_cert
 from segway_sign.hsm import devhsm, module
-
-sys.path.insert(0, str(REPO / "tests" / "signing" / "release"))
-from release_fixtures import self_signed, write_cert  # noqa: E402
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(bool(os.environ.get(NESTED)),

@@ -67,10 +67,8 @@ def test_contract_violations_stop_the_job(env, tmp_path, change, message):
 def test_a_correct_environment_reaches_the_token(env, tmp_path):
     """With the contract met, the job runs the qemuarm64 plan up to opening the first key through
     libpkcs11-proxy.so (not installed here), having read the certificates and hashed the inputs."""
-    import sys
-    sys.path.insert(0, str(REPO / "tests" / "signing" / "release"))
     from cryptography.hazmat.primitives.asymmetric import ec
-    from release_fixtures import self_signed, write_cert
+    from tests.signing.release.release_fixtures import self_signed, write_cert
 
     import yaml
 

@@ -9,7 +9,7 @@ import pytest
 
 
 def pytest_configure(config):
-    import helpers  # tests/conftest.py has put tests/ on sys.path by now
+    from tests import helpers
 
     tool = Path(sys.executable).parent / "segway-sign"
     if not tool.exists():

@@ -233,7 +233,7 @@ def _direct_imports(package_dir: Path) -> set[str]:
 def test_recipe_depends_on_every_module_the_code_imports(package):
     """Each third-party module the code imports maps (through its distribution and the constraints
     file) to a python3-* recipe that the segway recipe names in RDEPENDS (target) or DEPENDS (native)."""
-    from meta_segway.layer import evaluate, import_bb
+    from tests.meta_segway.layer import evaluate, import_bb
 
     by_dist = {normalise(k): v["pn"] for k, v in pins().items()}
     r = compat("import json, importlib.metadata as md; print(json.dumps(md.packages_distributions()))")
@@ -266,10 +266,11 @@ def short_tmp():
 @pytest.mark.slow
 def test_suite_subset_passes_with_scarthgap_modules(short_tmp):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env["PYTHONPATH"] = str(Path(__file__).parent)  # the scarthgap_cli plugin
     env["PATH"] = f"{VENV / 'bin'}:{env['PATH']}"
-    r = subprocess.run([str(PYTHON), "-m", "pytest", "-p", "scarthgap_cli", "-p", "no:cacheprovider", "-q",
-                        "-m", "not qemu", "--basetemp", str(short_tmp / "t"), *SUBSET],
+    # python -m puts the working directory (the checkout) first on sys.path: the plugin is a module of
+    # the tests package.
+    r = subprocess.run([str(PYTHON), "-m", "pytest", "-p", "tests.compat.scarthgap_cli", "-p", "no:cacheprovider",
+                        "-q", "-m", "not qemu", "--basetemp", str(short_tmp / "t"), *SUBSET],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=850)
     tail = "\n".join((r.stdout + r.stderr).splitlines()[-40:])
     assert r.returncode == 0, tail

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,13 +14,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.signing.formats.optee.ta_fixtures import TA_UUID, build_ta_elf
+
 from .layer import LAYER, class_functions, import_bb, segway_sign_bindir
 from .test_signing_class import Fatal, datastore, fatal  # noqa: F401  (fixture)
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "signing" / "formats" / "optee"))
-sys.path.insert(0, str(REPO / "tests"))
-from ta_fixtures import TA_UUID, build_ta_elf  # noqa: E402
 
 
 def write_cert(path: Path, key) -> None:

@@ -19,7 +19,7 @@ import libfdt
 import pytest
 import yaml
 
-from fit_fixtures import pem_key_pair
+from tests.fit_fixtures import pem_key_pair
 from segway_dev import fitbuild, qemu
 from segway_sign.formats.fit import tree as fit_tree
 

@@ -8,24 +8,22 @@ import os
 import re
 import struct
 import subprocess
-import sys
 import uuid
 import zlib
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "signing" / "release"))
+from tests.signing.release.release_fixtures import FileKeys, make_deploy, plan_doc, write_plan
+from segway_dev import fitbuild
+from segway_sign import flash
+from segway_sign.errors import InputError
+from segway_sign.formats.stm32 import header as stm32
+from segway_sign.release import steps
+from segway_sign.release.plan import load_plan
+from segway_sign.release.runner import run_release
 
-from release_fixtures import FileKeys, make_deploy, plan_doc, write_plan  # noqa: E402
-from segway_dev import fitbuild  # noqa: E402
-from segway_sign import flash  # noqa: E402
-from segway_sign.errors import InputError  # noqa: E402
-from segway_sign.formats.stm32 import header as stm32  # noqa: E402
-from segway_sign.release import steps  # noqa: E402
-from segway_sign.release.plan import load_plan  # noqa: E402
-from segway_sign.release.runner import run_release  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 MIB = 1 << 20
 PARTS = {"stm32mp1": [("fsbl1", 256 << 10), ("fsbl2", 256 << 10), ("metadata1", 256 << 10), ("metadata2", 256 << 10),

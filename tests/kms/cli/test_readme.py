@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from docs_blocks import RUNNABLE, Block, runnable_script, shell_blocks
+from tests.docs_blocks import RUNNABLE, Block, runnable_script, shell_blocks
 
 from ..conftest import free_port_pair, require_tools
 

@@ -379,8 +379,7 @@ def test_oeqa_kms_cases_pass_against_the_unit(kmsd):
     """meta-segway's oeqa KMS cases (what testimage runs on the device) run against this daemon under
     systemd, with OE's test API stood in by tests/oeqa_cases.py: their commands, socket and
     expected output are those of the real segway-kmsctl and segway-kmsd."""
-    sys.path.insert(0, str(REPO / "tests"))
-    import oeqa_cases
+    from tests import oeqa_cases
 
     ctl = kmsd.machine.path("/usr/local/bin/segway-kmsctl")
     ctl.parent.mkdir(parents=True, exist_ok=True)

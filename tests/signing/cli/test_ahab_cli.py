@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, ok, one_line_error, run_cli
+from tests.helpers import REPO, ok, one_line_error, run_cli
 
 NXPIMAGE = Path(os.environ.get("SEGWAY_NXPIMAGE", REPO / ".venv" / "oracle-spsdk" / "bin" / "nxpimage"))
 FAMILY = "mimx9352"

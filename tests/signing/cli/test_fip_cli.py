@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 
-from helpers import ok, one_line_error, run_cli
+from tests.helpers import ok, one_line_error, run_cli
 
 CFG_CERT_UUID = "501D8DD2-8BCE-49A5-84EB-559A9F2EAEAF"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from helpers import ok, one_line_error, run_cli
+from tests.helpers import ok, one_line_error, run_cli
 
 IMAGES = ["tb-fw", "soc-fw", "tos-fw", "tos-fw-extra1", "tos-fw-extra2", "nt-fw", "tb-fw-config", "nt-fw-config"]
 KEY_OPTIONS = ["rot-key", "trusted-world-key", "non-trusted-world-key", "soc-fw-key", "tos-fw-key", "nt-fw-key"]

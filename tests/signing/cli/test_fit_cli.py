@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from fit_fixtures import EPOCH, empty_dtb, make_unsigned_fit
-from helpers import P11KIT_CLIENT, one_line_error, run_cli
+from tests.fit_fixtures import EPOCH, empty_dtb, make_unsigned_fit
+from tests.helpers import P11KIT_CLIENT, one_line_error, run_cli
 
 
 @pytest.fixture

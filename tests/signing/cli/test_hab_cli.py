@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ok, one_line_error, run_cli
+from tests.helpers import ok, one_line_error, run_cli
 
 EPOCH = "1704067200"  # 2024-01-01: SOURCE_DATE_EPOCH fixes the CMS signing time
 

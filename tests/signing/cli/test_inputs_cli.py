@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import one_line_error, run_cli
+from tests.helpers import one_line_error, run_cli
 
 KEY = "pkcs11:token=absent;object=never-opened"
 

@@ -8,7 +8,7 @@ import json
 import click
 import pytest
 
-from helpers import one_line_error, run_cli
+from tests.helpers import one_line_error, run_cli
 from segway_sign.cli.main import cli
 
 

@@ -9,7 +9,7 @@ import sys
 import click
 import pytest
 
-from helpers import ok, run_cli
+from tests.helpers import ok, run_cli
 from segway_sign.cli import main
 
 NAMES = sorted(main._GROUPS)

@@ -9,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from fit_fixtures import EPOCH, make_unsigned_fit
-from helpers import ok, one_line_error, run_cli
+from tests.fit_fixtures import EPOCH, make_unsigned_fit
+from tests.helpers import ok, one_line_error, run_cli
 
 
 def _public_pems(tmp_path, kind: str, n: int) -> list[str]:

@@ -14,7 +14,7 @@ from asn1crypto import pem as asn1_pem
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from helpers import ok, one_line_error, run_cli
+from tests.helpers import ok, one_line_error, run_cli
 
 
 

@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from helpers import run_cli
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "release"))
-from release_fixtures import token_certs  # noqa: E402
+from tests.helpers import run_cli
+from tests.signing.release.release_fixtures import token_certs
 
 
 def test_verity_sign_and_verify_through_each_transport(token, tmp_path):
@@ -173,7 +169,7 @@ def signed_dir(tmp_path_factory):
 
 
 def test_good_directory_passes_and_veritysetup_agrees(signed_dir):
-    from helpers import ok
+    from tests.helpers import ok
 
     out = ok(run_cli(["verity", "verify", "--cert", str(signed_dir["cert"]), str(signed_dir["dir"])]))
     assert signed_dir["root"] in out
@@ -189,7 +185,7 @@ def test_good_directory_passes_and_veritysetup_agrees(signed_dir):
 def test_tampered_env_is_refused_with_one_line(signed_dir, tmp_path, attack):
     import shutil
 
-    from helpers import one_line_error
+    from tests.helpers import one_line_error
 
     bad = tmp_path / "bad"
     shutil.copytree(signed_dir["dir"], bad)
@@ -210,7 +206,7 @@ def test_tampered_env_is_refused_with_one_line(signed_dir, tmp_path, attack):
 def test_malformed_files_are_one_line_errors(signed_dir, tmp_path, target, content, message):
     import shutil
 
-    from helpers import one_line_error
+    from tests.helpers import one_line_error
 
     bad = tmp_path / "bad"
     shutil.copytree(signed_dir["dir"], bad)
@@ -234,7 +230,7 @@ def test_trusted_certificate_with_a_malformed_subject_is_one_line(signed_dir, tm
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    from helpers import one_line_error
+    from tests.helpers import one_line_error
 
     der = x509.load_pem_x509_certificate(signed_dir["cert"].read_bytes()).public_bytes(serialization.Encoding.DER)
     assert der.count(b"verity cli") == 2  # issuer, then subject

@@ -20,7 +20,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from helpers import REPO, open_token_key
+from tests.helpers import REPO, open_token_key
 from segway_sign.errors import InputError, UsageError, VerificationError
 from segway_sign.formats import ahab
 from segway_sign.formats.hab import pki as hab_pki

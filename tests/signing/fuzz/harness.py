@@ -29,9 +29,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from helpers import SEGWAY_SIGN
-from fuzz_targets.base import DeviceView
-from mutator import Mutation
+from tests.helpers import SEGWAY_SIGN
+from tests.signing.fuzz.fuzz_targets.base import DeviceView
+from tests.signing.fuzz.mutator import Mutation
 
 # Seconds before a case counts as a hang: a case takes milliseconds in-process, a second through
 # the CLI on a loaded CI machine.

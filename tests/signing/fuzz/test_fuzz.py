@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,13 +21,10 @@ from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import harness  # noqa: E402
-import mutator  # noqa: E402
-from fuzz_targets import TARGETS  # noqa: E402
-from fuzz_targets.base import Shop  # noqa: E402
-from helpers import SoftHsmToken, forget_active_token  # noqa: E402
+from tests.helpers import SoftHsmToken, forget_active_token
+from tests.signing.fuzz import harness, mutator
+from tests.signing.fuzz.fuzz_targets import TARGETS
+from tests.signing.fuzz.fuzz_targets.base import Shop
 
 CASES = int(os.environ.get("SEGWAY_FUZZ_CASES", "250"))
 # pytest.ini's 900 s per test holds the suite's run; a long run gets about 0.1 s per case more.

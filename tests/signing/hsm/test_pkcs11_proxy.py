@@ -27,8 +27,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from fit_fixtures import EPOCH, make_unsigned_fit
-from helpers import REPO, SEGWAY_SIGN, SoftHsmToken
+from tests.fit_fixtures import EPOCH, make_unsigned_fit
+from tests.helpers import REPO, SEGWAY_SIGN, SoftHsmToken
 from segway_sign.hsm import devhsm
 
 PROXY_DIR = os.environ.get("SEGWAY_PKCS11_PROXY_DIR")

@@ -1,6 +1,5 @@
 """Login and transport behaviour against real SoftHSM, p11-kit and OpenSC's pkcs11-spy."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -66,7 +65,7 @@ def test_token_selection_errors(softhsm):
 
 
 def test_unreachable_p11kit_server_is_a_clean_error(tmp_path, monkeypatch):
-    from helpers import P11KIT_CLIENT
+    from tests.helpers import P11KIT_CLIENT
     monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", f"unix:path={tmp_path}/absent.sock")
     with pytest.raises(TokenError):
         open_private_key("pkcs11:token=t;object=k", module_path=P11KIT_CLIENT, pin=PinSource(file=tmp_path / "p"))

@@ -12,8 +12,8 @@ import socket
 
 import pytest
 
-from fit_fixtures import EPOCH, make_unsigned_fit
-from helpers import P11KIT_CLIENT, P11KitToken, one_line_error, run_cli
+from tests.fit_fixtures import EPOCH, make_unsigned_fit
+from tests.helpers import P11KIT_CLIENT, P11KitToken, one_line_error, run_cli
 from segway_sign.hsm import module
 
 pytestmark = pytest.mark.skipif(not os.path.exists(P11KIT_CLIENT), reason="p11-kit-client.so is not installed")

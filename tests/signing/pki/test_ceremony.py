@@ -11,10 +11,9 @@ import pytest
 import yaml
 from cryptography import x509
 
-from helpers import one_line_error, run_cli
+from tests.helpers import one_line_error, run_cli
 from segway_sign.errors import InputError, TokenError
 from segway_sign.formats.fit.keys import add_pubkey
-from segway_sign.formats.fit.tree import open_fdt
 from segway_sign.pki.ceremony import _empty_dtb, run_ceremony
 from segway_sign.pki.plan import load_plan
 

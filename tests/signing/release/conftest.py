@@ -2,7 +2,7 @@
 
 import pytest
 
-from release_fixtures import FileKeys
+from tests.signing.release.release_fixtures import FileKeys
 
 
 @pytest.fixture

@@ -87,7 +87,7 @@ def token_certs(tok, certs_dir: Path, names=("verity", "release")) -> dict[str, 
     test process then never loads p11-kit-client.so itself, so only the CLI under test talks to the
     server, as in CI.
     """
-    from helpers import SoftHsmToken
+    from tests.helpers import SoftHsmToken
     from segway_sign.hsm import devhsm
 
     direct = SoftHsmToken.__new__(SoftHsmToken)

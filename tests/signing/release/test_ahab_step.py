@@ -5,25 +5,23 @@ every container again against the SRK table the release ships, and refuses a tam
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "formats"))
-from test_ahab import (FAMILY, assert_sgk_accepted, export_image, nxpimage, nxpimage_v1cert,  # noqa: E402,F401
-                       run_nxpimage, spsdk_verify, spsdk_verify_sgk)
-
-from helpers import ok, one_line_error, run_cli  # noqa: E402
-from release_fixtures import FileKeys, make_deploy, plan_doc, self_signed, token_certs, write_cert, write_plan  # noqa: E402
-from segway_sign.errors import SegwayError, VerificationError  # noqa: E402
-from segway_sign.formats import ahab  # noqa: E402
-from segway_sign.release import steps  # noqa: E402
-from segway_sign.release.certs import load_certs_dir  # noqa: E402
-from segway_sign.release.plan import load_plan  # noqa: E402
-from segway_sign.release.runner import run_release  # noqa: E402
-from segway_sign.release.verify import verify_release  # noqa: E402
+from tests.helpers import ok, one_line_error, run_cli
+from tests.signing.formats.test_ahab import (FAMILY, assert_sgk_accepted, export_image, nxpimage,  # noqa: F401
+                                             nxpimage_v1cert, run_nxpimage, spsdk_verify, spsdk_verify_sgk)
+from tests.signing.release.release_fixtures import (FileKeys, make_deploy, plan_doc, self_signed, token_certs,
+                                                    write_cert, write_plan)
+from segway_sign.errors import SegwayError, VerificationError
+from segway_sign.formats import ahab
+from segway_sign.release import steps
+from segway_sign.release.certs import load_certs_dir
+from segway_sign.release.plan import load_plan
+from segway_sign.release.runner import run_release
+from segway_sign.release.verify import verify_release
 
 IMAGE = "flash.bin"
 

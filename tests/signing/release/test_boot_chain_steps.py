@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from release_fixtures import make_deploy, plan_doc, write_plan
+from tests.signing.release.release_fixtures import make_deploy, plan_doc, write_plan
 from segway_sign.errors import SegwayError
 from segway_sign.formats.stm32 import header as stm32
 from segway_sign.release import steps

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from release_fixtures import make_deploy, plan_doc, self_signed, write_cert, write_plan
+from tests.signing.release.release_fixtures import make_deploy, plan_doc, self_signed, write_cert, write_plan
 from segway_sign.crypto import spki_der
 from segway_sign.errors import InputError, SegwayError
 from segway_sign.release import steps

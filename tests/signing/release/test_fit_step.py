@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from release_fixtures import make_deploy, plan_doc, write_plan
+from tests.signing.release.release_fixtures import make_deploy, plan_doc, write_plan
 from segway_dev import fitbuild
 from segway_sign.errors import SegwayError
 from segway_sign.formats.verity import sign as verity_sign

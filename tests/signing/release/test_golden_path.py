@@ -10,20 +10,18 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from docs_blocks import runnable_script, shell_blocks
-from fit_fixtures import make_unsigned_fit
-from helpers import SEGWAY_SIGN
+from tests.docs_blocks import runnable_script, shell_blocks
+from tests.fit_fixtures import make_unsigned_fit
+from tests.helpers import SEGWAY_SIGN
+from tests.signing.formats.hab.test_hab import make_flash_bin
 from segway_sign.formats.stm32 import header as stm32
 
 REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "tests" / "signing" / "formats" / "hab"))
-from test_hab import make_flash_bin  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -126,8 +124,7 @@ def test_release_and_verify_every_machine_plan(golden, machine, tmp_path):
 def test_layer_signing_functions_with_the_layer_names(golden, tmp_path, monkeypatch):
     """segway-signing.inc's defaults name keys that exist in the token with the certificates in
     conf/signing/certs; the class signs the FIT and keys U-Boot with them (hsm mode, real segway-sign)."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from meta_segway.layer import LAYER, class_functions, evaluate, import_bb
+    from tests.meta_segway.layer import LAYER, class_functions, evaluate, import_bb
     from segway_sign.hsm import PinSource, module, open_private_key
     from segway_sign.crypto import spki_der
     from segway_sign.release.certs import load_certificate

@@ -4,23 +4,19 @@ release; `release verify` re-checks both CSFs against the SRK table the release 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "formats"))
-from test_hab import Pki, make_flash_bin  # noqa: E402
-
-from release_fixtures import FileKeys, make_deploy, plan_doc, write_cert, write_plan  # noqa: E402
-from segway_sign.errors import SegwayError  # noqa: E402
-from segway_sign.formats.hab import image as hab  # noqa: E402
-from segway_sign.formats.hab import srk as hab_srk  # noqa: E402
-from segway_sign.release import steps  # noqa: E402
-from segway_sign.release.plan import load_plan  # noqa: E402
-from segway_sign.release.runner import run_release  # noqa: E402
-from segway_sign.release.certs import load_certs_dir  # noqa: E402
-from segway_sign.release.verify import verify_release  # noqa: E402
+from tests.signing.formats.hab.test_hab import Pki, make_flash_bin
+from tests.signing.release.release_fixtures import FileKeys, make_deploy, plan_doc, write_cert, write_plan
+from segway_sign.errors import SegwayError
+from segway_sign.formats.hab import image as hab
+from segway_sign.formats.hab import srk as hab_srk
+from segway_sign.release import steps
+from segway_sign.release.plan import load_plan
+from segway_sign.release.runner import run_release
+from segway_sign.release.certs import load_certs_dir
+from segway_sign.release.verify import verify_release
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ import pytest
 from asn1crypto import cms as asn1_cms
 from cryptography.hazmat.primitives import serialization
 
-from helpers import one_line_error, run_cli
-from release_fixtures import make_deploy, plan_doc, write_plan
+from tests.helpers import one_line_error, run_cli
+from tests.signing.release.release_fixtures import make_deploy, plan_doc, write_plan
 from segway_sign import cms
 from segway_sign.errors import InputError, SegwayError, VerificationError
 from segway_sign.release import manifest as mf

@@ -4,7 +4,6 @@ sign_encrypt.py with the same key) and re-checked by `release verify`."""
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from release_fixtures import make_deploy, plan_doc, self_signed, write_cert, write_plan
+from tests.signing.formats.optee.ta_fixtures import TA_UUID, build_ta_elf, default_key, oracle_sign
+from tests.signing.release.release_fixtures import make_deploy, plan_doc, self_signed, write_cert, write_plan
 from segway_sign.errors import SegwayError
 from segway_sign.formats.optee import ta
 from segway_sign.release import steps
@@ -20,9 +20,6 @@ from segway_sign.release.certs import load_certs_dir
 from segway_sign.release.plan import load_plan
 from segway_sign.release.runner import run_release
 from segway_sign.release.verify import verify_release
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "formats" / "optee"))
-from ta_fixtures import TA_UUID, build_ta_elf, default_key, oracle_sign  # noqa: E402
 
 OTHER_UUID = uuid.UUID("5b9e0e40-2636-11e1-ad9e-0002a5d5c51b")  # xtest's os_test TA
 

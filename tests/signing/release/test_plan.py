@@ -10,7 +10,7 @@ from segway_sign.errors import InputError
 from segway_sign.release import steps
 from segway_sign.release.plan import load_plan
 
-from release_fixtures import plan_doc, write_plan
+from tests.signing.release.release_fixtures import plan_doc, write_plan
 
 REPO = Path(__file__).resolve().parents[3]
 URIS = {"verity": "pkcs11:token=t;object=v", "release": "pkcs11:token=t;object=r"}
@@ -99,7 +99,7 @@ def test_hostile_yaml_is_a_one_line_error(tmp_path, text, message):
 
 
 def test_release_refuses_a_deeply_nested_plan_with_one_line(tmp_path):
-    from helpers import one_line_error, run_cli
+    from tests.helpers import one_line_error, run_cli
 
     (tmp_path / "p.yaml").write_text("version: 1\nmachine: " + "[" * 100_000 + "]" * 100_000 + "\n")
     (tmp_path / "deploy").mkdir()

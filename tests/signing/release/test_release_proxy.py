@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SEGWAY_SIGN, SoftHsmToken
-from release_fixtures import make_deploy, plan_doc, token_certs
+from tests.helpers import SEGWAY_SIGN, SoftHsmToken
+from tests.signing.release.release_fixtures import make_deploy, plan_doc, token_certs
 from segway_sign.hsm import devhsm
-from test_release_token import script_tree
+from tests.signing.release.test_release_token import script_tree
 
 PROXY_DIR = os.environ.get("SEGWAY_PKCS11_PROXY_DIR")
 DAEMON = Path(PROXY_DIR or "/nonexistent") / "pkcs11-daemon"

@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
-from helpers import SEGWAY_SIGN, run_cli
-from release_fixtures import make_deploy, plan_doc, token_certs, write_plan
+from tests.helpers import SEGWAY_SIGN, run_cli
+from tests.signing.release.release_fixtures import make_deploy, plan_doc, token_certs, write_plan
 
 REPO = Path(__file__).resolve().parents[3]
 SIGN_SCRIPT = REPO / "ci" / "scripts" / "sign-release.sh"

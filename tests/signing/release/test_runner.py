@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from release_fixtures import make_deploy, plan_doc, self_signed, write_cert, write_plan
+from tests.signing.release.release_fixtures import make_deploy, plan_doc, self_signed, write_cert, write_plan
 from segway_sign.errors import InputError, OutputExistsError, SegwayError, VerificationError
 from segway_sign.release import steps
 from segway_sign.release.manifest import sha256_file

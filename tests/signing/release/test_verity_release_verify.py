@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from release_fixtures import make_deploy, plan_doc, write_plan
+from tests.signing.release.release_fixtures import make_deploy, plan_doc, write_plan
 from segway_dev import fitbuild
 from segway_sign.errors import SegwayError
 from segway_sign.formats.fit import sign as fit_format

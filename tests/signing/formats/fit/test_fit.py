@@ -9,7 +9,7 @@ import libfdt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from fit_fixtures import (EPOCH, empty_dtb, import_rsa_key, make_unsigned_fit, mkimage_sign, pem_key_pair, tree)
+from tests.fit_fixtures import (EPOCH, empty_dtb, import_rsa_key, make_unsigned_fit, mkimage_sign, pem_key_pair, tree)
 from segway_dev import fit_attacks
 from segway_sign.errors import InputError, SegwayError, UsageError, VerificationError
 from segway_sign.formats.fit.keys import add_pubkey, public_key_from_node

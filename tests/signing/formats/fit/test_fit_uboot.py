@@ -7,11 +7,10 @@ FIT carries Debian's cloud kernel and boots to userspace.
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
-from helpers import P11KitToken, SoftHsmToken, run_cli
+from tests.helpers import P11KitToken, SoftHsmToken, run_cli
 from segway_dev import bootmedia, fit_attacks, fitbuild, qemu
 from segway_sign.hsm import module
 

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from fit_fixtures import make_unsigned_fit
+from tests.fit_fixtures import make_unsigned_fit
 from segway_sign.errors import InputError
 from segway_sign.formats.fit import regions
 from segway_sign.formats.fit.sign import payload_spans

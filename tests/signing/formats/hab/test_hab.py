@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from helpers import open_token_key
+from tests.helpers import open_token_key
 from segway_sign.errors import InputError, UsageError, VerificationError
 from segway_sign.formats.hab import csf as hab_csf
 from segway_sign.formats.hab import image as hab

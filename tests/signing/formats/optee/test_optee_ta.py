@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from fit_fixtures import import_rsa_key
-from helpers import ok, one_line_error, run_cli
+from tests.fit_fixtures import import_rsa_key
+from tests.helpers import ok, one_line_error, run_cli
 from segway_sign.errors import InputError, UsageError, VerificationError
 from segway_sign.formats.optee import ta
-from ta_fixtures import TA_UUID, build_ta_elf, default_key, oracle_sign, oracle_verify
+from tests.signing.formats.optee.ta_fixtures import TA_UUID, build_ta_elf, default_key, oracle_sign, oracle_verify
 
 PKCS1 = "TEE_ALG_RSASSA_PKCS1_V1_5_SHA256"
 PSS = "TEE_ALG_RSASSA_PKCS1_PSS_MGF1_SHA256"

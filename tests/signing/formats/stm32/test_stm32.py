@@ -17,7 +17,7 @@ from asn1crypto import keys as asn1_keys
 from asn1crypto import pem as asn1_pem
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from helpers import open_token_key
+from tests.helpers import open_token_key
 from segway_sign.errors import InputError, SegwayError, UsageError, VerificationError
 from segway_sign.formats.stm32 import header as stm32
 from segway_sign.formats.stm32.fuses import pkh_fuse_words

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from helpers import open_token_key
+from tests.helpers import open_token_key
 from segway_sign.errors import InputError, UsageError, VerificationError
 from segway_sign.formats.tfa import fip, tbbr
 

@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from helpers import open_token_key
+from tests.helpers import open_token_key
 from segway_sign.errors import InputError, UsageError, VerificationError
 from segway_sign.formats.tfa import fip, tbbr
 
@@ -293,7 +293,7 @@ def test_flipped_signature_refused(cert, signed_generic):
 def test_signature_bit_string_with_unused_bits_refused(cert, images):
     """A signatureValue declaring 1 unused bit (the fuzz run's fip.bin: bit-flip 0x4ab2.0, there in
     STM32MP1's chain): cryptography reads the same signature, BL1/BL2 refuse it."""
-    from test_fip import with_unused_bit
+    from tests.signing.formats.tfa.test_fip import with_unused_bit
     keys = software_keys()
     for _ in range(40):  # a signature ending in a 0 bit: one in two
         signed, certs = fip.sign_images(images, keys["rot"], cot="generic", keys=others(keys))

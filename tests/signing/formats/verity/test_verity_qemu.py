@@ -156,9 +156,7 @@ def setup(tmp_path_factory):
     (deploy / "fitImage.its").unlink()
 
     # Keys and certificates (software keys: the FIT/verity formats are the same with token keys).
-    import sys
-    sys.path.insert(0, str(REPO / "tests" / "signing" / "release"))
-    from release_fixtures import FileKeys, plan_doc, write_plan
+    from tests.signing.release.release_fixtures import FileKeys, plan_doc, write_plan
 
     keys = FileKeys(tmp)
     doc = plan_doc(keys.uris)

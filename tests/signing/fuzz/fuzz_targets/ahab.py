@@ -6,9 +6,9 @@ import shutil
 import struct
 from pathlib import Path
 
-from mutator import Field
+from tests.signing.fuzz.mutator import Field
 
-from .base import Input, Shop, Target, all_bytes, load_test_module
+from .base import Input, Shop, Target, all_bytes
 
 # ------------------------------------------------------------------------------------------------
 # Layout, read with the test's own walker: containers on 1 KiB boundaries (``00 <len LE16> 87``),
@@ -72,7 +72,7 @@ def hot(image: bytes) -> list[tuple[int, int]]:
 
 
 def _build(shop: Shop, case: Path) -> None:
-    cli_tests = load_test_module("signing/cli/test_ahab_cli.py")
+    from tests.signing.cli import test_ahab_cli as cli_tests
     srks = [shop.key("p256", f"fuzz-ahab-srk{i}") for i in range(1, 5)]
     src = shop.root / "ahab"
     src.mkdir()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mutator import Field, Range
+from tests.signing.fuzz.mutator import Field, Range
 
 DeviceBytes = Callable[[bytes], list[Range]]
 
@@ -112,13 +112,13 @@ class Shop:
         """The verity (RSA) and release manifest (P-256) keys in the token with self-signed
         certificates, as the release tests make them: key name → URI, and the certificates' directory."""
         def make(where: Path):
-            fixtures = load_test_module("signing/release/release_fixtures.py")
+            from tests.signing.release import release_fixtures as fixtures
             return fixtures.token_certs(self.token, where), where
         return self.once("token-certs", make)
 
     def cli(self, args: list[str], env: dict | None = None) -> str:
         """Run the CLI (to make a valid input), in this process: it must succeed. Its stdout."""
-        from harness import in_process
+        from tests.signing.fuzz.harness import in_process
         self.token.activate()
         res = in_process(args, {**self.env(), **(env or {})}, timeout=600)
         if res.code != 0:
@@ -129,17 +129,3 @@ class Shop:
 def run(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
     """A build tool (mkimage, fiptool, dtc …) that must succeed."""
     return subprocess.run(args, cwd=cwd, check=True, capture_output=True, timeout=300, **kw)
-
-
-def load_test_module(relpath: str):
-    """A module of the existing tests (tests/<relpath>), for the builders they already use."""
-    import importlib.util
-    import sys
-    tests = Path(__file__).resolve().parents[3]
-    name = "fuzz_src_" + relpath.replace("/", "_").removesuffix(".py")
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, tests / relpath)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]

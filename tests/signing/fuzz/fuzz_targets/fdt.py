@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from mutator import Field
+from tests.signing.fuzz.mutator import Field
 
 BEGIN_NODE, END_NODE, PROP, NOP, END = 1, 2, 3, 4, 9
 HEADER_FIELDS = ("magic", "totalsize", "off_dt_struct", "off_dt_strings", "off_mem_rsvmap", "version",

@@ -10,9 +10,9 @@ import struct
 import subprocess
 from pathlib import Path
 
-from mutator import Field, der_length_fields
+from tests.signing.fuzz.mutator import Field, der_length_fields
 
-from .base import Input, Shop, Target, load_test_module
+from .base import Input, Shop, Target
 from .stm32 import PKH
 
 ENTRY = 40  # uuid(16) offset(8) size(8) flags(8)
@@ -77,7 +77,7 @@ def hot(fip: bytes) -> list[tuple[int, int]]:
 
 
 def _build(shop: Shop, case: Path) -> None:
-    cli_tests = load_test_module("signing/cli/test_fip_cli.py")
+    from tests.signing.cli import test_fip_cli as cli_tests
     uri = shop.key("p256", "fuzz-fip-rot")
     src = shop.root / "fip"
     src.mkdir()
@@ -96,7 +96,7 @@ def _argv(shop: Shop, case: Path) -> list[str]:
 
 
 def _build_generic(shop: Shop, case: Path) -> None:
-    cli_tests = load_test_module("signing/cli/test_fip_generic_cli.py")
+    from tests.signing.cli import test_fip_generic_cli as cli_tests
     keys = []
     for option in cli_tests.KEY_OPTIONS:
         keys += [f"--{option}", shop.key("p256", f"fuzz-fip-generic-{option}")]

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-import fit_fixtures
+from tests import fit_fixtures
 
 from . import fdt
 from .base import DeviceView, Input, Shop, Target, run

@@ -7,10 +7,10 @@ import shutil
 import struct
 from pathlib import Path
 
-from mutator import Field
+from tests.signing.fuzz.mutator import Field
 
 from . import fdt
-from .base import Input, Shop, Target, all_bytes, load_test_module
+from .base import Input, Shop, Target, all_bytes
 
 EPOCH = {"SOURCE_DATE_EPOCH": "1704067200"}
 
@@ -172,7 +172,7 @@ def _pki(shop: Shop, kind: str) -> dict:
 
 def _build(soc: str, kind: str, extra: tuple[str, ...] = ()):
     def build(shop: Shop, case: Path) -> None:
-        cli_tests = load_test_module("signing/cli/test_hab_cli.py")
+        from tests.signing.cli import test_hab_cli as cli_tests
         pki = _pki(shop, kind)
         src = shop.root / f"hab-{soc}"
         src.mkdir()

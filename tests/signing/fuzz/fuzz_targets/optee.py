@@ -8,9 +8,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import (Encoding, PublicFormat, load_der_public_key,
                                                           load_pem_public_key)
-from mutator import Field
+from tests.signing.fuzz.mutator import Field
 
-from .base import DeviceView, Input, Shop, Target, all_bytes, load_test_module
+from .base import DeviceView, Input, Shop, Target, all_bytes
 
 SHDR = 20
 
@@ -46,7 +46,7 @@ def public_numbers(data: bytes) -> object:
 
 def _build(algo: str):
     def build(shop: Shop, case: Path) -> None:
-        fixtures = load_test_module("signing/formats/optee/ta_fixtures.py")
+        from tests.signing.formats.optee import ta_fixtures as fixtures
         uri = shop.key("rsa2048", "fuzz-optee-ta")
         elf = shop.once("optee-ta-elf", lambda where: fixtures.build_ta_elf(where))
         shop.cli(["ta", "sign", "--key", uri, "--in", str(elf), "--algo", algo, "--ta-version", "3",
@@ -58,7 +58,7 @@ def _build(algo: str):
 
 
 def _argv(shop: Shop, case: Path) -> list[str]:
-    fixtures = load_test_module("signing/formats/optee/ta_fixtures.py")
+    from tests.signing.formats.optee import ta_fixtures as fixtures
     return ["ta", "verify", str(case / "ta.ta"), "--pubkey", str(case / "ta.pub.pem"),
             "--uuid", str(fixtures.TA_UUID)]
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mutator import der_length_fields
+from tests.signing.fuzz.mutator import der_length_fields
 
-from .base import Input, Shop, Target, all_bytes, load_test_module
+from .base import Input, Shop, Target, all_bytes
 
 
 def _fixtures():
-    return load_test_module("signing/release/release_fixtures.py")
+    from tests.signing.release import release_fixtures
+    return release_fixtures
 
 
 def _release_inputs(shop: Shop) -> dict:

@@ -8,9 +8,9 @@ import os
 import struct
 from pathlib import Path
 
-from mutator import Field
+from tests.signing.fuzz.mutator import Field
 
-from .base import Input, Shop, Target, all_bytes, load_test_module
+from .base import Input, Shop, Target, all_bytes
 
 V1_SIZE, V2_BASE = 0x100, 0x80
 
@@ -50,7 +50,7 @@ def hot(data: bytes) -> list[tuple[int, int]]:
 
 
 def _v1(shop: Shop, case: Path) -> None:
-    cli_tests = load_test_module("signing/cli/test_stm32_cli.py")
+    from tests.signing.cli import test_stm32_cli as cli_tests
     uri = shop.key("p256", "fuzz-stm32")
     image = cli_tests.mkimage(case)
     shop.cli(["stm32", "sign", "--key", uri, "--in", str(image), "--out", str(case / "bl2-signed.stm32"),

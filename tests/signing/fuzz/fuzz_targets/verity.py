@@ -7,7 +7,7 @@ import os
 import struct
 from pathlib import Path
 
-from mutator import Field, der_length_fields
+from tests.signing.fuzz.mutator import Field, der_length_fields
 
 from .base import Input, Shop, Target, all_bytes
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Iterator
 
 from ...errors import InputError
 
@@ -232,24 +233,34 @@ def check_structure(blob: bytes | bytearray) -> Header:
         offset = nxt
 
 
-def node_names(blob: bytes | bytearray) -> list[str]:
-    """Every node path, in struct order (for structural checks)."""
+def _nodes_and_properties(blob: bytes | bytearray | memoryview) -> Iterator[tuple[str, str | None, int, int]]:
+    """The struct block in order: (node path, None, 0, 0) for each node and (its node's path, name,
+    absolute offset of the value, length) for each property. Nodes nest at most FDT_MAX_DEPTH deep
+    and every end of node closes one."""
     hdr = Header.parse(blob)
     walker = _Walker(blob, hdr)
-    out, path, offset = [], [], 0
+    path, offset = [], 0
     while True:
-        tag, offset, name = walker.next_tag(offset)
+        tag, nxt, name = walker.next_tag(offset)
         if tag == FDT_BEGIN_NODE:
             path.append(name)
             if len(path) > FDT_MAX_DEPTH:
-                raise InputError(f"malformed FIT: nodes nested deeper than {FDT_MAX_DEPTH}")
-            out.append("/" + "/".join(path[1:]))
+                raise InputError(f"malformed device tree: nodes nested deeper than {FDT_MAX_DEPTH}")
+            yield "/" + "/".join(path[1:]), None, 0, 0
         elif tag == FDT_END_NODE:
             if not path:
-                raise InputError("malformed FIT: unbalanced end of node")
+                raise InputError("malformed device tree: unbalanced end of node")
             path.pop()
+        elif tag == FDT_PROP:
+            yield "/" + "/".join(path[1:]), name, hdr.off_dt_struct + offset + 12, walker.u32(offset + 4)
         elif tag == FDT_END:
-            return out
+            return
+        offset = nxt
+
+
+def node_names(blob: bytes | bytearray) -> list[str]:
+    """Every node path, in struct order (for structural checks)."""
+    return [path for path, prop, _, _ in _nodes_and_properties(blob) if prop is None]
 
 
 def property_spans(blob: bytes | bytearray | memoryview, name: str) -> dict[str, tuple[int, int]]:
@@ -259,22 +270,7 @@ def property_spans(blob: bytes | bytearray | memoryview, name: str) -> dict[str,
 
 def value_spans(blob: bytes | bytearray | memoryview, name: str) -> list[tuple[str, int, int]]:
     """(node path, absolute offset, length) of every value of property ``name``, in struct order."""
-    hdr = Header.parse(blob)
-    walker = _Walker(blob, hdr)
-    spans, path, offset = [], [], 0
-    while True:
-        tag, nxt, pname = walker.next_tag(offset)
-        if tag == FDT_BEGIN_NODE:
-            path.append(pname)
-        elif tag == FDT_END_NODE:
-            if not path:
-                raise InputError("malformed device tree: unbalanced end of node")
-            path.pop()
-        elif tag == FDT_PROP and pname == name:
-            spans.append(("/" + "/".join(path[1:]), hdr.off_dt_struct + offset + 12, walker.u32(offset + 4)))
-        elif tag == FDT_END:
-            return spans
-        offset = nxt
+    return [(path, start, length) for path, prop, start, length in _nodes_and_properties(blob) if prop == name]
 
 
 def without_values(blob: bytes | bytearray | memoryview, spans: list[tuple[int, int]]) -> bytes:

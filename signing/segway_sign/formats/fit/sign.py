@@ -152,28 +152,8 @@ def split_payloads(blob) -> tuple[bytes, _Payloads]:
     by_path = {p: (start, length) for p, start, length in spans}
     images = [p.rsplit("/", 1)[1] for p in paths if p.startswith(t.IMAGES + "/") and p.count("/") == 2]
     small = without_values(blob, [by_path[f"{t.IMAGES}/{n}"] for n in images if f"{t.IMAGES}/{n}" in by_path])
-    fdt = t.open_fdt(small)
-    views: dict[str, memoryview] = {}
-    offsets: dict[str, int] = {}
-    layout = None
-    for name in t.subnodes(fdt, t.IMAGES):
-        path = f"{t.IMAGES}/{name}"
-        if path in by_path:
-            start, length = by_path[path]
-        elif (span := t.external_span(fdt, len(blob), name, hdr.totalsize)) is not None:
-            start, length, mode = span
-            # mkimage -p positions are the first image's position plus aligned sizes.
-            layout = layout or _External(mode, start if mode == "position" else 0)
-        else:
-            continue
-        views[name], offsets[name] = source[start:start + length], start
-
-    def empty_data(work: libfdt.Fdt) -> None:
-        for name in views:
-            work.setprop(work.path_offset(f"{t.IMAGES}/{name}"), "data", b"")
-
-    tree = t.edit_tree(small, 16 * len(views) + 16, empty_data, "cannot take the image data out of the FIT")
-    return tree, _Payloads(views, layout, blob, offsets)
+    views, offsets, layout = _image_views(t.open_fdt(small), source, by_path, hdr.totalsize)
+    return _without_data(small, views), _Payloads(views, layout, blob, offsets)
 
 
 def _split_payloads_libfdt(blob) -> tuple[bytes, _Payloads]:
@@ -181,27 +161,41 @@ def _split_payloads_libfdt(blob) -> tuple[bytes, _Payloads]:
     from .regions import property_spans
     blob = bytes(blob)
     fdt = t.open_fdt(blob)
-    source = memoryview(blob)
-    spans = property_spans(blob, "data")
+    views, _, layout = _image_views(fdt, memoryview(blob), property_spans(blob, "data"))
+    del fdt
+    return _without_data(blob, views), _Payloads(views, layout, blob, {}, by_libfdt=True)
+
+
+def _image_views(fdt: libfdt.Fdt, source: memoryview, spans: dict[str, tuple[int, int]],
+                 totalsize: int | None = None) -> tuple[dict[str, memoryview], dict[str, int], _External | None]:
+    """Each image's data in ``source`` (the FIT ``fdt`` was read from): its ``data`` value, at
+    ``spans`` (absolute offset and length by node path), or its external data (``totalsize`` as for
+    tree.external_span). Returns the views by image name, where each starts, and the external
+    layout (None when every image's data is embedded)."""
     views: dict[str, memoryview] = {}
+    offsets: dict[str, int] = {}
     layout = None
     for name in t.subnodes(fdt, t.IMAGES):
         path = f"{t.IMAGES}/{name}"
         if path in spans:
             start, length = spans[path]
-            views[name] = source[start:start + length]
-        elif (span := t.external_span(fdt, len(blob), name)) is not None:
-            start, size, mode = span
+        elif (span := t.external_span(fdt, len(source), name, totalsize)) is not None:
+            start, length, mode = span
+            # mkimage -p positions are the first image's position plus aligned sizes.
             layout = layout or _External(mode, start if mode == "position" else 0)
-            views[name] = source[start:start + size]
+        else:
+            continue
+        views[name], offsets[name] = source[start:start + length], start
+    return views, offsets, layout
 
+
+def _without_data(tree, names) -> bytes:
+    """``tree`` with the ``data`` property of each image in ``names`` set empty (through libfdt)."""
     def empty_data(work: libfdt.Fdt) -> None:
-        for name in views:
+        for name in names:
             work.setprop(work.path_offset(f"{t.IMAGES}/{name}"), "data", b"")
 
-    del fdt
-    tree = t.edit_tree(blob, 16 * len(views) + 16, empty_data, "cannot take the image data out of the FIT")
-    return tree, _Payloads(views, layout, blob, {}, by_libfdt=True)
+    return t.edit_tree(tree, 16 * len(names) + 16, empty_data, "cannot take the image data out of the FIT")
 
 
 def join_payloads(tree: bytes, payloads: _Payloads) -> list:

@@ -159,44 +159,38 @@ def images_of(fip: Fip, cot: str = "stm32mp1") -> dict[str, bytes]:
     return {name: present[name] for name in tbbr.chain(cot).image_names if name in present}
 
 
-def sign(
-    fip_data: bytes,
-    rot_key,
-    *,
-    cot: str = "stm32mp1",
-    keys: dict | None = None,
-    tfw_nvctr: int = 0,
-    ntfw_nvctr: int = 0,
-    align: int = 1,
-) -> tuple[bytes, dict[str, bytes]]:
-    """Add (or replace) the TBBR certificates of chain ``cot`` in a FIP; return (FIP, certificates).
-
-    ``keys``: the chain's keys other than the ROT key, by role (``tbbr.KEY_OPTIONS``); the
-    generic chain needs all five, STM32MP1's makes its own."""
+def sign(fip_data: bytes, rot_key, **options) -> tuple[bytes, dict[str, bytes]]:
+    """Add (or replace) the TBBR certificates in a FIP; return (FIP, certificates). ``options`` as
+    for sign_fip."""
     fip = parse(fip_data)
     kept = [e for e in fip.entries if e.name not in ALL_CERT_ENTRIES]
-    return _sign_entries(Fip(kept, fip.flags), rot_key, cot, keys, tfw_nvctr, ntfw_nvctr, align)
+    return sign_fip(Fip(kept, fip.flags), rot_key, **options)
 
 
-def sign_images(
-    images: dict[str, bytes],
-    rot_key,
-    *,
-    cot: str = "stm32mp1",
-    keys: dict | None = None,
-    tfw_nvctr: int = 0,
-    ntfw_nvctr: int = 0,
-    align: int = 1,
-) -> tuple[bytes, dict[str, bytes]]:
-    """Build a signed FIP from separate images (names as in ``UUIDS``, e.g. tos_fw, nt_fw)."""
+def sign_images(images: dict[str, bytes], rot_key, **options) -> tuple[bytes, dict[str, bytes]]:
+    """Build a signed FIP from separate images (names as in ``UUIDS``, e.g. tos_fw, nt_fw); ``options``
+    as for sign_fip."""
     unknown = [n for n in images if n not in UUID_BYTES or n in ALL_CERT_ENTRIES]
     if unknown:
         raise UsageError(f"unknown FIP image name(s): {', '.join(unknown)}")
-    entries = [Entry(UUID_BYTES[name], data) for name, data in images.items()]
-    return _sign_entries(Fip(entries), rot_key, cot, keys, tfw_nvctr, ntfw_nvctr, align)
+    return sign_fip(Fip([Entry(UUID_BYTES[name], data) for name, data in images.items()]), rot_key, **options)
 
 
-def _sign_entries(fip: Fip, rot_key, cot: str, keys: dict | None, tfw_nvctr: int, ntfw_nvctr: int, align: int):
+def sign_fip(
+    fip: Fip,
+    rot_key,
+    *,
+    cot: str = "stm32mp1",
+    keys: dict | None = None,
+    tfw_nvctr: int = 0,
+    ntfw_nvctr: int = 0,
+    align: int = 1,
+) -> tuple[bytes, dict[str, bytes]]:
+    """Sign the entries of ``fip`` (none of them a certificate) with the TBBR chain ``cot``, pack
+    them with the certificates and check the result; return (FIP, certificates).
+
+    ``keys``: the chain's keys other than the ROT key, by role (``tbbr.KEY_OPTIONS``); the
+    generic chain needs all five, STM32MP1's makes its own."""
     chain = tbbr.chain(cot)
     all_keys = {"rot": rot_key, **(keys or {})}
     certs = tbbr.build_chain(chain, images_of(fip, cot), all_keys, tfw_nvctr=tfw_nvctr, ntfw_nvctr=ntfw_nvctr)

@@ -4,6 +4,12 @@ The library raises these; the CLI turns any of them into a one-line message and 
 status. Anything else escaping is a bug.
 """
 
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
 
 class SegwayError(Exception):
     """Base class: a problem the user can act on. ``str(err)`` is the one-line message."""
@@ -35,3 +41,16 @@ class PinError(TokenError):
 
 class VerificationError(SegwayError):
     """A signature, hash or structure did not verify."""
+
+
+@contextlib.contextmanager
+def reading(what: str, path: str | os.PathLike, error: type[SegwayError] = InputError) -> Iterator[None]:
+    """Opening or reading ``path`` (a ``what``: "input", "plan", "PIN file") inside the block: a
+    missing file becomes "<what> <path> does not exist", any other OSError "cannot read <what> <path>:
+    <why>", both one-line ``error``s without the OSError's traceback."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror}") from None

@@ -15,7 +15,7 @@ from asn1crypto import pem
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, UsageError, reading
 from ..hsm import PinSource, Pkcs11Uri, TokenRawECKey, TokenSession, open_private_key, open_session
 from ..hsm.pin import take_env
 from ..raw_ec import RawECPublicKey
@@ -48,12 +48,8 @@ def _refuse(path: Path, mode: int, what: str) -> None:
 def check_input(path: str | os.PathLike, what: str = "input") -> Path:
     """``path`` as a Path if it names an existing regular file (symlinks followed); else InputError."""
     path = Path(path)
-    try:
+    with reading(what, path):
         st = path.stat()
-    except FileNotFoundError:
-        raise InputError(f"{what} {path} does not exist") from None
-    except OSError as err:
-        raise InputError(f"cannot read {what} {path}: {err.strerror}") from None
     _refuse(path, st.st_mode, what)
     return path
 
@@ -64,12 +60,8 @@ def open_input(path: str | os.PathLike, what: str = "input") -> BinaryIO:
     The file is opened without blocking (a FIFO that appeared since the check cannot stall the
     open) and checked again on the open descriptor."""
     path = check_input(path, what)
-    try:
+    with reading(what, path):
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise InputError(f"{what} {path} does not exist") from None
-    except OSError as err:
-        raise InputError(f"cannot read {what} {path}: {err.strerror}") from None
     try:
         _refuse(path, os.fstat(fd).st_mode, what)
         os.set_blocking(fd, True)
@@ -81,11 +73,8 @@ def open_input(path: str | os.PathLike, what: str = "input") -> BinaryIO:
 
 def read_input(path: str | os.PathLike, what: str = "input") -> bytes:
     """An artifact's bytes (see open_input)."""
-    with open_input(path, what) as f:
-        try:
-            return f.read()
-        except OSError as err:
-            raise InputError(f"cannot read {what} {path}: {err.strerror}") from None
+    with open_input(path, what) as f, reading(what, path):
+        return f.read()
 
 
 class InputFile(click.Path):

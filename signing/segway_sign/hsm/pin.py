@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import PinError
+from ..errors import PinError, reading
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,8 @@ def _read_pin_env(name: str) -> str:
 
 def _read_pin_file(path: Path) -> str:
     """A PIN from a regular file or a pipe; one trailing line break is not part of it."""
-    try:
+    with reading("PIN file", path, PinError):
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
-    except FileNotFoundError:
-        raise PinError(f"PIN file {path} does not exist") from None
-    except OSError as err:
-        raise PinError(f"cannot read PIN file {path}: {err.strerror}") from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -114,10 +110,8 @@ def _read_pin_file(path: Path) -> str:
 def _read_limited(fd: int, path: Path) -> bytes:
     chunks, size = [], 0
     while True:
-        try:
+        with reading("PIN file", path, PinError):
             chunk = os.read(fd, MAX_PIN_BYTES + 1 - size)
-        except OSError as err:
-            raise PinError(f"cannot read PIN file {path}: {err.strerror}") from None
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)

@@ -10,7 +10,7 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, UsageError, reading
 from ..hsm.keygen import KEY_KINDS, RAW_KINDS
 from ..hsm.uri import Pkcs11Uri
 
@@ -193,12 +193,8 @@ def validate(plan: Plan, where: str) -> None:
 def load_plan(path: Path, text: bytes | None = None) -> Plan:
     """Load a plan file (or ``text``, its content, already read from ``path``)."""
     if text is None:
-        try:
+        with reading("plan", path):
             text = path.read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"plan {path} does not exist") from None
-        except OSError as err:
-            raise InputError(f"cannot read plan {path}: {err.strerror}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -7,12 +7,14 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 from cryptography import x509
 
-from ...errors import InputError, UsageError
+from ...errors import InputError, SegwayError, UsageError, VerificationError
 from ..plan import Step
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -48,6 +50,20 @@ class VerifyContext:
     out_dir: Path
     record: dict  # the step's manifest entry
     certs: list[x509.Certificate]
+
+    def first_trusted(self, check: Callable[[x509.Certificate], T], failure: str, *,
+                      catch: tuple[type[Exception], ...] = (SegwayError,),
+                      certs: list[x509.Certificate] | None = None, none_tried: str = "") -> T:
+        """``check(cert)`` for each trusted certificate in turn (or each of ``certs``, a selection of
+        them), until one does not raise ``catch``: its result. When none passes, VerificationError
+        "<failure> (<the last error, or none_tried if there was none to try>)"."""
+        errors = []
+        for cert in self.certs if certs is None else certs:
+            try:
+                return check(cert)
+            except catch as err:
+                errors.append(str(err))
+        raise VerificationError(f"{failure} ({errors[-1] if errors else none_tried})")
 
 
 class StepType(ABC):

@@ -99,19 +99,16 @@ class Fit(StepType):
                     hints.add(fit_tree.getstr(fdt, f"{fit_tree.CONFIGS}/{conf}/{sig}", "key-name-hint"))
         if not hints:
             raise VerificationError(f"{name} has no configuration signature")
-        errors = []
-        for cert in ctx.certs:
+
+        def check(cert) -> None:
             control = bytes(libfdt.Fdt.create_empty_tree(4096).as_bytearray())
-            try:
-                for hint in sorted(h for h in hints if h):
-                    control = fit_keys.add_pubkey(control, cert.public_key(), hint, required="conf")
-                for conf in confs:
-                    fit_verify.verify_fit(fit, control, conf)
-                break
-            except (VerificationError, InputError, UsageError) as err:
-                errors.append(str(err))
-        else:
-            raise VerificationError(f"{name}: no trusted certificate verifies it ({errors[-1] if errors else ''})")
+            for hint in sorted(h for h in hints if h):
+                control = fit_keys.add_pubkey(control, cert.public_key(), hint, required="conf")
+            for conf in confs:
+                fit_verify.verify_fit(fit, control, conf)
+
+        ctx.first_trusted(check, f"{name}: no trusted certificate verifies it",
+                          catch=(VerificationError, InputError, UsageError))
         root = ctx.record["details"].get("verity_root_hash")
         if root:
             if ctx.record["details"]["verity_env_in"] == "initramfs":

@@ -8,7 +8,7 @@ import uuid as uuidlib
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ...crypto import spki_der
-from ...errors import InputError, SegwayError, VerificationError
+from ...errors import InputError, VerificationError
 from ...formats.optee import ta
 from .base import StepContext, StepType, VerifyContext, register
 
@@ -84,19 +84,12 @@ class OpteeTa(StepType):
             expected = _uuid_from_name(name)
             if expected is None or name != f"{expected}.ta":
                 raise VerificationError(f"{name}: a TA's file name is <uuid>.ta (tee-supplicant loads it by UUID)")
-            errors = []
             sig_size = ta.parse(data).sig_size
-            for cert in ctx.certs:
-                key = cert.public_key()
-                if not isinstance(key, rsa.RSAPublicKey) or (key.key_size + 7) // 8 != sig_size:
-                    continue  # OP-TEE's TA keys are RSA; a key of another size did not sign it
-                try:
-                    result = ta.verify(data, cert.public_key(), expected_uuid=expected)
-                    break
-                except SegwayError as err:
-                    errors.append(str(err))
-            else:
-                raise VerificationError(f"{name}: no trusted certificate's key verifies it "
-                                        f"({errors[0] if errors else 'none holds an RSA key of its size'})")
+            # OP-TEE's TA keys are RSA; a key of another size did not sign it.
+            rsa_certs = [c for c in ctx.certs if isinstance(key := c.public_key(), rsa.RSAPublicKey)
+                         and (key.key_size + 7) // 8 == sig_size]
+            result = ctx.first_trusted(lambda cert: ta.verify(data, cert.public_key(), expected_uuid=expected),
+                                       f"{name}: no trusted certificate's key verifies it", certs=rsa_certs,
+                                       none_tried="none holds an RSA key of its size")
             if str(result.ta.uuid) != record["uuid"] or result.ta.ta_version != record["ta_version"]:
                 raise VerificationError(f"{name}: UUID or ta_version differ from the manifest's")

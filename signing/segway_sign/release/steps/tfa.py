@@ -114,16 +114,8 @@ class Fip(StepType):
         details = ctx.record["details"]
         name, cot = details["fip"], details.get("cot", "stm32mp1")
         data = (ctx.out_dir / name).read_bytes()
-        errors = []
-        for cert in ctx.certs:
-            try:
-                report = fip.verify(data, cot=cot, rot_public_key=cert.public_key())
-                break
-            except SegwayError as err:
-                errors.append(str(err))
-        else:
-            raise VerificationError(f"{name}: no trusted certificate is its root of trust "
-                                    f"({errors[-1] if errors else ''})")
+        report = ctx.first_trusted(lambda cert: fip.verify(data, cot=cot, rot_public_key=cert.public_key()),
+                                   f"{name}: no trusted certificate is its root of trust")
         if cot == "stm32mp1":
             return
         if report["rot_pkh"] != details.get("rotpk_hash"):

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import libfdt
 
+from . import procs
 from .bootmedia import USERSPACE_MARKER
 from .fitbuild import FIT_ADDR
 
@@ -143,16 +144,6 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def boot(flash: Path, log_dir: Path, *, fit: Path | None = None, timeout: float = BOOT_TIMEOUT,
          extra_args: Sequence[str] = (), until: re.Pattern = _FINAL, settle: float = 1.0) -> ChainResult:
     """Boot the flash image (and a FIT) until a final line (refusal, reset, userspace marker,
@@ -183,7 +174,7 @@ def boot(flash: Path, log_dir: Path, *, fit: Path | None = None, timeout: float 
                 break
             time.sleep(0.2)
     finally:
-        _stop(proc)
+        procs.stop(proc, 5)
     stderr = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
     if proc.stderr:
         proc.stderr.close()
@@ -259,7 +250,7 @@ def capture_runtime_dtb(flash: Path, log_dir: Path, timeout: float = 300.0) -> b
                 raise ChainError("QEMU did not save the guest memory holding the device tree")
             ram = dump.read_bytes()
         finally:
-            _stop(proc)
+            procs.stop(proc, 5)
     if ram[:4] != b"\xd0\x0d\xfe\xed":
         raise ChainError(f"no device tree at {RUNTIME_DTB_ADDR:#x} after the firmware ran")
     size = int.from_bytes(ram[4:8], "big")

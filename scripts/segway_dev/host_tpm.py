@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from . import procs
+
 
 class HostTpmError(RuntimeError):
     """swtpm could not be provisioned or started."""
@@ -89,10 +91,5 @@ class HostTpm:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            procs.stop(self.proc, 10)

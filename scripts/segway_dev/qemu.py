@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from . import procs
 from .bootmedia import USERSPACE_MARKER
 from .fitbuild import FIT_ADDR
 
@@ -210,12 +211,7 @@ class UBoot:
     def close(self) -> None:
         if self.proc is not None:
             if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+                procs.stop(self.proc, 5)
             else:
                 self._returncode = self.proc.returncode
             self._drain()

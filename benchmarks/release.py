@@ -65,11 +65,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-if not __package__:  # run as a file (benchmarks/NAME.py), not with -m: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import timing  # noqa: E402
-from benchmarks.p11kit import p11kit_token  # noqa: E402
-from segway_sign.hsm import PinSource, devhsm, open_private_key  # noqa: E402
+from benchmarks import timing
+from benchmarks.p11kit import p11kit_token
+from segway_sign.hsm import PinSource, devhsm, open_private_key
 
 PLAN = timing.REPO / "conf" / "signing" / "qemuarm64.yaml"
 EPOCH = "1700000000"

@@ -5,6 +5,9 @@
   boot CONTROL_DTB FIT [CONF]          boot an arm64 kernel FIT to the userspace marker
   attacks FIT OUTDIR                   write every tampered variant of a signed FIT
   kernel-fit OUT FDT [--module M ...]  unsigned arm64 FIT: Debian kernel + FDT + busybox initramfs
+  guest WORK [COMMAND ...]             boot the runtime device (systemd, segway-kms) with its
+                                       token, disks and TPM under WORK; run each COMMAND in it as
+                                       root over SSH, or stay up until Ctrl-C
   firmware-reproducible                build TF-A, OP-TEE and U-Boot a second time from scratch in
                                        another directory and compare every image byte for byte
 
@@ -18,7 +21,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import bootmedia, debsrc, firmware, fit_attacks, fitbuild, qemu
+from . import bootmedia, chain, debsrc, firmware, fit_attacks, fitbuild, guest, guest_packages, guest_system, qemu
+from .host_tpm import HostTpmError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("fdt", type=Path, help="QEMU's tree from dump-dtb arm64")
     k.add_argument("--module", action="append", default=[], help="kernel module for the initramfs")
     k.add_argument("--key-name-hint", default=fitbuild.DEFAULT_KEY_NAME)
+    g = sub.add_parser("guest", help="boot the runtime device and run commands in it")
+    g.add_argument("work", type=Path, help="directory for its token, images, data disk, TPM and logs")
+    g.add_argument("commands", nargs="*", help="shell commands to run as root in the guest")
     sub.add_parser("firmware-reproducible",
                    help="build the firmware a second time from scratch elsewhere and compare the images")
     return p
@@ -76,13 +83,16 @@ def main(argv: list[str] | None = None) -> int:
             print(fitbuild.build_kernel_fit(args.out, args.fdt, modules=args.module,
                                             key_name_hint=args.key_name_hint))
             return 0
+        if args.cmd == "guest":
+            return guest.session(args.work, args.commands, progress=lambda msg: print(f"... {msg}", flush=True))
         if args.cmd == "firmware-reproducible":
             results = firmware.check_reproducible(progress=lambda msg: print(f"... {msg}", flush=True))
             for comparison in results:
                 print(comparison.summary())
             return 0 if all(c.identical for c in results) else 1
     except (OSError, qemu.QemuError, fit_attacks.FitAttackError, fitbuild.FitBuildError,
-            bootmedia.BootMediaError, firmware.FirmwareError, debsrc.SourceError) as exc:
+            bootmedia.BootMediaError, firmware.FirmwareError, debsrc.SourceError, chain.ChainError,
+            guest.GuestError, guest_system.GuestSystemError, guest_packages.GuestPackageError, HostTpmError) as exc:
         print(f"segway_dev: error: {exc}", file=sys.stderr)
         return 2
     return 2

@@ -8,9 +8,12 @@ networking restricted to the host's loopback: SSH and the KMS's mTLS port are fo
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -120,6 +123,15 @@ class Guest:
         if proc.returncode != 0:
             raise GuestError(f"cannot write {remote} in the guest: {proc.stderr.decode(errors='replace')[-300:]}")
 
+    def wait_kms_serving(self, polls: int = 40) -> None:
+        """Wait until segway-kmsd answers its health check with SERVING (as root, admin socket)."""
+        status, out = self.run(
+            f"for i in $(seq {polls}); do segway-kmsctl --socket /run/segway-kms/admin.sock health 2>/dev/null "
+            "| grep -qx SERVING && exit 0; sleep 3; done; systemctl status segway-kmsd --no-pager | tail -20; exit 1",
+            timeout=polls * 15)
+        if status != 0:
+            raise GuestError(f"segway-kmsd did not serve: {out[-800:]}")
+
     def stop(self, timeout: float = 180) -> None:
         """Power off cleanly (data disk unmounted); QEMU exits on PSCI SYSTEM_OFF."""
         if self.proc is None or self.proc.poll() is not None:
@@ -144,15 +156,95 @@ class Guest:
 NET_MODULES = ("failover", "net_failover", "virtio_net")
 
 
-def build_runtime_device(out: Path, pki_dir: Path, sign, pin_args, ssh_pubkey: str, progress=print) -> Device:
+def build_runtime_device(out: Path, pki_dir: Path, sign, pin_args, progress=print) -> Device:
     """The signed device (the chain of device.build_device) booting the runtime root of
     guest_system.py from its verity disk."""
     from . import device
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rootfs = guest_system.build_rootfs(out / "rootfs.ext4", ssh_pubkey, progress)  # verity_root names by it
+    rootfs = guest_system.build_rootfs(out / "rootfs.ext4", progress)  # verity_root names by it
     # The root carries no kernel modules (udev cannot load any): the initramfs loads the NIC's.
     init = device.TEE_BODY + f"for m in {' '.join(NET_MODULES)}; do modprobe $m; done\n"
     return device.build_device(out, pki_dir, sign, pin_args, init_body=init, modules=("tee", "optee", *NET_MODULES),
                                verity=True, rootfs=rootfs, progress=progress)
+
+
+@contextlib.contextmanager
+def running(work: Path, progress=print):
+    """Build (or reuse) a development token, the runtime device, an SSH key and the data disk under
+    ``work``, boot the device with its swtpm, and yield the running :class:`Guest`; power off after."""
+    work = Path(work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    segway_sign = Path(sys.executable).with_name("segway-sign")
+    env = dict(os.environ, SEGWAY_DEV_HSM_DIR=str(work / "hsm"))
+    pin = ["--pin-file", str(work / "hsm" / "user.pin")]
+
+    def sign(*args) -> str:
+        proc = subprocess.run([str(segway_sign), *map(str, args)], env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise GuestError(f"segway-sign {' '.join(map(str, args[:2]))}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    if not (work / "pki" / "ceremony.json").is_file():
+        progress("development token and ceremony (conf/pki-dev.yaml)")
+        sign("token", "init-dev")
+        sign("pki", "init", guest_system.REPO_ROOT / "conf" / "pki-dev.yaml", "--out", work / "pki", *pin)
+    key = work / "ssh" / "id_ed25519"
+    if not key.is_file():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    dev = build_runtime_device(work / "device", work / "pki", sign, pin, progress)
+    data = work / "data.img"
+    if not data.is_file():
+        guest_system.make_data_disk(data, key.with_suffix(".pub").read_text())
+    tpm = HostTpm(work / "tpm").start()
+    vm = Guest(dev, data, key, tpm, work / "logs")
+    try:
+        progress("booting: BL1 → BL2 → BL31 + OP-TEE → U-Boot → Linux → systemd (minutes under TCG)")
+        vm.start()
+        yield vm
+    finally:
+        vm.stop()
+        tpm.stop()
+
+
+def session(work: Path, commands: list[str], progress=print) -> int:
+    """Boot the device (:func:`running`) and run ``commands`` in it as root, echoing each with its
+    output; with no commands, stay up until interrupted and say how to reach it. Returns the last
+    command's status."""
+    status = 0
+    with running(work, progress) as vm:
+        if not commands:
+            print(f"up: ssh -i {vm.ssh_key} -p {vm.ssh_port} root@127.0.0.1 (KMS mTLS on "
+                  f"127.0.0.1:{vm.kms_port}); Ctrl-C powers it off", flush=True)
+            try:
+                vm.proc.wait()
+            except KeyboardInterrupt:
+                pass
+        for command in commands:
+            print(f"root@segway-qemu:~# {command}", flush=True)
+            status, out = vm.run(command)
+            if out:
+                print(out, flush=True)
+    return status
+
+
+def provision_script(label: str = guest_system.TOKEN_LABEL, slot_index: int = 0,
+                     pin_file: str = guest_system.TOKEN_PIN_FILE, owner: str = "segway-kms") -> str:
+    """Shell for the guest: initialise a token of OP-TEE's PKCS#11 TA as first boot would, with
+    random SO and user PINs passed in the environment only (pkcs11-tool's ``env:`` form, never argv),
+    the user PIN kept in ``pin_file`` (0400, ``owner``)."""
+    return f"""set -e
+umask 077
+so=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n'); pin=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')
+export SEGWAY_SO_PIN=$so SEGWAY_USER_PIN=$pin
+m={guest_system.LIBCKTEEC}
+pkcs11-tool --module $m --slot-index {slot_index} --init-token --label {label} --so-pin env:SEGWAY_SO_PIN
+pkcs11-tool --module $m --token-label {label} --login --login-type so --so-pin env:SEGWAY_SO_PIN \\
+    --init-pin --new-pin env:SEGWAY_USER_PIN
+mkdir -p "$(dirname {pin_file})"
+printf %s "$pin" > {pin_file}
+chown {owner}:{owner} {pin_file}
+chmod 0400 {pin_file}
+"""

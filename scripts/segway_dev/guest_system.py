@@ -154,7 +154,10 @@ RemainAfterExit=yes
     # segway-test-access, as kas/testimage.yml adds it: root by the runner's key, never a password.
     "etc/ssh/sshd_config.d/0-segway-test.conf":
         "# oeqa test image only: root may log in with the test key, never with a password.\n"
-        "PermitRootLogin prohibit-password\n",
+        "PermitRootLogin prohibit-password\n"
+        # The runner's key is provisioned on the data partition (make_data_disk), so the signed root
+        # is the same for every runner.
+        "AuthorizedKeysFile /data/ssh/authorized_keys\n",
     "etc/segway-test-image": "oeqa test image\n",
     # /var is volatile on the read-only root (OE's read-only-rootfs does the same with binds).
     "etc/fstab": "LABEL=segway-data /data ext4 nosuid,nodev,noexec 0 0\n"
@@ -325,7 +328,7 @@ def _group_id(stage: Path, name: str) -> int:
     raise GuestSystemError(f"no group {name} in the guest's /etc/group")
 
 
-def assemble(stage: Path, ssh_pubkey: str) -> dict:
+def assemble(stage: Path) -> dict:
     """The root file system's tree in ``stage`` (replaced); returns what went in (packages, wheels)."""
     guest = guest_packages.fetch(PACKAGES, recommends=False)
     if stage.exists():
@@ -375,8 +378,6 @@ def assemble(stage: Path, ssh_pubkey: str) -> dict:
     lines = [("root:*:" + line.split(":", 2)[2]) if line.startswith("root:") else line
              for line in shadow.read_text().splitlines()]
     shadow.write_text("\n".join(lines) + "\n")
-    _write(stage, "root/.ssh/authorized_keys", ssh_pubkey.strip() + "\n", 0o600)
-    os.chmod(stage / "root/.ssh", 0o700)
 
     kms_uid, kms_gid = _ids(stage, "segway-kms")
     for rel, content in KMS_CONFIGS.items():
@@ -439,9 +440,9 @@ def image_size(stage: Path) -> int:
     return ((used * 3 // 2 + (64 << 20)) >> 20) << 20  # room for bytecode and ext4's metadata
 
 
-def build_rootfs(out: Path, ssh_pubkey: str, progress=print) -> Path:
+def build_rootfs(out: Path, progress=print) -> Path:
     """The guest's root as an ext4 image with bytecode (cached by everything that goes into it)."""
-    ident = hashlib.sha256(json.dumps([PACKAGES, WHEELS, kms_sources_hash(), ssh_pubkey.strip(),
+    ident = hashlib.sha256(json.dumps([PACKAGES, WHEELS, kms_sources_hash(),
                                        [(s, d, m, (REPO_ROOT / s).read_text()) for s, d, m in LAYER_FILES],
                                        STAND_INS, SYSUSERS, KMS_CONFIGS, ENABLE, MASK, PRECOMPILE_INIT,
                                        Path(__file__).read_text()]).encode()).hexdigest()[:20]
@@ -451,7 +452,7 @@ def build_rootfs(out: Path, ssh_pubkey: str, progress=print) -> Path:
         with tempfile.TemporaryDirectory(prefix="segway-guest-root-", dir=cached.parent) as tmp:
             stage = Path(tmp) / "root"
             progress("assembling the guest's root file system from Debian trixie arm64 packages")
-            assemble(stage, ssh_pubkey)
+            assemble(stage)
             image = Path(tmp) / "rootfs.ext4"
             subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", "segway-root", "-d", str(stage),
                             str(image), f"{image_size(stage) >> 20}M"], check=True, capture_output=True,
@@ -459,11 +460,21 @@ def build_rootfs(out: Path, ssh_pubkey: str, progress=print) -> Path:
             precompile(image, Path(tmp), cached.parent / "precompile.log", progress)
             subprocess.run(["e2fsck", "-fy", str(image)], capture_output=True)
             image.replace(cached)
+        for stale in cached.parent.glob("rootfs-*.ext4"):  # one root at a time: each is ~400 MiB
+            if stale != cached:
+                stale.unlink(missing_ok=True)
     shutil.copyfile(cached, out)
     return out
 
 
-def make_data_disk(path: Path, size: str = "128M") -> Path:
-    """An empty writable data partition (ext4, label segway-data): what /data starts as."""
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "segway-data", str(path), size], check=True, capture_output=True)
+def make_data_disk(path: Path, ssh_pubkey: str, size: str = "128M") -> Path:
+    """A fresh writable data partition (ext4, label segway-data): what /data starts as, holding only
+    the test runner's SSH key (as a test image's provisioning puts it there)."""
+    with tempfile.TemporaryDirectory(prefix="segway-data-") as tmp:
+        ssh = Path(tmp) / "ssh"
+        ssh.mkdir(mode=0o700)
+        (ssh / "authorized_keys").write_text(ssh_pubkey.strip() + "\n")
+        os.chmod(ssh / "authorized_keys", 0o600)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "segway-data", "-E", "root_owner=0:0", "-d", tmp,
+                        str(path), size], check=True, capture_output=True)
     return path

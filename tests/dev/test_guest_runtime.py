@@ -17,6 +17,8 @@ import pytest
 
 from segway_dev import guest, guest_system, host_tpm
 from tests import oeqa_cases
+from tests.kms.server.test_rbac import ALL
+from tests.kms.server.test_rbac import _requests as rbac_requests
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -32,20 +34,6 @@ NOT_HERE = {
         "fail: no /dev/tpmrm0: Debian's arm64 kernels have no MMIO TPM driver and the fTPM TA cannot be built here",
     "segway_tee.SegwayTeeTest.test_tpm2_getrandom": "skip: depends on segway_tee.SegwayTeeTest.test_tpmrm0_present",
 }
-# Token provisioning, as first boot would do it: random SO and user PINs, in the environment only
-# (pkcs11-tool's env: form), the user PIN kept where the daemon's configuration reads it.
-PROVISION = f"""set -e
-umask 077
-so=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n'); pin=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')
-export SEGWAY_SO_PIN=$so SEGWAY_USER_PIN=$pin
-m={guest_system.LIBCKTEEC}
-pkcs11-tool --module $m --slot-index 0 --init-token --label {guest_system.TOKEN_LABEL} --so-pin env:SEGWAY_SO_PIN
-pkcs11-tool --module $m --token-label {guest_system.TOKEN_LABEL} --login --login-type so --so-pin env:SEGWAY_SO_PIN \\
-    --init-pin --new-pin env:SEGWAY_USER_PIN
-printf %s "$pin" > {guest_system.TOKEN_PIN_FILE}
-chown segway-kms:segway-kms {guest_system.TOKEN_PIN_FILE}
-chmod 0400 {guest_system.TOKEN_PIN_FILE}
-"""
 TPM_DROP_IN = "/run/systemd/system/segway-kmsd.service.d/segway-dev-tpm.conf"
 
 
@@ -58,9 +46,9 @@ def ssh_key(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def device(signer, ssh_key):
+def device(signer):
     return guest.build_runtime_device(signer.root / "runtime", signer.root / "pki", signer, signer.pin,
-                                      (ssh_key.parent / "id_ed25519.pub").read_text(), progress=lambda m: None)
+                                      progress=lambda m: None)
 
 
 @pytest.fixture(scope="module")
@@ -73,18 +61,11 @@ def tpm(tmp_path_factory):
 @pytest.fixture(scope="module")
 def vm(device, tpm, ssh_key, tmp_path_factory):
     work = tmp_path_factory.mktemp("guest")
-    data = guest_system.make_data_disk(work / "data.img")
+    data = guest_system.make_data_disk(work / "data.img", ssh_key.with_suffix(".pub").read_text())
     g = guest.Guest(device, data, ssh_key, tpm, work / "logs")
     g.start()
     yield g
     g.kill()
-
-
-def wait_serving(vm, timeout_polls: int = 40) -> None:
-    status, out = vm.run(f"for i in $(seq {timeout_polls}); do {CTL} health 2>/dev/null | grep -qx SERVING "
-                         "&& exit 0; sleep 3; done; systemctl status segway-kmsd --no-pager | tail -20; exit 1",
-                         timeout=timeout_polls * 15)
-    assert status == 0, out
 
 
 def sign_and_verify_on_host(vm, tmp_path: Path, name: str, algorithm: str) -> None:
@@ -122,9 +103,9 @@ def test_boots_the_runtime_root_under_systemd_with_the_layers_units(vm):
 
 
 def test_kms_on_the_pkcs11_ta_signs_and_issues_what_the_host_verifies(vm, tmp_path):
-    vm.check(PROVISION, timeout=300)
+    vm.check(guest.provision_script(), timeout=300)
     vm.check("systemctl reset-failed segway-kmsd.service; systemctl restart --no-block segway-kmsd.service")
-    wait_serving(vm)
+    vm.wait_kms_serving()
     props = dict(line.split("=", 1) for line in
                  vm.check("systemctl show -p Type -p User -p ActiveState segway-kmsd.service").splitlines())
     assert props == {"Type": "notify", "User": "segway-kms", "ActiveState": "active"}, props
@@ -145,16 +126,74 @@ def test_keys_survive_kill_and_reboot(vm, tmp_path):
     before = vm.check(f"{CTL} key list device")
     assert "device/ec" in before
     vm.check("systemctl kill -s KILL segway-kmsd.service")
-    wait_serving(vm)
+    vm.wait_kms_serving()
     assert "device/ec" in vm.check(f"{CTL} key list device")
     vm.stop()
     vm.start()
-    wait_serving(vm)
+    vm.wait_kms_serving()
     assert "device/ec" in vm.check(f"{CTL} key list device")
     # The key in the TA still signs after the reboot (secure storage on /data, REE FS).
     vm.check(f"printf again > /tmp/again && {CTL} key sign device/ec --input /tmp/again -o /tmp/again.sig && "
              f"{CTL} key public device/ec -o /tmp/again.pem && "
              "openssl dgst -sha256 -verify /tmp/again.pem -signature /tmp/again.sig /tmp/again")
+
+
+# Over mTLS the principal is the client certificate's first SAN: kms/conf/segway-kms.yaml makes
+# ops@example.com operator of every tenant; nobody@example.com has no entry at all.
+MTLS_ALLOWED = {
+    "ops": ALL - {"DestroyKey", "InitCa", "InstallCaCertificate", "ExportAudit"},
+    "nobody": set(),
+}
+
+
+def _client_identity(tmp_path: Path, vm, who: str) -> tuple[bytes, bytes]:
+    """A key made on the host and its certificate from the guest's CA (profile client)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, who)]))
+           .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(who)]), critical=False)
+           .sign(key, hashes.SHA256()))
+    stem = who.split("@")[0]
+    vm.copy_to(csr.public_bytes(serialization.Encoding.PEM), f"/tmp/{stem}.csr", mode="0644")
+    vm.check(f"rm -f /tmp/{stem}.crt; {CTL} ca sign-csr /tmp/{stem}.csr --profile client -o /tmp/{stem}.crt")
+    cert = vm.copy_from(f"/tmp/{stem}.crt", tmp_path / f"{stem}.crt").read_bytes()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()), cert
+
+
+def test_rbac_denial_matrix_over_mtls_from_the_host(vm, tmp_path):
+    import grpc
+    from segway_kms.api import kms_pb2_grpc
+
+    vm.check(f"{CTL} key generate acme/base && " + " && ".join(
+        f"{CTL} key generate acme/{kind}-{who}" for who in MTLS_ALLOWED for kind in ("toggle", "victim")),
+        timeout=900)
+    vm.check(f"rm -f /tmp/ca.pem; {CTL} ca cert -o /tmp/ca.pem")
+    ca = vm.copy_from("/tmp/ca.pem", tmp_path / "ca.pem").read_bytes()
+    failures = []
+    for who, allowed in MTLS_ALLOWED.items():
+        key, cert = _client_identity(tmp_path, vm, f"{who}@example.com")
+        creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+        with grpc.secure_channel(f"127.0.0.1:{vm.kms_port}", creds,
+                                 options=[("grpc.ssl_target_name_override", "kms.local")]) as channel:
+            stub = kms_pb2_grpc.KmsStub(channel)
+            requests = rbac_requests(who)
+            assert set(requests) == ALL
+            for method, request in requests.items():
+                try:
+                    getattr(stub, method)(request, timeout=120)
+                    code = grpc.StatusCode.OK
+                except grpc.RpcError as exc:
+                    code = exc.code()
+                assert code != grpc.StatusCode.UNAVAILABLE, f"{who} {method}: the mTLS port did not answer"
+                if (code == grpc.StatusCode.PERMISSION_DENIED) == (method in allowed):
+                    failures.append(f"{who} {method}: {code.name}")
+    assert not failures, failures
 
 
 def test_layers_oeqa_cases_in_the_guest(vm):
@@ -176,7 +215,7 @@ def test_kms_on_the_tpm_with_attestation_verified_on_the_host(vm, tpm, tmp_path)
              f"mkdir -p {Path(TPM_DROP_IN).parent} && printf '[Service]\\nExecStart=\\n"
              f"ExecStart=/usr/bin/segway-kmsd --config /etc/segway-kms/segway-kms-tpm.yaml\\n' > {TPM_DROP_IN} && "
              "systemctl daemon-reload && systemctl restart --no-block segway-kmsd.service")
-    wait_serving(vm)
+    vm.wait_kms_serving()
     assert "segway-kms-tpm.yaml" in vm.check("systemctl show -p ExecStart --value segway-kmsd.service")
     sign_and_verify_on_host(vm, tmp_path, "device/tpm-ec", "EC_P256")
     sign_and_verify_on_host(vm, tmp_path, "device/tpm-rsa", "RSA_2048")
@@ -187,3 +226,41 @@ def test_kms_on_the_tpm_with_attestation_verified_on_the_host(vm, tpm, tmp_path)
     res = subprocess.run([str(KMSCTL_HOST), "attest", "verify", str(evidence), "--ek-ca", str(tmp_path / "ek-ca.pem")],
                          capture_output=True, text=True)
     assert res.returncode == 0 and "attestation OK" in res.stdout + res.stderr, res.stdout + res.stderr
+
+
+def test_no_private_key_in_the_clear_on_data_and_a_wiped_data_loses_the_token(vm, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    def key_and_scalar():
+        key = ec.generate_private_key(ec.SECP256R1())
+        der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        return der, key.private_numbers().private_value.to_bytes(32, "big")
+
+    sealed_der, sealed_scalar = key_and_scalar()
+    plain_der, plain_scalar = key_and_scalar()
+    # Into the TA as a sensitive object (through /tmp, a tmpfs: never on the data disk), ...
+    vm.copy_to(sealed_der, "/tmp/probe.der")
+    vm.check(f"SEGWAY_USER_PIN=$(cat {guest_system.TOKEN_PIN_FILE}) pkcs11-tool --module {guest_system.LIBCKTEEC} "
+             f"--token-label {guest_system.TOKEN_LABEL} --login --pin env:SEGWAY_USER_PIN --write-object /tmp/probe.der "
+             "--type privkey --id 5ca7 --label disk-scan-probe --sensitive && rm /tmp/probe.der")
+    objects = vm.check(f"SEGWAY_USER_PIN=$(cat {guest_system.TOKEN_PIN_FILE}) pkcs11-tool --module "
+                       f"{guest_system.LIBCKTEEC} --token-label {guest_system.TOKEN_LABEL} --login "
+                       "--pin env:SEGWAY_USER_PIN --list-objects --type privkey")
+    assert "disk-scan-probe" in objects and "sensitive" in objects, objects
+    # ... and, as the control, a plain key file on /data.
+    vm.copy_to(plain_der, "/data/plain-key.der")
+    vm.check("sync")
+    vm.stop()
+    disk = vm.data_disk.read_bytes()
+    assert plain_scalar in disk, "the control key's scalar is not on the data disk: the scan sees nothing"
+    assert sealed_scalar not in disk, "the TA's sensitive key is on the data disk in the clear"
+
+    # A wiped /data (REE FS, no RPMB here): OP-TEE's secure storage and the token are gone with it.
+    vm.data_disk = guest_system.make_data_disk(tmp_path / "wiped-data.img", vm.ssh_key.with_suffix(".pub").read_text())
+    vm.start()
+    slots = vm.check(f"pkcs11-tool --module {guest_system.LIBCKTEEC} --list-slots")
+    assert guest_system.TOKEN_LABEL not in slots, slots
+    assert vm.run(f"test -e {guest_system.TOKEN_PIN_FILE}")[0] != 0
+    assert vm.run(f"{CTL} health", timeout=120)[0] != 0

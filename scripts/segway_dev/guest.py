@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import chain, guest_system
+from . import chain, guest_system, procs
 from .device import Device
 from .host_tpm import HostTpm
 
@@ -143,13 +143,8 @@ class Guest:
             self.kill()
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            procs.stop(self.proc, 10)
 
 
 # virtio-net (PCI) for the forwarded ports; loaded in the initramfs like the disk's modules.

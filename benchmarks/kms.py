@@ -36,18 +36,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from benchmarks.kms_bare import DirectSigner
+from benchmarks.timing import load, percentile
+from segway_kms.api import kms_pb2 as pb
+from tests.kms.conftest import Daemon, Swtpm, tpm_backend  # the tests' helpers start swtpm and the daemon
+
 TOP = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TOP / "tests" / "kms"))
-
-if not __package__:  # run as a file (benchmarks/NAME.py), not with -m: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import Daemon, Swtpm, tpm_backend  # noqa: E402  (test helpers start swtpm and the daemon)
-import grpc  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
-from segway_kms.api import kms_pb2 as pb  # noqa: E402
-from benchmarks.kms_bare import DirectSigner  # noqa: E402
-from benchmarks.timing import load, percentile  # noqa: E402
-
 ALGS = {"EC_P256": ("ecc256", "ecdsa"), "RSA_2048": ("rsa2048", "rsassa")}
 WORK_TARGET_MS = 0.10      # the daemon's own work per EC P-256 signature
 THROUGHPUT_TARGET = 0.9    # many clients' throughput / one client's

@@ -66,6 +66,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from benchmarks import timing
+from benchmarks.fit_sign import ITS  # the same kernel FIT source (key-name-hint HINT)
 from benchmarks.p11kit import p11kit_token
 from segway_sign.hsm import PinSource, devhsm, open_private_key
 
@@ -81,27 +82,6 @@ FIP_CERTS = ("tb-fw-cert", "trusted-key-cert", "soc-fw-key-cert", "soc-fw-cert",
 FIP_KEY_OPTIONS = {"fip": "rot-key", "fip-trusted-world": "trusted-world-key",
                    "fip-non-trusted-world": "non-trusted-world-key", "fip-soc-fw": "soc-fw-key",
                    "fip-tos-fw": "tos-fw-key", "fip-nt-fw": "nt-fw-key"}
-ITS = """/dts-v1/;
-/ {
-    description = "benchmark kernel FIT";
-    #address-cells = <1>;
-    images {
-        kernel-1 { description = "kernel"; data = /incbin/("kernel.bin"); type = "kernel"; arch = "arm64";
-                   os = "linux"; compression = "none"; load = <0x40400000>; entry = <0x40400000>;
-                   hash-1 { algo = "sha256"; }; };
-        fdt-1 { description = "fdt"; data = /incbin/("board.dtb"); type = "flat_dt"; arch = "arm64";
-                compression = "none"; hash-1 { algo = "sha256"; }; };
-        ramdisk-1 { description = "initramfs"; data = /incbin/("initrd.bin"); type = "ramdisk"; arch = "arm64";
-                    os = "linux"; compression = "none"; hash-1 { algo = "sha256"; }; };
-    };
-    configurations {
-        default = "conf-1";
-        conf-1 { description = "boot"; kernel = "kernel-1"; fdt = "fdt-1"; ramdisk = "ramdisk-1";
-            signature-1 { algo = "sha256,rsa2048"; key-name-hint = "HINT"; sign-images = "kernel", "fdt", "ramdisk"; };
-        };
-    };
-};
-"""
 
 
 def random_file(path: Path, size: int) -> Path:

@@ -37,7 +37,7 @@ def free_port_pair() -> int:
     raise HostTpmError("no two consecutive free loopback ports")
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return True
@@ -52,19 +52,19 @@ class HostTpm:
         self.state = Path(state)
         self.ek_chain: bytes | None = None
         ca = self.state.parent / f"{self.state.name}-localca"
-        if not (self.state / "tpm2-00.permall").is_file():
-            self.state.mkdir(parents=True, exist_ok=True)
-            argv = ["swtpm_setup", "--tpm2", "--tpmstate", str(self.state), "--overwrite"]
-            if ek_cert:
-                ca.mkdir(parents=True, exist_ok=True)
-                (ca / "swtpm-localca.conf").write_text(
-                    f"statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/issuercert.pem\n"
-                    f"certserial = {ca}/certserial\n")
-                (ca / "swtpm-localca.options").write_text("--platform-manufacturer segway\n")
-                (ca / "swtpm_setup.conf").write_text(
-                    f"create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {ca}/swtpm-localca.conf\n"
-                    f"create_certs_tool_options = {ca}/swtpm-localca.options\nactive_pcr_banks = sha256\n")
-                argv += ["--create-ek-cert", "--ecc", "--config", str(ca / "swtpm_setup.conf")]
+        self.state.mkdir(parents=True, exist_ok=True)
+        # Without an EK certificate a fresh swtpm manufactures itself at its first start.
+        if ek_cert and not (self.state / "tpm2-00.permall").is_file():
+            ca.mkdir(parents=True, exist_ok=True)
+            (ca / "swtpm-localca.conf").write_text(
+                f"statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/issuercert.pem\n"
+                f"certserial = {ca}/certserial\n")
+            (ca / "swtpm-localca.options").write_text("--platform-manufacturer segway\n")
+            (ca / "swtpm_setup.conf").write_text(
+                f"create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {ca}/swtpm-localca.conf\n"
+                f"create_certs_tool_options = {ca}/swtpm-localca.options\nactive_pcr_banks = sha256\n")
+            argv = ["swtpm_setup", "--tpm2", "--tpmstate", str(self.state), "--overwrite", "--create-ek-cert",
+                    "--ecc", "--config", str(ca / "swtpm_setup.conf")]
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
             if proc.returncode != 0:
                 raise HostTpmError(f"swtpm_setup failed: {proc.stderr.strip()[-300:]}")
@@ -84,7 +84,7 @@ class HostTpm:
         except FileNotFoundError:
             raise HostTpmError("swtpm is not installed (apt: swtpm swtpm-tools)") from None
         deadline = time.monotonic() + 30
-        while not _port_open(self.port):
+        while not port_open(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise HostTpmError("swtpm did not start")
             time.sleep(0.05)

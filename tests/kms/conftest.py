@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from segway_dev.host_tpm import HostTpm, free_port_pair  # noqa: F401  (free_port_pair: for the tests)
 from segway_sign.hsm.devhsm import init_token
 import yaml
 
@@ -38,23 +38,6 @@ PROFILES = {
 }
 
 
-def free_port_pair() -> int:
-    """Two consecutive free loopback ports (swtpm's server and control channel)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair")
-
-
 def wait_for(predicate, timeout=30.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -64,45 +47,13 @@ def wait_for(predicate, timeout=30.0, what="condition"):
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+class Swtpm(HostTpm):
+    """The harness's swtpm (segway_dev.host_tpm), started at once; ``stop`` kills it, as a TPM that is lost."""
 
-
-class Swtpm:
     def __init__(self, state: Path, ek_cert: bool = False):
-        self.state = state
-        state.mkdir(parents=True, exist_ok=True)
-        if ek_cert:
-            # A private swtpm-localca (its own config and state in tmp) signs the EK certificate.
-            ca = state.parent / f"{state.name}-localca"
-            ca.mkdir()
-            (ca / "swtpm-localca.conf").write_text(
-                f"statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/issuercert.pem\n"
-                f"certserial = {ca}/certserial\n")
-            (ca / "swtpm-localca.options").write_text("--platform-manufacturer segway\n")
-            (ca / "swtpm_setup.conf").write_text(
-                f"create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {ca}/swtpm-localca.conf\n"
-                f"create_certs_tool_options = {ca}/swtpm-localca.options\nactive_pcr_banks = sha256\n")
-            subprocess.run(["swtpm_setup", "--tpm2", "--tpmstate", str(state), "--create-ek-cert", "--ecc",
-                            "--overwrite", "--config", str(ca / "swtpm_setup.conf")],
-                           check=True, capture_output=True, timeout=120)
-            self.ek_ca_bundle = ((ca / "issuercert.pem").read_bytes()
-                                 + (ca / "swtpm-localca-rootca-cert.pem").read_bytes())
-        self.port = free_port_pair()
+        super().__init__(state, ek_cert=ek_cert)
+        self.ek_ca_bundle = self.ek_chain
         self.start()
-
-    def start(self):
-        """Start (or restart, on the same port and state) the TPM simulator."""
-        self.proc = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.state}",
-             "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-             "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
-             "--flags", "not-need-init,startup-clear"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: _port_open(self.port), what="swtpm")
 
     @property
     def tcti(self) -> str:

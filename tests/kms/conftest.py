@@ -12,7 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from segway_dev.host_tpm import HostTpm, free_port_pair  # noqa: F401  (free_port_pair: for the tests)
+# scripts.segway_dev: importable from the repository root both under pytest and with python -m benchmarks.kms
+from scripts.segway_dev.host_tpm import HostTpm, free_port_pair  # noqa: F401  (free_port_pair: for the tests)
 from segway_sign.hsm.devhsm import init_token
 import yaml
 

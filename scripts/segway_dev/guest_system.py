@@ -312,14 +312,6 @@ def _link_unit(stage: Path, unit: str, target_dir: str) -> None:
     os.symlink(f"/usr/lib/systemd/system/{template}", link)
 
 
-def _ids(stage: Path, name: str) -> tuple[int, int]:
-    for line in (stage / "etc/passwd").read_text().splitlines():
-        fields = line.split(":")
-        if fields[0] == name:
-            return int(fields[2]), int(fields[3])
-    raise GuestSystemError(f"no user {name} in the guest's /etc/passwd")
-
-
 def _group_id(stage: Path, name: str) -> int:
     for line in (stage / "etc/group").read_text().splitlines():
         fields = line.split(":")
@@ -379,13 +371,13 @@ def assemble(stage: Path) -> dict:
              for line in shadow.read_text().splitlines()]
     shadow.write_text("\n".join(lines) + "\n")
 
-    kms_uid, kms_gid = _ids(stage, "segway-kms")
+    kms_gid = _group_id(stage, "segway-kms")
     for rel, content in KMS_CONFIGS.items():
         _write(stage, rel, content, 0o640)
         os.chown(stage / rel, 0, kms_gid)
     os.chmod(stage / "etc/segway-kms", 0o750)
     os.chown(stage / "etc/segway-kms", 0, kms_gid)
-    _group_id(stage, "tss")
+    _group_id(stage, "tss")  # the unit's SupplementaryGroups: fail here, not at the daemon's start
 
     for unit, target in ENABLE.items():
         _link_unit(stage, unit, f"{target}.wants")
@@ -393,8 +385,9 @@ def assemble(stage: Path) -> dict:
         link = stage / "etc/systemd/system" / unit
         link.unlink(missing_ok=True)
         os.symlink("/dev/null", link)
-    os.symlink("/usr/lib/systemd/system/multi-user.target", stage / "etc/systemd/system/default.target") \
-        if not (stage / "etc/systemd/system/default.target").is_symlink() else None
+    default = stage / "etc/systemd/system/default.target"
+    if not default.is_symlink():
+        os.symlink("/usr/lib/systemd/system/multi-user.target", default)
     (stage / "data").mkdir(exist_ok=True)
     return {"packages": guest.packages, "wheels": [w.name for w in wheels]}
 
